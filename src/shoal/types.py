@@ -1,0 +1,55 @@
+"""Plain data shared by every layer. No torch here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TextDataset:
+    """One split of a text-classification task.
+
+    Invariants: ``len(texts) == len(labels)``; ``text_pairs`` is None for single-sentence
+    tasks, otherwise as long as ``texts``; every label is in ``range(num_labels)``.
+    """
+
+    texts: list[str]
+    labels: list[int]
+    text_pairs: list[str] | None = None
+    num_labels: int = 2
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, n: int) -> TextDataset:
+        """The first ``n`` examples (all when ``n`` is larger)."""
+        pairs = None if self.text_pairs is None else self.text_pairs[:n]
+        return TextDataset(self.texts[:n], self.labels[:n], pairs, self.num_labels)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task: its splits by name ('train', 'dev', 'test') and label names."""
+
+    name: str
+    splits: dict[str, TextDataset]
+    label_names: list[str] = field(default_factory=list)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def is_pair(self) -> bool:
+        return next(iter(self.splits.values())).text_pairs is not None
+
+
+@dataclass(frozen=True)
+class PrefixAccuracy:
+    """Accuracy of the ensemble that uses the first ``k`` students, per split (0..1)."""
+
+    k: int
+    dev: float | None
+    test: float | None
+    dev_f1: float | None = None
+    test_f1: float | None = None

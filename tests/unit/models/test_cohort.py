@@ -1,0 +1,127 @@
+"""The cohort model: fused vs one-by-one, teacher copying, persistence, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import BertForSequenceClassification, BertTokenizerFast
+
+from shoal.errors import ConfigError, ModelError
+from shoal.models.cohort import ShoalModel, layer_plan
+
+
+def _cohort(teacher_dir, n=3, m=2, init="spread") -> ShoalModel:
+    teacher = BertForSequenceClassification.from_pretrained(teacher_dir).eval()
+    model = ShoalModel.from_teacher(teacher, n, m, init).eval()
+    with torch.no_grad():  # distinct alphas and perturbed students, as after distillation
+        model.alpha.copy_(torch.tensor([1.0, 0.6, 0.3][:n]))
+        for s in model.students:
+            for p in s.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+def _batch(teacher_dir, texts, pairs=None):
+    tok = BertTokenizerFast.from_pretrained(teacher_dir)
+    return dict(tok(texts, pairs, padding=True, return_tensors="pt"))
+
+
+def _naive_logits(model: ShoalModel, batch, k: int) -> torch.Tensor:
+    """Float64 reference: every student separately, no fusing, no first-token shortcut."""
+    m64 = ShoalModel(model.config).double().eval()
+    m64.load_state_dict(model.state_dict())
+    out = m64(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], k)
+    return out.logits
+
+
+TEXTS = ["good movie", "the plot was very very bad and sad", "a", "not so great but fine film"]
+
+
+@pytest.mark.parametrize("pairs", [None, ["the film", "bad", "good good good good", "so"]])
+def test_fused_matches_one_by_one_for_every_k(tiny_teacher, pairs):
+    model = _cohort(tiny_teacher)
+    batch = _batch(tiny_teacher, TEXTS, pairs)
+    assert batch["attention_mask"].min() == 0  # padding present
+    with torch.no_grad():
+        for k in range(1, model.n_students + 1):
+            ref = _naive_logits(model, batch, k)
+            slow = model(**batch, k=k).logits.double()
+            fast = model(**batch, k=k, fused=True).logits.double()
+            tol = 4 * (slow - ref).abs().max().item() + 1e-6  # fp32 error of a naive path
+            assert (fast - ref).abs().max().item() <= tol
+
+
+def test_padding_does_not_change_a_row(tiny_teacher):
+    model = _cohort(tiny_teacher)
+    alone = _batch(tiny_teacher, ["good movie"])
+    padded = _batch(tiny_teacher, ["good movie", "the plot was very very bad and sad indeed"])
+    with torch.no_grad():
+        a = model(**alone, fused=True).logits[0]
+        b = model(**padded, fused=True).logits[0]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_cache_follows_weight_updates(tiny_teacher):
+    model = _cohort(tiny_teacher)
+    batch = _batch(tiny_teacher, TEXTS)
+    with torch.no_grad():
+        before = model(**batch, fused=True).logits
+        model.students[0].layers[-1].ffn_norm.bias.add_(1.0)
+        after = model(**batch, fused=True).logits
+        ref = model(**batch).logits
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_one_student_copied_from_teacher_reproduces_a_two_layer_teacher(tiny_teacher):
+    teacher = BertForSequenceClassification.from_pretrained(tiny_teacher).eval()
+    model = ShoalModel.from_teacher(teacher, 1, 2, "bottom").eval()
+    batch = _batch(tiny_teacher, TEXTS)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, teacher(**batch).logits,
+                                   atol=1e-5, rtol=1e-4)
+
+
+def test_save_load_round_trip_is_bit_exact(tiny_teacher, tmp_path):
+    model = _cohort(tiny_teacher)
+    model.meta["prefix_accuracy"] = [{"k": 1, "dev": 0.5}]
+    tok = BertTokenizerFast.from_pretrained(tiny_teacher)
+    model.save_pretrained(tmp_path / "c", tok)
+    loaded = ShoalModel.from_pretrained(tmp_path / "c")
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert loaded.meta == model.meta
+    assert (tmp_path / "c" / "tokenizer.json").is_file()
+    batch = _batch(tiny_teacher, TEXTS)
+    with torch.no_grad():
+        assert torch.equal(model(**batch, k=2).logits, loaded(**batch, k=2).logits)
+
+
+@pytest.mark.parametrize("k", [0, 4, -1])
+def test_k_outside_range_is_refused(tiny_teacher, k):
+    model = _cohort(tiny_teacher)
+    batch = _batch(tiny_teacher, TEXTS)
+    with pytest.raises(ConfigError, match=r"outside 1\.\.3"):
+        model(**batch, k=k)
+
+
+def test_not_a_cohort_folder(tiny_teacher, tmp_path):
+    with pytest.raises(ModelError, match="not a Shoal cohort"):
+        ShoalModel.from_pretrained(tmp_path)
+    with pytest.raises(ModelError, match="not a Shoal cohort"):
+        ShoalModel.from_pretrained(tiny_teacher / "nope")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (bad / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelError, match="'bert' model"):
+        ShoalModel.from_pretrained(bad)
+
+
+def test_layer_plans():
+    assert layer_plan("bottom", 2, 2, 6) == [[0, 1], [0, 1]]
+    assert layer_plan("spread", 4, 2, 6) == [[0, 1], [2, 3], [4, 5], [0, 1]]
+    with pytest.raises(ConfigError, match="layers \\[9\\]"):
+        layer_plan([[0, 9]], 1, 2, 6)
