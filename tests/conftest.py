@@ -13,18 +13,16 @@ WORDS = ["good", "great", "fine", "nice", "bad", "awful", "poor", "sad", "the", 
 POSITIVE = {"good", "great", "fine", "nice"}
 
 
-def write_vocab(folder: Path) -> Path:
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    path = folder / "vocab.txt"
-    path.write_text("\n".join(vocab) + "\n")
-    return path
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def make_tokenizer(folder: Path):
+def make_tokenizer(folder: Path, extra: int = 0):
+    """A word-level BERT tokenizer over WORDS (plus ``extra`` dummy tokens)."""
     from transformers import BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
-    return BertTokenizerFast(vocab_file=str(write_vocab(folder)), do_lower_case=True)
+    words = SPECIALS + WORDS + [f"extra{i}" for i in range(extra)]
+    return BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
 
 
 def make_teacher(folder: Path, *, num_labels: int = 2, layers: int = 2, seed: int = 0):

@@ -51,6 +51,48 @@ def finetune(
     typer.echo(json.dumps({k: v for k, v in report.items() if k != "history"}, indent=2))
 
 
+@app.command()
+def distill(
+    teacher: str = typer.Option(..., help="Fine-tuned teacher folder or hub name."),
+    data: str = typer.Option("default", help="TSV folder, hf:NAME[:CONFIG] or 'default'."),
+    out: Path = typer.Option(Path("runs/cohort"), help="Output folder for the cohort."),
+    students: int = typer.Option(4, help="Students in the cohort (N)."),
+    layers: int = typer.Option(2, help="Layers per student (m)."),
+    method: str = typer.Option("stack", help="stack | boost | average."),
+    init: str = typer.Option("bottom", help="Teacher layers students copy: bottom | spread."),
+    epochs: float = typer.Option(1.0, help="Epochs per student."),
+    lr: float = typer.Option(1e-4),
+    batch_size: int = typer.Option(32),
+    max_length: int = typer.Option(128),
+    w_res: float = typer.Option(1.0), w_stack: float = typer.Option(1.0),
+    w_kd: float = typer.Option(1.0), w_ce: float = typer.Option(0.0),
+    temperature: float = typer.Option(1.0),
+    shrinkage: float = typer.Option(1.0, help="L/L0 of Theorem 1's step size (>= 1 shrinks)."),
+    min_gain: float = typer.Option(-1.0, help="Stop adding students below this dev gain "
+                                               "(accuracy points; negative: never)."),
+    max_train: int = typer.Option(0), max_eval: int = typer.Option(0),
+    seed: int = typer.Option(0), threads: int = typer.Option(0),
+) -> None:
+    """Distil a teacher into a cohort of shallow students (boosting + virtual stacking)."""
+    from shoal.distill.distill import DistillConfig
+    from shoal.distill.distill import distill as run
+    from shoal.distill.trainer import TrainConfig
+
+    try:
+        cfg = DistillConfig(
+            teacher=teacher, data=data, out=str(out), n_students=students,
+            student_layers=layers, method=method, init=init, w_res=w_res, w_stack=w_stack,
+            w_kd=w_kd, w_ce=w_ce, temperature=temperature, shrinkage=shrinkage,
+            min_gain=min_gain / 100 if min_gain >= 0 else None, max_length=max_length,
+            max_train=max_train or None, max_eval=max_eval or None, threads=threads,
+            train=TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed))
+        report = run(cfg)
+    except ShoalError as e:
+        _fail(e)
+    typer.echo(json.dumps({k: v for k, v in report.items()
+                           if k in ("out", "prefix_accuracy", "train_seconds")}, indent=2))
+
+
 @app.command("eval")
 def evaluate(
     model: str = typer.Argument(..., help="Teacher checkpoint or Shoal cohort folder."),
@@ -67,6 +109,28 @@ def evaluate(
     except ShoalError as e:
         _fail(e)
     typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Output folder."),
+    train_examples: int = typer.Option(4000), eval_examples: int = typer.Option(1000),
+    students: int = typer.Option(3),
+) -> None:
+    """Fine-tune, distil and compare on the embedded default data (a few minutes)."""
+    from shoal.demo import DemoConfig, run_demo
+
+    try:
+        report = run_demo(DemoConfig(out=str(out), train_examples=train_examples,
+                                     eval_examples=eval_examples, students=students))
+    except ShoalError as e:
+        _fail(e)
+    t = report["teacher_test"] or {}
+    typer.echo(f"\nteacher test accuracy: {100 * t.get('accuracy', float('nan')):.2f}")
+    typer.echo("cohort test accuracy by students used:")
+    for row in report["cohort_prefix"]:
+        typer.echo(f"  k={row['k']}: {100 * row.get('test_accuracy', float('nan')):.2f}")
+    typer.echo(f"done in {report['seconds']} s")
 
 
 def main() -> None:  # pragma: no cover

@@ -9,6 +9,7 @@ to the request rather than hidden (no coordinated omission).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -167,15 +168,25 @@ async def run_load(
     starts = [r.offset_s for r in reqs]  # actual send times, kept for cancelled requests
     # trust_env=False: a benchmark must reach the server directly, never through a proxy
     # configured in the environment.
-    limits = httpx.Limits(max_connections=max_connections,
-                          max_keepalive_connections=max_connections)
-    client = httpx.AsyncClient(base_url=base, headers=dict(headers or {}), limits=limits,
-                               timeout=httpx.Timeout(timeout_s), trust_env=False)
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    client = httpx.AsyncClient(
+        base_url=base,
+        headers=dict(headers or {}),
+        limits=limits,
+        timeout=httpx.Timeout(timeout_s),
+        trust_env=False,
+    )
     # The poller has its own connection so a saturated request pool cannot silence the
     # timeline exactly when it matters (during a burst).
-    poller = httpx.AsyncClient(base_url=base, headers=dict(headers or {}), trust_env=False,
-                               timeout=httpx.Timeout(max(poll_s, 1.0)),
-                               limits=httpx.Limits(max_connections=1))
+    poller = httpx.AsyncClient(
+        base_url=base,
+        headers=dict(headers or {}),
+        trust_env=False,
+        timeout=httpx.Timeout(max(poll_s, 1.0)),
+        limits=httpx.Limits(max_connections=1),
+    )
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
 
@@ -188,7 +199,8 @@ async def run_load(
         predicted = queue_ms = inference_ms = students = None
         try:
             resp = await asyncio.wait_for(
-                client.post("/predict", json=request_body(req, extra)), timeout_s)
+                client.post("/predict", json=request_body(req, extra)), timeout_s
+            )
             status = resp.status_code
             queue_ms = _float_header(resp.headers, "x-queue-time")
             inference_ms = _float_header(resp.headers, "x-inference-time")
@@ -201,10 +213,19 @@ async def run_load(
             # Connection failures and 200s whose body is not a TEI answer.
             status = ERROR
         end = now()
-        records[i] = Record(index=i, offset_s=req.offset_s, start_s=start, end_s=end,
-                            latency_s=end - req.offset_s, status=status, predicted=predicted,
-                            gold=req.label, queue_ms=queue_ms, inference_ms=inference_ms,
-                            students_used=students)
+        records[i] = Record(
+            index=i,
+            offset_s=req.offset_s,
+            start_s=start,
+            end_s=end,
+            latency_s=end - req.offset_s,
+            status=status,
+            predicted=predicted,
+            gold=req.label,
+            queue_ms=queue_ms,
+            inference_ms=inference_ms,
+            students_used=students,
+        )
 
     tasks: list[asyncio.Task[None]] = []
 
@@ -225,16 +246,16 @@ async def run_load(
             metrics_ok = await _scrape(poller, now, timeline)
             if stop.is_set():
                 return
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):  # the normal case: time to poll
                 await asyncio.wait_for(stop.wait(), poll_s)
-            except asyncio.TimeoutError:
-                pass
 
     last = reqs[-1].offset_s if reqs else 0.0
     deadline = last + drain
     try:
-        # A first scrape before any traffic gives the counters' baseline for this run.
-        metrics_ok = await _scrape(poller, now, timeline)
+        # A first scrape before any traffic gives the counters' baseline for this run; the
+        # clock restarts after it so a slow scrape never makes the first sends late.
+        metrics_ok = await _scrape(poller, lambda: 0.0, timeline)
+        t0 = time.perf_counter()
         poll_task = asyncio.create_task(poll())
         await dispatch()
         if tasks:
@@ -251,14 +272,29 @@ async def run_load(
         await poller.aclose()
     end = now()
     out = [
-        r if r is not None else Record(
-            index=i, offset_s=q.offset_s, start_s=starts[i], end_s=end,
-            latency_s=end - q.offset_s, status=TIMEOUT, predicted=None, gold=q.label)
-        for i, (r, q) in enumerate(zip(records, reqs))
+        r
+        if r is not None
+        else Record(
+            index=i,
+            offset_s=q.offset_s,
+            start_s=starts[i],
+            end_s=end,
+            latency_s=end - q.offset_s,
+            status=TIMEOUT,
+            predicted=None,
+            gold=q.label,
+        )
+        for i, (r, q) in enumerate(zip(records, reqs, strict=True))
     ]
-    return RunResult(url=base, started_at=started_at, duration_s=end,
-                     offered_duration_s=workload.duration_s, records=out, timeline=timeline,
-                     metrics_available=bool(timeline))
+    return RunResult(
+        url=base,
+        started_at=started_at,
+        duration_s=end,
+        offered_duration_s=workload.duration_s,
+        records=out,
+        timeline=timeline,
+        metrics_available=bool(timeline),
+    )
 
 
 def run_load_sync(url: str, workload: Workload, **kwargs: Any) -> RunResult:
@@ -281,10 +317,15 @@ async def _scrape(
     values = parse_prometheus(resp.text)
     if not values:
         return True
-    timeline.append(MetricSample(
-        t_s=now(), active_students=values.get(ACTIVE_STUDENTS),
-        queue_depth=values.get(QUEUE_DEPTH), padded_tokens=values.get(PADDED_TOKENS),
-        real_tokens=values.get(REAL_TOKENS)))
+    timeline.append(
+        MetricSample(
+            t_s=now(),
+            active_students=values.get(ACTIVE_STUDENTS),
+            queue_depth=values.get(QUEUE_DEPTH),
+            padded_tokens=values.get(PADDED_TOKENS),
+            real_tokens=values.get(REAL_TOKENS),
+        )
+    )
     return True
 
 
@@ -298,4 +339,3 @@ def _float_header(headers: httpx.Headers, name: str) -> float | None:
 def _int_header(headers: httpx.Headers, name: str) -> int | None:
     value = _float_header(headers, name)
     return None if value is None else int(value)
-

@@ -66,8 +66,9 @@ def on_off(
     The burst closes each period (rather than opening it) so that a run starts in steady state
     and the plots show the system before, through and after a burst.
     """
-    _check_positive(base_rate=base_rate, burst_rate=burst_rate, period_s=period_s,
-                    duration=duration)
+    _check_positive(
+        base_rate=base_rate, burst_rate=burst_rate, period_s=period_s, duration=duration
+    )
     if not 0 < burst_s <= period_s:
         raise ConfigError(f"burst_s={burst_s} must be in (0, period_s={period_s}]")
     quiet = period_s - burst_s
@@ -82,8 +83,9 @@ def ramp(start_rate: float, end_rate: float, duration: float, seed: int) -> list
     """Poisson arrivals whose rate changes linearly from ``start_rate`` to ``end_rate``."""
     _check_positive(duration=duration)
     if start_rate < 0 or end_rate < 0 or start_rate + end_rate == 0:
-        raise ConfigError(f"ramp rates start_rate={start_rate}, end_rate={end_rate} must be "
-                          f">= 0 and not both 0")
+        raise ConfigError(
+            f"ramp rates start_rate={start_rate}, end_rate={end_rate} must be >= 0 and not both 0"
+        )
 
     def rate_at(t: np.ndarray) -> np.ndarray:
         return start_rate + (end_rate - start_rate) * t / duration
@@ -99,14 +101,18 @@ def replay(csv_path: str | Path) -> list[float]:
     """
     path = Path(csv_path)
     if not path.is_file():
-        raise DataError(f"replay trace {path} does not exist; pass a CSV file with a "
-                        f"'timestamp' column in seconds")
+        raise DataError(
+            f"replay trace {path} does not exist; pass a CSV file with a "
+            f"'timestamp' column in seconds"
+        )
     with path.open(encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         fields = [c.strip() for c in reader.fieldnames or []]
         if "timestamp" not in fields:
-            raise DataError(f"{path} has columns {fields} but no 'timestamp' column; "
-                            f"add a header row 'timestamp' with one time in seconds per line")
+            raise DataError(
+                f"{path} has columns {fields} but no 'timestamp' column; "
+                f"add a header row 'timestamp' with one time in seconds per line"
+            )
         reader.fieldnames = fields
         times: list[float] = []
         for lineno, row in enumerate(reader, start=2):
@@ -114,8 +120,9 @@ def replay(csv_path: str | Path) -> list[float]:
             try:
                 value = float(raw)
             except ValueError:
-                raise DataError(f"{path}:{lineno}: timestamp {raw!r} is not a number of "
-                                f"seconds") from None
+                raise DataError(
+                    f"{path}:{lineno}: timestamp {raw!r} is not a number of seconds"
+                ) from None
             if not math.isfinite(value):
                 raise DataError(f"{path}:{lineno}: timestamp {raw!r} is not finite")
             times.append(value)
@@ -193,8 +200,9 @@ class WorkloadConfig:
         if self.kind == "gamma":
             return gamma(self.rate, self.duration_s, self.cv, self.seed)
         if self.kind == "on_off":
-            return on_off(self.rate, self.burst_rate, self.period_s, self.burst_s,
-                          self.duration_s, self.seed)
+            return on_off(
+                self.rate, self.burst_rate, self.period_s, self.burst_s, self.duration_s, self.seed
+            )
         if self.kind == "ramp":
             return ramp(self.rate, self.end_rate, self.duration_s, self.seed)
         assert self.replay is not None  # checked in __post_init__
@@ -231,8 +239,8 @@ def build_workload(config: WorkloadConfig, *, task: Task | None = None) -> Workl
         task: an already loaded task; when None, ``config.data`` is loaded.
 
     Returns:
-        The workload; its ``duration_s`` is the configured window, or the trace's span for
-        replay.
+        The workload; its ``duration_s`` is the configured window, or the time of the last
+        send for replay and when ``max_requests`` cut the arrivals short.
     """
     if task is None:
         # Imported here: shoal.data pulls in torch for tokenising, which the sender never needs.
@@ -240,22 +248,29 @@ def build_workload(config: WorkloadConfig, *, task: Task | None = None) -> Workl
 
         task = load_task(config.data)
     if config.split not in task.splits:
-        raise ConfigError(f"split={config.split!r} is not in {config.data!r}; it has "
-                          f"{sorted(task.splits)}")
+        raise ConfigError(
+            f"split={config.split!r} is not in {config.data!r}; it has {sorted(task.splits)}"
+        )
     data = task.splits[config.split]
     offsets = config.arrivals()
-    if config.max_requests is not None:
+    duration = config.duration_s if config.kind != "replay" else (offsets[-1] if offsets else 0.0)
+    if config.max_requests is not None and len(offsets) > config.max_requests:
+        # The run now ends at the last kept send, so offered rates stay honest.
         offsets = offsets[: config.max_requests]
+        duration = offsets[-1]
     # A separate stream from the arrivals', so the texts do not depend on how the arrival
     # process consumed its generator.
     rng = np.random.default_rng([config.seed, 1])
     picks = rng.integers(0, len(data), size=len(offsets)).tolist()
     pairs = data.text_pairs
     requests = [
-        Request(offset_s=t, text=data.texts[i], text_pair=None if pairs is None else pairs[i],
-                label=data.labels[i])
-        for t, i in zip(offsets, picks)
+        Request(
+            offset_s=t,
+            text=data.texts[i],
+            text_pair=None if pairs is None else pairs[i],
+            label=data.labels[i],
+        )
+        for t, i in zip(offsets, picks, strict=True)
     ]
     names = task.label_names or [str(i) for i in range(data.num_labels)]
-    duration = config.duration_s if config.kind != "replay" else (offsets[-1] if offsets else 0.0)
     return Workload(requests=requests, label_names=list(names), duration_s=duration)

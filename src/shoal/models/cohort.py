@@ -48,6 +48,9 @@ class ShoalConfig:
     """Transformer layers per student (m)."""
     dropout: float = 0.1
     """Dropout while training; inference never drops."""
+    combine: str = "sum"
+    """'sum': b_k = sum alpha_i s_i (boosting); 'mean': the average of the first k students
+    (the independently-distilled ensemble ablation)."""
     model_type: str = MODEL_TYPE
 
     def __post_init__(self) -> None:
@@ -55,6 +58,8 @@ class ShoalConfig:
             raise ConfigError(f"n_students={self.n_students} must be >= 1")
         if self.student_layers < 1:
             raise ConfigError(f"student_layers={self.student_layers} must be >= 1")
+        if self.combine not in ("sum", "mean"):
+            raise ConfigError(f"combine={self.combine!r} must be 'sum' or 'mean'")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"hidden_size={self.hidden_size} is not a multiple of "
                               f"num_attention_heads={self.num_attention_heads}")
@@ -142,14 +147,36 @@ class ShoalModel(nn.Module):
         x, mask = self.embed(input_ids, attention_mask, token_type_ids)
         if fused:
             states = self.fused_students()(x, mask, k, cls_only=True)  # (k, B, H)
-            alpha = self.alpha[:k].to(states.dtype)
+            alpha = self.weights(k).to(states.dtype)
             cls = torch.einsum("k,kbh->bh", alpha, states).to(self.head.pooler.weight.dtype)
             return CohortOutput(self.head(cls), cls)
         per_student = [self.students[i](x, mask) for i in range(k)]
-        hidden = sum(self.alpha[i] * s[-1] for i, s in enumerate(per_student))
+        w = self.weights(k)
+        hidden = sum(w[i] * s[-1] for i, s in enumerate(per_student))
         assert isinstance(hidden, torch.Tensor)
         return CohortOutput(self.head(hidden[:, 0]), hidden,
                             per_student if return_students else None)
+
+    def weights(self, k: int) -> torch.Tensor:
+        """The (k,) weights that combine the first k students' outputs."""
+        a = self.alpha[:k]
+        return a / k if self.config.combine == "mean" else a
+
+    @torch.inference_mode()
+    def prefix_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of every prefix k = 1..N from one fused pass.
+
+        Shape:
+            returns (N, B, num_labels).
+        """
+        x, mask = self.embed(input_ids, attention_mask, token_type_ids)
+        states = self.fused_students()(x, mask, self.n_students, cls_only=True)  # (N, B, H)
+        out = []
+        for k in range(1, self.n_students + 1):
+            cls = torch.einsum("k,kbh->bh", self.weights(k).to(states.dtype), states[:k])
+            out.append(self.head(cls.to(self.head.pooler.weight.dtype)))
+        return torch.stack(out)
 
     def fused_students(self, dtype: torch.dtype | None = None) -> FusedStudents:
         """The stacked copy of the students, rebuilt whenever their weights changed."""

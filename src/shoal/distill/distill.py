@@ -1,0 +1,362 @@
+"""Stacking distillation with a boosting ensemble: teacher -> cohort of shallow students.
+
+Life of a run: load data and teacher -> run the teacher once over the training set and cache
+its final/intermediate hidden states and logits -> for k = 1..N: train student k on the
+residual ``T - b_{k-1}`` (its intermediate layer imitating ``b_{k-1}``), compute alpha_k,
+update the cached ensemble ``b_k``, evaluate every prefix, checkpoint -> save the cohort.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from shoal.data import Encoded, encode, iterate, load_task
+from shoal.distill import boosting, losses
+from shoal.distill.cache import TokenStore
+from shoal.distill.evaluate import score
+from shoal.distill.trainer import TrainConfig, train
+from shoal.errors import ConfigError, DataError
+from shoal.models.cohort import ShoalModel
+from shoal.models.teacher import load_teacher
+
+log = logging.getLogger(__name__)
+METHODS = ("stack", "boost", "average")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    """A distillation run."""
+
+    teacher: str
+    """Fine-tuned teacher checkpoint (a Hugging Face folder or hub name)."""
+    data: str = "default"
+    """TSV folder, 'hf:NAME[:CONFIG]' or 'default'."""
+    out: str = "runs/cohort"
+    """Output folder: the cohort, checkpoints, caches and the resolved config."""
+    n_students: int = 4
+    """Students in the cohort (N)."""
+    student_layers: int = 2
+    """Layers per student (m)."""
+    init: str = "bottom"
+    """Teacher layers each student copies: 'bottom' or 'spread' (see ShoalModel)."""
+    method: str = "stack"
+    """'stack' (boosting + virtual stacking), 'boost' (no stacking) or 'average'
+    (independently distilled students, averaged)."""
+    w_res: float = 1.0
+    """Weight of the residual (boosting) MSE."""
+    w_stack: float = 1.0
+    """Weight of the stacking imitation MSE."""
+    w_kd: float = 1.0
+    """Weight of the logit distillation through the head."""
+    w_ce: float = 0.0
+    """Weight of the label cross-entropy."""
+    temperature: float = 1.0
+    """Softmax temperature of the logit distillation."""
+    shrinkage: float = 1.0
+    """L / L_0 in Theorem 1's step size; > 1 shrinks each alpha."""
+    min_gain: float | None = None
+    """Offline pruning: stop adding students once one gains less dev accuracy (0..1)."""
+    max_length: int = 128
+    """Tokens per example after truncation."""
+    max_train: int | None = None
+    """Use at most this many training examples."""
+    max_eval: int | None = None
+    """Use at most this many dev/test examples."""
+    threads: int = 0
+    """torch intra-op threads; 0 keeps torch's default."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, epochs=1.0))
+    """Optimiser and schedule of each student."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method={self.method!r} is unknown; use one of {METHODS}")
+        if self.n_students < 1 or self.student_layers < 1:
+            raise ConfigError(f"n_students={self.n_students} and student_layers="
+                              f"{self.student_layers} must be >= 1")
+        if self.shrinkage < 0.5:
+            raise ConfigError(f"shrinkage={self.shrinkage} < 0.5 can increase the loss; "
+                              f"use 1.0 (exact line search) or more")
+
+
+@dataclass
+class TeacherCache:
+    """The teacher's outputs on the training set, computed once."""
+
+    final: TokenStore  # (n_tokens, H) last hidden states
+    middle: TokenStore  # (n_tokens, H) hidden states at the students' intermediate depth
+    logits: torch.Tensor  # (N, C)
+
+
+@torch.inference_mode()
+def cache_teacher(teacher: nn.Module, enc: Encoded, depth: int, pad_id: int,
+                  batch_size: int = 128) -> TeacherCache:
+    """Run the teacher once over a split and keep what distillation needs."""
+    hidden = teacher.config.hidden_size
+    final = TokenStore(enc.lengths(), hidden, torch.float16)
+    middle = TokenStore(enc.lengths(), hidden, torch.float16)
+    logits = torch.zeros(len(enc), teacher.config.num_labels)
+    teacher.eval()
+    for b in iterate(enc, batch_size, shuffle=False, pad_id=pad_id):
+        out = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                      token_type_ids=b["token_type_ids"], output_hidden_states=True)
+        idx = b["index"].tolist()
+        final.set_(idx, out.hidden_states[-1])
+        middle.set_(idx, out.hidden_states[depth])
+        logits[b["index"]] = out.logits.float()
+    return TeacherCache(final, middle, logits)
+
+
+@torch.inference_mode()
+def student_outputs(model: ShoalModel, k: int, enc: Encoded, pad_id: int,
+                    batch_size: int = 128):
+    """Yield (index, mask, s_k) over a split in a fixed order; s_k is (B, L, H) float32."""
+    model.eval()  # no dropout: these outputs feed alpha and the cached ensemble
+    for b in iterate(enc, batch_size, shuffle=False, pad_id=pad_id):
+        x, mask = model.embed(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        yield b["index"].tolist(), b["attention_mask"], model.students[k](x, mask)[-1]
+
+
+def add_student(model: ShoalModel, k: int, enc: Encoded, teacher: TokenStore,
+                ensemble: TokenStore, pad_id: int, shrinkage: float, boost: bool) -> float:
+    """Compute alpha_k (Theorem 1) and update the cached ensemble in place; return alpha_k."""
+    if not boost:  # averaged ensemble: every student counts 1 (divided by k at use)
+        alpha = 1.0
+    else:
+        acc = boosting.AlphaAccumulator()
+        for idx, mask, s in student_outputs(model, k, enc, pad_id):
+            real = mask.bool()
+            r = boosting.residual(teacher.gather(idx), ensemble.gather(idx))
+            acc.add(r[real], s[real])
+        alpha = acc.alpha(shrinkage)
+    for idx, _, s in student_outputs(model, k, enc, pad_id):
+        ensemble.add_(idx, s, alpha)
+    with torch.no_grad():
+        model.alpha[k] = alpha
+    return alpha
+
+
+def evaluate_prefixes(model: ShoalModel, enc: dict[str, Encoded], pad_id: int,
+                      upto: int) -> list[dict]:
+    """Accuracy (and F1) of every prefix k = 1..upto on each evaluation split."""
+    model.eval()
+    rows = [{"k": k} for k in range(1, upto + 1)]
+    for split in ("dev", "test"):
+        if split not in enc:
+            continue
+        parts = []
+        for b in iterate(enc[split], 256, shuffle=False, pad_id=pad_id):
+            logits = model.prefix_logits(b["input_ids"], b["attention_mask"],
+                                         b["token_type_ids"])[:upto]
+            parts.append((b["index"], logits))
+        idx = torch.cat([i for i, _ in parts])
+        allp = torch.cat([x for _, x in parts], dim=1)
+        ordered = torch.empty_like(allp)
+        ordered[:, idx] = allp
+        for k in range(upto):
+            for name, value in score(ordered[k], enc[split].labels).items():
+                rows[k][f"{split}_{name}"] = value
+    return rows
+
+
+def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
+    """Run a distillation; resumes from ``out/checkpoints`` when a previous run stopped.
+
+    Args:
+        stop_after: train at most this many new students, then return (used to test resume).
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (out / "distill_config.json").write_text(json.dumps(asdict(config), indent=2))
+    task = load_task(config.data)
+    if "train" not in task.splits:
+        raise DataError(f"{config.data} has no train split; distillation needs train.tsv")
+    teacher, tok = load_teacher(config.teacher, task.num_labels)
+    pad = tok.pad_token_id or 0
+    train_set = task.splits["train"].subset(config.max_train or len(task.splits["train"]))
+    enc = {"train": encode(tok, train_set, config.max_length)}
+    for s in ("dev", "test"):
+        if s in task.splits:
+            d = task.splits[s]
+            enc[s] = encode(tok, d.subset(config.max_eval or len(d)), config.max_length)
+    m, n_t = config.student_layers, teacher.config.num_hidden_layers
+    depth = max(1, round(n_t * (m - 1) / m)) if m > 1 else n_t
+    t0 = time.perf_counter()
+    cache = _teacher_cache(out, teacher, enc["train"], depth, pad)
+    teacher_seconds = time.perf_counter() - t0
+
+    torch.manual_seed(config.train.seed)
+    model = ShoalModel.from_teacher(teacher, config.n_students, m, config.init)
+    if config.method == "average":
+        model = _with_config(model, combine="mean")
+    del teacher
+    for p in [*model.embeddings.parameters(), *model.head.parameters()]:
+        p.requires_grad_(False)  # shared by all students: frozen so cached outputs stay valid
+    ensemble = TokenStore(enc["train"].lengths(), model.config.hidden_size)
+    boost = config.method != "average"
+    state = _resume(out, model, enc["train"], cache, ensemble, pad, config)
+    table: list[dict] = state["table"]
+    seconds: list[float] = state["seconds"]
+    trained = 0
+    for k in range(state["done"], config.n_students):
+        if stop_after is not None and trained >= stop_after:
+            return {"stopped_after": k, "table": table}
+        t1 = time.perf_counter()
+        _train_student(model, k, enc["train"], cache, ensemble, pad, config)
+        alpha = add_student(model, k, enc["train"], cache.final, ensemble, pad,
+                            config.shrinkage, boost)
+        seconds.append(time.perf_counter() - t1)
+        trained += 1
+        table = evaluate_prefixes(model, enc, pad, k + 1)
+        log.info("student %d: alpha %.4f, prefix table %s", k + 1, alpha, table[-1])
+        _print_table(table)
+        torch.save({"state": model.state_dict(), "table": table, "seconds": seconds,
+                    "done": k + 1}, out / "checkpoints" / "latest.pt")
+        if config.min_gain is not None and k > 0 and "dev_accuracy" in table[k]:
+            gain = table[k]["dev_accuracy"] - table[k - 1]["dev_accuracy"]
+            if gain < config.min_gain:
+                log.info("student %d gains %.4f < min_gain; keeping %d students", k + 1, gain, k)
+                model, table = _truncate(model, k), table[:k]
+                break
+    model.meta.update({
+        "prefix_accuracy": table, "teacher": config.teacher, "data": config.data,
+        "method": config.method, "label_names": task.label_names,
+        "max_length": config.max_length,
+        "train_seconds": {"teacher_cache": round(teacher_seconds, 1),
+                          "students": [round(s, 1) for s in seconds],
+                          "total": round(teacher_seconds + sum(seconds), 1)}})
+    model.save_pretrained(out, tok)
+    return {"out": str(out), **model.meta}
+
+
+def _teacher_cache(out: Path, teacher, enc: Encoded, depth: int, pad: int) -> TeacherCache:
+    """Load the cached teacher outputs, or run the teacher once and save them."""
+    folder = out / "cache"
+    key = {"n": len(enc), "tokens": sum(enc.lengths()), "depth": depth}
+    meta = folder / "teacher.json"
+    if meta.is_file() and json.loads(meta.read_text()) == key:
+        return TeacherCache(TokenStore.load(folder, "final"), TokenStore.load(folder, "middle"),
+                            torch.load(folder / "logits.pt"))
+    cache = cache_teacher(teacher, enc, depth, pad)
+    folder.mkdir(exist_ok=True)
+    cache.final.save(folder, "final")
+    cache.middle.save(folder, "middle")
+    torch.save(cache.logits, folder / "logits.pt")
+    meta.write_text(json.dumps(key))
+    return cache
+
+
+def _resume(out: Path, model: ShoalModel, enc: Encoded, cache: TeacherCache,
+            ensemble: TokenStore, pad: int, config: DistillConfig) -> dict:
+    """Restore finished students and rebuild the ensemble cache from them."""
+    ckpt = out / "checkpoints" / "latest.pt"
+    if not ckpt.is_file():
+        return {"done": 0, "table": [], "seconds": []}
+    saved = torch.load(ckpt)
+    model.load_state_dict(saved["state"])
+    for k in range(saved["done"]):
+        for idx, _, s in student_outputs(model, k, enc, pad):
+            ensemble.add_(idx, s, float(model.alpha[k]))
+    log.info("resumed after %d students", saved["done"])
+    return saved
+
+
+def _train_student(model: ShoalModel, k: int, enc: Encoded, cache: TeacherCache,
+                   ensemble: TokenStore, pad: int, config: DistillConfig) -> None:
+    """Train student k against the residual and the stacking target; others stay frozen."""
+    student = model.students[k]
+    hidden = model.config.hidden_size
+    proj = nn.Linear(hidden, hidden)  # maps the intermediate state onto b_{k-1}; discarded
+    with torch.no_grad():
+        proj.weight.copy_(torch.eye(hidden))
+        proj.bias.zero_()
+    boost = config.method != "average"
+    stack = config.method != "boost" and config.w_stack > 0 and config.student_layers > 1
+    model.embeddings.eval()
+    model.head.eval()
+    torch.manual_seed(config.train.seed + k)
+    # Post-LN students emit unit-scale states while later residuals are small: a learned
+    # scalar c lets student k fit r_k as c * s_k (alpha_k replaces c once it is trained).
+    c = nn.Parameter(torch.tensor(_initial_scale(model, k, enc, cache, ensemble, pad, boost)))
+
+    def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        idx, mask = b["index"].tolist(), b["attention_mask"]
+        with torch.no_grad():
+            x, amask = model.embed(b["input_ids"], mask, b["token_type_ids"])
+        states = student(x, amask)
+        s = c * states[-1]
+        prev = ensemble.gather(idx) if boost and k > 0 else torch.zeros_like(s)
+        target = boosting.residual(cache.final.gather(idx), prev)
+        loss = config.w_res * losses.residual_loss(s, target, mask)
+        if stack:
+            imitate = prev if boost and k > 0 else cache.middle.gather(idx)
+            loss = loss + config.w_stack * losses.stacking_loss(proj(states[-2]), imitate, mask)
+        if config.w_kd > 0 or config.w_ce > 0:
+            logits = model.head(prev[:, 0] + s[:, 0])
+            if config.w_kd > 0:
+                loss = loss + config.w_kd * losses.kd_loss(logits, cache.logits[b["index"]],
+                                                           config.temperature)
+            if config.w_ce > 0:
+                loss = loss + config.w_ce * losses.label_loss(logits, b["labels"])
+        return loss
+
+    named = [(f"student.{n}", p) for n, p in student.named_parameters()]
+    named += [(f"proj.{n}", p) for n, p in proj.named_parameters()] if stack else []
+    named += [("scale", c)] if boost else []
+    train(named, step, lambda e: list(iterate(enc, config.train.batch_size, shuffle=True,
+                                              seed=config.train.seed + 1000 * k + e,
+                                              pad_id=pad)),
+          config.train, set_train=student.train, desc=f"student {k + 1}/{config.n_students}")
+
+
+@torch.inference_mode()
+def _initial_scale(model: ShoalModel, k: int, enc: Encoded, cache: TeacherCache,
+                   ensemble: TokenStore, pad: int, boost: bool, batches: int = 4) -> float:
+    """RMS ratio of the residual to the untrained student's output on a few batches."""
+    if not boost or k == 0:
+        return 1.0
+    r2 = s2 = 0.0
+    for i, (idx, mask, s) in enumerate(student_outputs(model, k, enc, pad)):
+        real = mask.bool()
+        r = boosting.residual(cache.final.gather(idx), ensemble.gather(idx))
+        r2 += float((r[real] ** 2).sum())
+        s2 += float((s[real] ** 2).sum())
+        if i + 1 >= batches:
+            break
+    return (r2 / s2) ** 0.5 if s2 > 0 else 1.0
+
+
+def _with_config(model: ShoalModel, **changes) -> ShoalModel:
+    """A copy of the model with some config fields changed (weights kept)."""
+    new = ShoalModel(replace(model.config, **changes))
+    new.load_state_dict(model.state_dict(), strict=False)
+    new.meta = dict(model.meta)
+    return new
+
+
+def _truncate(model: ShoalModel, k: int) -> ShoalModel:
+    """Keep the first k students."""
+    new = ShoalModel(replace(model.config, n_students=k))
+    state = {n: v for n, v in model.state_dict().items()
+             if not n.startswith("students.") or int(n.split(".")[1]) < k}
+    state["alpha"] = model.alpha[:k].clone()
+    new.load_state_dict(state)
+    new.meta = dict(model.meta)
+    return new
+
+
+def _print_table(table: list[dict]) -> None:
+    from tqdm.auto import tqdm
+
+    keys = [c for c in ("dev_accuracy", "test_accuracy", "test_f1") if c in table[0]]
+    tqdm.write("  k  " + "  ".join(f"{c:>14}" for c in keys))
+    for row in table:
+        tqdm.write(f"{row['k']:>3}  " + "  ".join(f"{100 * row[c]:>14.2f}" for c in keys))

@@ -1,0 +1,212 @@
+"""The scheduler: buffer + pruning policy + arrival-rate estimate, driven by the caller's clock.
+
+The engine loop is: ``expire(now)`` (answer timed-out requests), ``next_plan(now)`` (a batch and
+the number of students to run it with), execute, repeat; ``submit(item, now)`` as requests come.
+No clock reads and no threads here: the engine serialises calls.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from shoal.errors import ConfigError, ShoalError
+from shoal.serve.buffer import (
+    Buffer,
+    BufferConfig,
+    BufferFull,
+    FifoBuffer,
+    Item,
+    LengthAwareBuffer,
+)
+from shoal.serve.costmodel import CostModel
+from shoal.serve.policy import LoadSnapshot, PolicyConfig, PolicyState, decide, initial_state
+
+
+class InvalidRequest(ShoalError, ValueError):
+    """A request the scheduler can never serve (e.g. it asks for more students than exist)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulerConfig:
+    """Everything the scheduler decides with."""
+
+    policy: PolicyConfig
+    """Adaptive pruning settings."""
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    """How requests are grouped into batches."""
+    buffer_kind: Literal["length_aware", "fifo"] = "length_aware"
+    """The paper's tail-merge buffer, or the FIFO dynamic-batching baseline."""
+    rate_window_s: float = 2.0
+    """Sliding window over which the arrival rate and mean length are measured, seconds."""
+
+    def __post_init__(self) -> None:
+        if not self.rate_window_s > 0:
+            raise ConfigError(f"rate_window_s={self.rate_window_s} must be > 0 seconds")
+        if self.buffer_kind not in ("length_aware", "fifo"):
+            raise ConfigError(f"buffer_kind={self.buffer_kind!r} must be 'length_aware' or 'fifo'")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One batch to execute. Invariants: ``items`` non-empty, in queue order;
+    ``k >= item.min_k`` for every item; ``padded_length == max(item.n_tokens)``."""
+
+    items: tuple[Item, ...]
+    k: int
+    padded_length: int
+    bin: int
+
+    @property
+    def padded_tokens(self) -> int:
+        return len(self.items) * self.padded_length
+
+    @property
+    def real_tokens(self) -> int:
+        return sum(it.n_tokens for it in self.items)
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    """Counters since start, for metrics."""
+
+    submitted: int = 0
+    rejected: int = 0
+    batches: int = 0
+    requests: int = 0
+    padded_tokens: int = 0
+    real_tokens: int = 0
+    expired: int = 0
+    cancelled: int = 0
+    k_changes: int = 0
+
+
+def make_buffer(kind: str, config: BufferConfig) -> Buffer:
+    """The buffer named by ``SchedulerConfig.buffer_kind``."""
+    if kind == "fifo":
+        return FifoBuffer(config)
+    return LengthAwareBuffer(config)
+
+
+class Scheduler:
+    """Holds pending requests and turns them into plans with an adaptive number of students."""
+
+    def __init__(self, config: SchedulerConfig, cost: CostModel) -> None:
+        self.config = config
+        self.cost = cost
+        self.buffer: Buffer = make_buffer(config.buffer_kind, config.buffer)
+        self._state: PolicyState = initial_state(config.policy)
+        self._arrivals: deque[tuple[float, int]] = deque()  # (time, n_tokens) in the window
+        self._window_tokens = 0
+        self._stats = SchedulerStats()
+
+    def _count(self, **increments: int) -> None:
+        s = self._stats
+        self._stats = replace(s, **{name: getattr(s, name) + n for name, n in increments.items()})
+
+    def _forget_before(self, now: float) -> None:
+        start = now - self.config.rate_window_s
+        while self._arrivals and self._arrivals[0][0] <= start:
+            self._window_tokens -= self._arrivals.popleft()[1]
+
+    def submit(self, item: Item, now: float) -> None:
+        """Queue a request. Raises ``InvalidRequest`` or ``BufferFull`` (counted as rejected)."""
+        n = self.config.policy.n_students
+        if item.min_k > n:
+            raise InvalidRequest(
+                f"request {item.id} asks for min_k={item.min_k} students but the model has {n}"
+            )
+        # Count the arrival even if the buffer is full: the policy must see the offered load.
+        self._forget_before(now)
+        self._arrivals.append((now, item.n_tokens))
+        self._window_tokens += item.n_tokens
+        try:
+            self.buffer.push(item)
+        except BufferFull:
+            self._count(rejected=1)
+            raise
+        self._count(submitted=1)
+
+    def arrival_rate(self, now: float) -> float:
+        """Requests per second over the last ``rate_window_s``."""
+        self._forget_before(now)
+        return len(self._arrivals) / self.config.rate_window_s
+
+    def snapshot(self, now: float) -> LoadSnapshot:
+        """The load as the policy sees it."""
+        rate = self.arrival_rate(now)
+        mean = self._window_tokens / len(self._arrivals) if self._arrivals else 0.0
+        cfg = self.buffer.config
+        return LoadSnapshot(
+            now=now,
+            pending_requests=len(self.buffer),
+            pending_tokens=self.buffer.pending_tokens,
+            arrival_rate=rate,
+            mean_tokens=mean,
+            max_min_k=max((it.min_k for it in self.buffer.items()), default=1),
+            pending_elements=tuple(self.buffer.shapes()),
+            element_size=cfg.max_element_size,
+            element_tokens=cfg.max_element_tokens,
+        )
+
+    def decide(self, now: float) -> int:
+        """Update and return the number of students the policy allows now."""
+        k, state = decide(self.snapshot(now), self._state, self.config.policy, self.cost)
+        if k != self._state.k:
+            self._count(k_changes=1)
+        self._state = state
+        return k
+
+    def next_plan(self, now: float) -> Plan | None:
+        """The next batch to run, or None when nothing is ready. Call ``expire`` first so that
+        timed-out requests are not run."""
+        if not self.buffer.ready(now):
+            return None
+        k = self.decide(now)  # decided on the load including the batch about to leave
+        element = self.buffer.pop()
+        if element is None:
+            return None
+        items = tuple(element.items)
+        plan = Plan(
+            items=items,
+            k=max(k, *(it.min_k for it in items)),
+            padded_length=element.max_tokens,
+            bin=element.bin,
+        )
+        self._count(
+            batches=1,
+            requests=len(items),
+            padded_tokens=plan.padded_tokens,
+            real_tokens=plan.real_tokens,
+        )
+        return plan
+
+    def expire(self, now: float) -> list[Item]:
+        """Remove and return the pending requests whose deadline has passed."""
+        expired = self.buffer.expire(now)
+        self._count(expired=len(expired))
+        return expired
+
+    def cancel(self, item_id: int) -> bool:
+        """Remove a pending request (e.g. the client went away). False if not pending."""
+        removed = self.buffer.cancel(item_id)
+        if removed:
+            self._count(cancelled=1)
+        return removed
+
+    def __len__(self) -> int:
+        return len(self.buffer)
+
+    @property
+    def current_k(self) -> int:
+        """Students the policy chose at the last decision."""
+        return self._state.k
+
+    @property
+    def state(self) -> PolicyState:
+        return self._state
+
+    @property
+    def stats(self) -> SchedulerStats:
+        return self._stats

@@ -1,0 +1,41 @@
+"""Loading teachers: folders, bad folders, label and tokenizer mismatches."""
+
+from __future__ import annotations
+
+import pytest
+from shoal.errors import ModelError
+from shoal.models.teacher import load_teacher, resolve
+
+
+def test_loads_a_classifier_folder(tiny_teacher):
+    model, tok = load_teacher(tiny_teacher, 2)
+    assert model.config.num_labels == 2
+    assert len(tok) == model.config.vocab_size
+
+
+def test_folder_without_config_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelError, match="not a model checkpoint"):
+        resolve(tmp_path)
+    with pytest.raises(ModelError, match="does not exist"):
+        resolve("./no/such/folder")
+
+
+def test_label_count_mismatch(tiny_teacher):
+    with pytest.raises(ModelError, match="classifies into 2 labels but the data has 3"):
+        load_teacher(tiny_teacher, 3)
+
+
+def test_tokenizer_from_another_model_is_refused(tiny_teacher, tmp_path):
+    import shutil
+
+    from conftest import make_tokenizer
+
+    folder = tmp_path / "mixed"
+    shutil.copytree(tiny_teacher, folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "vocab.txt"):
+        (folder / name).unlink(missing_ok=True)
+    make_tokenizer(tmp_path / "other", extra=50).save_pretrained(folder)
+    with pytest.raises(ModelError, match="different checkpoints"):
+        load_teacher(folder, 2)

@@ -1,0 +1,162 @@
+"""Scheduler: plans respect min_k, arrival-rate estimate, expire/cancel, stats."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from shoal.errors import ConfigError
+from shoal.serve.buffer import BufferConfig, BufferFull, Item
+from shoal.serve.costmodel import CostModel
+from shoal.serve.policy import PolicyConfig
+from shoal.serve.scheduler import InvalidRequest, Plan, Scheduler, SchedulerConfig
+
+COST = CostModel(
+    points=tuple(
+        (k, b, n, 0.002 * k + 1e-5 * k * b * n / 16)
+        for k, b, n in itertools.product((1, 4), (1, 64), (16, 512))
+    )
+)
+
+
+def scheduler(**changes: object) -> Scheduler:
+    policy = PolicyConfig(n_students=4, latency_target_s=0.1, up_hold_s=1.0)
+    config = SchedulerConfig(policy=policy, **changes)  # type: ignore[arg-type]
+    return Scheduler(config, COST)
+
+
+def drain(s: Scheduler, now: float) -> list[Plan]:
+    plans = []
+    while (plan := s.next_plan(now)) is not None:
+        plans.append(plan)
+    return plans
+
+
+@pytest.mark.parametrize("kind", ["length_aware", "fifo"])
+@pytest.mark.parametrize("seed", range(10))
+def test_plan_k_covers_every_min_k(kind: str, seed: int) -> None:
+    rng = random.Random(seed)
+    s = scheduler(buffer_kind=kind, buffer=BufferConfig(max_element_size=8))
+    now, next_id, seen = 0.0, 0, 0
+    for _ in range(300):
+        now += rng.expovariate(2000.0)
+        if rng.random() < 0.7:
+            min_k = rng.choice([1, 1, 1, 2, 3, 4])
+            s.submit(Item(next_id, rng.randint(1, 200), now, min_k=min_k), now)
+            next_id += 1
+        elif (plan := s.next_plan(now)) is not None:
+            seen += len(plan.items)
+            assert plan.k >= max(it.min_k for it in plan.items)
+            assert 1 <= plan.k <= 4
+            assert plan.padded_length == max(it.n_tokens for it in plan.items)
+    seen += sum(len(p.items) for p in drain(s, now))
+    assert seen == next_id == s.stats.requests
+
+
+def test_high_min_k_request_gets_its_students_under_load() -> None:
+    s = scheduler(buffer=BufferConfig(bin_width=16, max_element_size=64))
+    for i in range(500):  # a backlog that drives the policy to k = 1
+        s.submit(Item(i, 500, 0.0), 0.0)
+    first = s.next_plan(0.0)
+    assert first is not None and first.k == 1
+    s.submit(Item(9999, 5, 0.0, min_k=3), 0.0)
+    plans = drain(s, 0.0)
+    special = [p for p in plans if any(it.id == 9999 for it in p.items)]
+    assert len(special) == 1 and special[0].k >= 3
+
+
+def test_rejects_min_k_above_cohort() -> None:
+    s = scheduler()
+    with pytest.raises(InvalidRequest, match="min_k=5"):
+        s.submit(Item(0, 10, 0.0, min_k=5), 0.0)
+    assert len(s) == 0
+
+
+def test_arrival_rate_sliding_window() -> None:
+    s = scheduler(rate_window_s=2.0)
+    for i in range(10):
+        t = i / 10
+        s.submit(Item(i, 10 + i, t), t)
+    assert s.arrival_rate(1.0) == pytest.approx(5.0)
+    assert s.arrival_rate(2.05) == pytest.approx(4.5)  # the arrival at t = 0 left the window
+    assert s.snapshot(2.05).mean_tokens == pytest.approx(sum(range(11, 20)) / 9)
+    assert s.arrival_rate(5.0) == 0.0
+    assert s.snapshot(5.0).mean_tokens == 0.0
+
+
+def test_snapshot_reflects_buffer() -> None:
+    s = scheduler(buffer=BufferConfig(bin_width=16, max_element_size=2, max_element_tokens=999))
+    for i, n in enumerate([3, 5, 7, 40]):
+        s.submit(Item(i, n, 0.0, min_k=2 if i == 3 else 1), 0.0)
+    snap = s.snapshot(0.0)
+    assert snap.pending_requests == 4 and snap.pending_tokens == 55
+    assert snap.pending_elements == ((2, 5), (1, 7), (1, 40))
+    assert snap.max_min_k == 2
+    assert (snap.element_size, snap.element_tokens) == (2, 999)
+
+
+def test_expire_cancel_and_stats() -> None:
+    s = scheduler(buffer=BufferConfig(bin_width=16))
+    s.submit(Item(0, 10, 0.0, deadline=1.0), 0.0)
+    s.submit(Item(1, 12, 0.0), 0.0)
+    s.submit(Item(2, 14, 0.0), 0.0)
+    assert s.expire(0.5) == []
+    assert [it.id for it in s.expire(1.0)] == [0]
+    assert s.cancel(2) and not s.cancel(2)
+    plan = s.next_plan(1.0)
+    assert plan is not None and [it.id for it in plan.items] == [1]
+    assert s.next_plan(1.0) is None
+    st = s.stats
+    assert (st.submitted, st.expired, st.cancelled, st.batches, st.requests) == (3, 1, 1, 1, 1)
+    assert (st.padded_tokens, st.real_tokens) == (12, 12)
+
+
+def test_padded_and_real_token_counters() -> None:
+    s = scheduler(buffer=BufferConfig(bin_width=16))
+    for i, n in enumerate([3, 9]):
+        s.submit(Item(i, n, 0.0), 0.0)
+    (plan,) = drain(s, 0.0)
+    assert (plan.padded_tokens, plan.real_tokens, plan.bin) == (18, 12, 0)
+    assert (s.stats.padded_tokens, s.stats.real_tokens) == (18, 12)
+
+
+def test_buffer_full_is_counted_and_raised() -> None:
+    s = scheduler(buffer=BufferConfig(capacity=1))
+    s.submit(Item(0, 10, 0.0), 0.0)
+    with pytest.raises(BufferFull):
+        s.submit(Item(1, 10, 0.0), 0.0)
+    assert (s.stats.submitted, s.stats.rejected) == (1, 1)
+    assert s.arrival_rate(0.0) == pytest.approx(1.0)  # offered load includes the rejected one
+
+
+def test_fifo_scheduler_waits_for_max_wait() -> None:
+    s = scheduler(buffer_kind="fifo", buffer=BufferConfig(max_wait_s=0.5))
+    s.submit(Item(0, 10, 0.0), 0.0)
+    assert s.next_plan(0.1) is None
+    plan = s.next_plan(0.5)
+    assert plan is not None and plan.k == 4
+
+
+def test_k_drops_under_backlog_then_recovers_after_hold() -> None:
+    s = scheduler(buffer=BufferConfig(bin_width=16))
+    assert s.current_k == 4
+    for i in range(500):
+        s.submit(Item(i, 500, 0.0), 0.0)
+    plan = s.next_plan(0.0)
+    assert plan is not None and plan.k == 1 and s.current_k == 1
+    for i in range(500):  # the clients give up; no decision is taken while the queue empties
+        s.cancel(i)
+    assert s.decide(10.0) == 1  # idle now: the hold starts
+    assert s.decide(10.9) == 1
+    assert s.decide(11.0) == 4
+    assert s.stats.k_changes == 2
+
+
+def test_config_validation() -> None:
+    policy = PolicyConfig(n_students=2)
+    with pytest.raises(ConfigError, match="rate_window_s=0"):
+        SchedulerConfig(policy=policy, rate_window_s=0)
+    with pytest.raises(ConfigError, match="buffer_kind='lifo'"):
+        SchedulerConfig(policy=policy, buffer_kind="lifo")  # type: ignore[arg-type]
