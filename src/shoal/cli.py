@@ -72,6 +72,9 @@ def distill(
                                                "(accuracy points; negative: never)."),
     max_train: int = typer.Option(0), max_eval: int = typer.Option(0),
     seed: int = typer.Option(0), threads: int = typer.Option(0),
+    ablations: str = typer.Option("", help="Comma-separated variants to run side by side "
+                                          "under OUT (stack,boost,average,single,deep,spread,"
+                                          "no-kd), same data and budget."),
 ) -> None:
     """Distil a teacher into a cohort of shallow students (boosting + virtual stacking)."""
     from shoal.distill.distill import DistillConfig
@@ -86,8 +89,14 @@ def distill(
             min_gain=min_gain / 100 if min_gain >= 0 else None, max_length=max_length,
             max_train=max_train or None, max_eval=max_eval or None, threads=threads,
             train=TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed))
+        if ablations:
+            from shoal.distill.ablations import run_ablations
+
+            run_ablations(cfg, out, [v.strip() for v in ablations.split(",")])
+            typer.echo((out / "ablations.md").read_text())
+            return
         report = run(cfg)
-    except ShoalError as e:
+    except (ShoalError, KeyError) as e:
         _fail(e)
     typer.echo(json.dumps({k: v for k, v in report.items()
                            if k in ("out", "prefix_accuracy", "train_seconds")}, indent=2))

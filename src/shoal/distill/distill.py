@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from shoal.data import Encoded, encode, iterate, load_task
+from shoal.data import Encoded, encode, iterate, load_task, with_dev_split
 from shoal.distill import boosting, losses
 from shoal.distill.cache import TokenStore
 from shoal.distill.evaluate import score
@@ -71,6 +71,9 @@ class DistillConfig:
     """Use at most this many dev/test examples."""
     threads: int = 0
     """torch intra-op threads; 0 keeps torch's default."""
+    cache_dir: str | None = None
+    """Where the teacher's cached outputs live (default OUT/cache); share it between runs
+    on the same data so the teacher runs once."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, epochs=1.0))
     """Optimiser and schedule of each student."""
 
@@ -176,7 +179,7 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     out = Path(config.out)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     (out / "distill_config.json").write_text(json.dumps(asdict(config), indent=2))
-    task = load_task(config.data)
+    task = with_dev_split(load_task(config.data))
     if "train" not in task.splits:
         raise DataError(f"{config.data} has no train split; distillation needs train.tsv")
     teacher, tok = load_teacher(config.teacher, task.num_labels)
@@ -190,7 +193,8 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     m, n_t = config.student_layers, teacher.config.num_hidden_layers
     depth = max(1, round(n_t * (m - 1) / m)) if m > 1 else n_t
     t0 = time.perf_counter()
-    cache = _teacher_cache(out, teacher, enc["train"], depth, pad)
+    cache = _teacher_cache(Path(config.cache_dir) if config.cache_dir else out / "cache",
+                           teacher, enc["train"], depth, pad)
     teacher_seconds = time.perf_counter() - t0
 
     torch.manual_seed(config.train.seed)
@@ -237,16 +241,17 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     return {"out": str(out), **model.meta}
 
 
-def _teacher_cache(out: Path, teacher, enc: Encoded, depth: int, pad: int) -> TeacherCache:
+def _teacher_cache(folder: Path, teacher, enc: Encoded, depth: int, pad: int) -> TeacherCache:
     """Load the cached teacher outputs, or run the teacher once and save them."""
-    folder = out / "cache"
-    key = {"n": len(enc), "tokens": sum(enc.lengths()), "depth": depth}
+    key = {"n": len(enc), "tokens": sum(enc.lengths()), "depth": depth,
+           "teacher": str(teacher.name_or_path)}
+    folder = folder / f"depth{depth}"
     meta = folder / "teacher.json"
     if meta.is_file() and json.loads(meta.read_text()) == key:
         return TeacherCache(TokenStore.load(folder, "final"), TokenStore.load(folder, "middle"),
                             torch.load(folder / "logits.pt"))
     cache = cache_teacher(teacher, enc, depth, pad)
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     cache.final.save(folder, "final")
     cache.middle.save(folder, "middle")
     torch.save(cache.logits, folder / "logits.pt")

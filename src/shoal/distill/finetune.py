@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from shoal.data import encode, iterate, load_task
+from shoal.data import encode, iterate, load_task, with_dev_split
 from shoal.distill.evaluate import predict_logits, score
 from shoal.distill.trainer import TrainConfig, train
 from shoal.errors import ConfigError, DataError
@@ -46,7 +46,7 @@ def finetune(config: FinetuneConfig) -> dict:
     """Fine-tune, keep the best dev checkpoint, evaluate it on test; return the report."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    task = load_task(config.data)
+    task = with_dev_split(load_task(config.data))
     if "train" not in task.splits:
         raise DataError(f"{config.data} has no train split; fine-tuning needs train.tsv")
     dev_name = "dev" if "dev" in task.splits else "test"

@@ -38,7 +38,7 @@ def test_ensemble_loss_does_not_increase_and_table_is_stored(tmp_path, tiny_data
 
     tok = AutoTokenizer.from_pretrained(tmp_path / "c")
     enc = encode(tok, load_task(tiny_data).splits["train"], 32)
-    final = TokenStore.load(tmp_path / "c" / "cache", "final")
+    final = TokenStore.load(next((tmp_path / "c" / "cache").glob("depth*")), "final")
     ens = torch.zeros_like(final.data, dtype=torch.float32)
     previous = boosting.boost_loss(final.data, ens)
     store = TokenStore(enc.lengths(), model.config.hidden_size)
@@ -107,3 +107,18 @@ def test_average_method_combines_by_mean(tmp_path, tiny_data):
     model = ShoalModel.from_pretrained(tmp_path / "avg")
     assert model.config.combine == "mean"
     assert model.weights(2).tolist() == [0.5, 0.5]
+
+
+def test_ablations_share_the_teacher_cache_and_match_budgets(tmp_path, tiny_data):
+    from shoal.distill.ablations import run_ablations, variant_config
+
+    teacher = _deep_teacher(tmp_path)
+    base = _config(teacher, tiny_data, tmp_path / "abl", n_students=2)
+    single = variant_config(base, "single", tmp_path)
+    deep = variant_config(base, "deep", tmp_path)
+    assert single.train.epochs == 2 * base.train.epochs and single.n_students == 1
+    assert deep.student_layers == 4 and deep.train.epochs == base.train.epochs
+    result = run_ablations(base, tmp_path / "abl", ["stack", "average"])
+    assert [r["variant"] for r in result["rows"]] == ["stack", "average"]
+    assert len(list((tmp_path / "abl" / "teacher-cache").glob("depth*"))) == 1
+    assert "| stack |" in (tmp_path / "abl" / "ablations.md").read_text()
