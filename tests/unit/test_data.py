@@ -89,3 +89,18 @@ def test_encode_and_collate_pairs(tiny_teacher, tiny_pair_data):
     assert batch["input_ids"].shape == batch["attention_mask"].shape
     assert batch["token_type_ids"].max() == 1  # second segment marked
     assert batch["attention_mask"].sum(1).tolist() == [enc.lengths()[i] for i in (0, 1, 2)]
+
+
+def test_dev_is_carved_from_train_when_missing(tmp_path, tiny_data):
+    import shutil
+
+    from shoal.data import with_dev_split
+
+    folder = tmp_path / "nodev"
+    folder.mkdir()
+    for split in ("train", "test"):
+        shutil.copy(tiny_data / f"{split}.tsv", folder)
+    task = with_dev_split(load_task(folder))
+    assert len(task.splits["dev"]) == 20 and len(task.splits["train"]) == 180
+    assert set(task.splits["dev"].texts) <= set(load_task(folder).splits["train"].texts)
+    assert with_dev_split(load_task(tiny_data)).splits["dev"] is not None

@@ -209,16 +209,14 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     state = _resume(out, model, enc["train"], cache, ensemble, pad, config)
     table: list[dict] = state["table"]
     seconds: list[float] = state["seconds"]
-    trained = 0
     for k in range(state["done"], config.n_students):
-        if stop_after is not None and trained >= stop_after:
+        if stop_after is not None and k - state["done"] >= stop_after:
             return {"stopped_after": k, "table": table}
         t1 = time.perf_counter()
         _train_student(model, k, enc["train"], cache, ensemble, pad, config)
         alpha = add_student(model, k, enc["train"], cache.final, ensemble, pad,
                             config.shrinkage, boost)
         seconds.append(time.perf_counter() - t1)
-        trained += 1
         table = evaluate_prefixes(model, enc, pad, k + 1)
         log.info("student %d: alpha %.4f, prefix table %s", k + 1, alpha, table[-1])
         _print_table(table)

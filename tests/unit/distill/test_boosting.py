@@ -34,7 +34,8 @@ def test_adding_a_student_never_increases_the_boost_loss(shrink):
     ensemble = torch.zeros_like(teacher)
     before = boosting.boost_loss(teacher, ensemble)
     for _ in range(5):
-        s = torch.randn(300, 8, generator=g, dtype=torch.float64)  # even a useless student cannot hurt
+        # even a useless (random) student cannot hurt
+        s = torch.randn(300, 8, generator=g, dtype=torch.float64)
         acc = boosting.AlphaAccumulator()
         acc.add(boosting.residual(teacher, ensemble), s)
         ensemble = ensemble + acc.alpha(shrink) * s

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from shoal.distill import boosting, distill as distill_mod
+from shoal.distill import boosting
+from shoal.distill import distill as distill_mod
 from shoal.distill.distill import DistillConfig, distill, student_outputs
 from shoal.distill.trainer import TrainConfig
 from shoal.models.cohort import ShoalModel
@@ -32,9 +33,10 @@ def test_ensemble_loss_does_not_increase_and_table_is_stored(tmp_path, tiny_data
     assert [row["k"] for row in report["prefix_accuracy"]] == [1, 2, 3]
     assert model.meta["prefix_accuracy"] == report["prefix_accuracy"]
     # Rebuild b_k from the saved students and compare with the teacher's cached states.
+    from transformers import AutoTokenizer
+
     from shoal.data import encode, load_task
     from shoal.distill.cache import TokenStore
-    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tmp_path / "c")
     enc = encode(tok, load_task(tiny_data).splits["train"], 32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from shoal.errors import ModelError
 from shoal.models.teacher import load_teacher, resolve
 

@@ -1,0 +1,239 @@
+"""`shoal bench serve`: Shoal and the baselines served under the same load, side by side.
+
+Each system runs as its own server process on loopback, speaking `/predict`; the open-loop
+load generator sends the same seeded workloads to each in turn:
+1. low load (Poisson) -> p50/p99 and served accuracy;
+2. a sweep of burst rates (on/off arrivals) -> the highest burst rate each system sustains
+   within the latency target (at least ``sustain_fraction`` of all requests answered within it);
+3. one burst timeline of Shoal with pruning -> k and queue over time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shoal.bench import report
+from shoal.bench.loadgen import run_load_sync
+from shoal.bench.workload import WorkloadConfig, build_workload
+from shoal.errors import ConfigError
+
+ALL_SYSTEMS = ("shoal", "shoal-no-pruning", "shoal-fifo", "deep-student", "teacher-torch",
+               "teacher-onnx", "teacher-litserve")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeBenchConfig:
+    """One serving benchmark."""
+
+    cohort: str
+    """Shoal cohort folder."""
+    teacher: str
+    """The fine-tuned teacher the cohort was distilled from."""
+    data: str
+    """Where request texts and gold labels come from."""
+    deep: str | None = None
+    """A single deep student (a 1-student cohort), e.g. the 'deep' ablation; optional."""
+    split: str = "test"
+    out: str = "docs/results/bench"
+    systems: tuple[str, ...] = ALL_SYSTEMS
+    latency_target_ms: float = 100.0
+    """The latency objective: goodput and the sustained rate are measured against it."""
+    low_rate: float = 5.0
+    """Requests/s of the low-load run."""
+    low_duration_s: float = 20.0
+    burst_rates: tuple[float, ...] = (20.0, 40.0, 80.0, 160.0, 320.0)
+    """Burst arrival rates tried (requests/s), in increasing order."""
+    base_rate: float = 5.0
+    """Arrival rate between bursts."""
+    burst_s: float = 6.0
+    period_s: float = 12.0
+    sweep_duration_s: float = 24.0
+    sustain_fraction: float = 0.95
+    """Share of requests that must be answered within the target to count as sustained."""
+    max_length: int = 128
+    threads: int = 0
+    """Intra-op threads of each server (0: default)."""
+    seed: int = 0
+    port: int = 0
+    """First port to use (0: pick free ones)."""
+    extra_shoal_flags: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.systems) - set(ALL_SYSTEMS)
+        if unknown:
+            raise ConfigError(f"unknown systems {sorted(unknown)}; choose from {ALL_SYSTEMS}")
+        if "deep-student" in self.systems and not self.deep:
+            raise ConfigError("system 'deep-student' needs --deep (a 1-student cohort folder)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_command(system: str, config: ServeBenchConfig, port: int) -> list[str]:
+    """The command line that serves one system on 127.0.0.1:port."""
+    py = sys.executable
+    target = str(config.latency_target_ms)
+    threads = ["--threads", str(config.threads)] if config.threads else []
+    if system.startswith("shoal") or system == "deep-student":
+        folder = config.deep if system == "deep-student" else config.cohort
+        cmd = [py, "-m", "shoal.serve.server", str(folder), "--port", str(port),
+               "--latency-target-ms", target, "--log-level", "warning",
+               "--max-length", str(config.max_length), *threads, *config.extra_shoal_flags]
+        if system in ("shoal-no-pruning", "deep-student"):
+            cmd.append("--no-pruning")
+        if system == "shoal-fifo":
+            cmd += ["--no-pruning", "--buffer", "fifo", "--max-wait-ms", "5"]
+        return cmd
+    backend = {"teacher-torch": "torch", "teacher-onnx": "onnx",
+               "teacher-litserve": "torch"}[system]
+    server = "litserve" if system == "teacher-litserve" else "fastapi"
+    return [py, "-m", "shoal.bench.baselines", "--model", config.teacher, "--backend", backend,
+            "--server", server, "--port", str(port), "--max-batch", "32", "--max-wait-ms", "5",
+            "--max-length", str(config.max_length), *threads]
+
+
+@contextlib.contextmanager
+def running(cmd: list[str], port: int, log_path: Path, timeout_s: float = 300.0
+            ) -> Iterator[str]:
+    """Start a server, wait for /health, yield its URL, then stop it with SIGTERM."""
+    log = log_path.open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/health", timeout=2, trust_env=False).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not healthy after {timeout_s} s; see {log_path}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def _label_names(config: ServeBenchConfig) -> list[str]:
+    from transformers import AutoConfig
+
+    hf = AutoConfig.from_pretrained(config.teacher)
+    return [str(hf.id2label[i]) for i in range(hf.num_labels)]
+
+
+def run_serve_bench(config: ServeBenchConfig) -> dict[str, Any]:
+    """Run every experiment for every system; write JSON, plots and a markdown report."""
+    from shoal.data import load_task
+
+    out = Path(config.out)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    task = load_task(config.data)
+    labels = _label_names(config)
+    target_s = config.latency_target_ms / 1000
+    low = build_workload(WorkloadConfig(kind="poisson", rate=config.low_rate,
+                                        duration_s=config.low_duration_s, data=config.data,
+                                        split=config.split, seed=config.seed), task=task)
+    results: dict[str, Any] = {"config": asdict(config), "machine": machine(), "systems": {}}
+    runs_low: dict[str, list] = {}
+    load_points: dict[str, list] = {}
+    timeline_run = None
+    for system in config.systems:
+        port = config.port or _free_port()
+        cmd = server_command(system, config, port)
+        entry: dict[str, Any] = {"command": " ".join(cmd), "sweep": []}
+        print(f"[bench] {system}: starting", flush=True)
+        with running(cmd, port, out / "logs" / f"{system}.log") as url:
+            run_load_sync(url, build_workload(WorkloadConfig(
+                kind="poisson", rate=config.low_rate, duration_s=3.0, data=config.data,
+                split=config.split, seed=config.seed + 99), task=task),
+                labels=labels, timeout_s=30)  # warm-up, not recorded
+            res = run_load_sync(url, low, labels=labels, timeout_s=30)
+            entry["low_load"] = report.summarize(res.records, target_s, timeline=res.timeline,
+                                                 duration_s=res.offered_duration_s)
+            runs_low[system] = res.records
+            print(f"[bench] {system}: low load p50 {entry['low_load'].get('p50_ms')} ms",
+                  flush=True)
+            sustained = 0.0
+            for rate in config.burst_rates:
+                wl = build_workload(WorkloadConfig(
+                    kind="on_off", rate=config.base_rate, burst_rate=rate,
+                    period_s=config.period_s, burst_s=config.burst_s,
+                    duration_s=config.sweep_duration_s, data=config.data, split=config.split,
+                    seed=config.seed + int(rate)), task=task)
+                res = run_load_sync(url, wl, labels=labels, timeout_s=max(5.0, 20 * target_s))
+                s = report.summarize(res.records, target_s, timeline=res.timeline,
+                                     duration_s=res.offered_duration_s)
+                s["burst_rate"] = rate
+                entry["sweep"].append(s)
+                load_points.setdefault(system, []).append(report.load_point(s))
+                ok = (s.get("slo_attainment") or 0) >= config.sustain_fraction
+                print(f"[bench] {system}: burst {rate}/s within-target "
+                      f"{s.get('slo_attainment')} k {s.get('mean_students_used')}", flush=True)
+                if system == "shoal":
+                    timeline_run = res  # the last (hardest) burst Shoal was given
+                if not ok:
+                    break
+                sustained = rate
+            entry["sustained_burst_rate"] = sustained
+        results["systems"][system] = entry
+        report.write_json(results, out / "bench.json")
+    plots = {
+        "Latency CDF at low load": report.plot_latency_cdf(runs_low, out / "latency_cdf.png",
+                                                           target_s),
+        "Latency vs offered load": report.plot_latency_vs_load(
+            load_points, out / "latency_vs_load.png", target_s),
+        "Accuracy vs latency (low load)": report.plot_accuracy_vs_latency(
+            {k: v["low_load"] for k, v in results["systems"].items()},
+            out / "accuracy_vs_latency.png"),
+    }
+    if timeline_run is not None:
+        plots["Shoal through its hardest burst: latency, k and queue"] = report.plot_timeline(
+            timeline_run.timeline, timeline_run.records, out / "timeline.png")
+    table = {name: {**v["low_load"], "sustained_burst_rate": v["sustained_burst_rate"]}
+             for name, v in results["systems"].items()}
+    command = "shoal bench serve " + " ".join(sys.argv[3:]) if len(sys.argv) > 2 else ""
+    report.write_markdown(table, plots, out / "bench.md", command, json.dumps(machine()),
+                          title=f"Serving benchmark on {Path(config.data).name}")
+    report.write_json(results, out / "bench.json")
+    return results
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=False).stdout.strip()
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "commit": commit, "platform": platform.platform()}

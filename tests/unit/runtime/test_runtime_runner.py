@@ -1,0 +1,113 @@
+"""LocalRunner: the fused path against a float64 one-by-one reference, bf16, partial sums."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from shoal.errors import ConfigError
+from shoal.models.cohort import ShoalModel
+from shoal.serve.runtime import LocalRunner, ProfileConfig, Runtime, RuntimeConfig
+from shoal.serve.runtime.allocation import allocate, workers_for
+from shoal.serve.runtime.runner import bf16_cpu_supported
+
+
+def _args(batch):
+    return batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+
+
+def _reference(model: ShoalModel, batch, k: int) -> torch.Tensor:
+    """Float64, every student separately, every token in every layer: obviously correct."""
+    m64 = ShoalModel(model.config).double().eval()
+    m64.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        return m64(*_args(batch), k).logits
+
+
+def test_fused_equals_the_reference_for_every_k(cohort, batch):
+    runner = LocalRunner(cohort)
+    for k in range(1, cohort.n_students + 1):
+        ref = _reference(cohort, batch, k)
+        with torch.no_grad():
+            naive = cohort(*_args(batch), k).logits.double()  # fp32 one-by-one
+        out = runner.run(*_args(batch), k)
+        assert out.dtype == torch.float32 and out.shape == (4, 2) and out.device.type == "cpu"
+        tol = 4 * (naive - ref).abs().max().item() + 1e-6  # the error of a naive fp32 path
+        assert (out.double() - ref).abs().max().item() <= tol, k
+
+
+def test_numpy_and_torch_inputs_agree(cohort, batch):
+    runner = LocalRunner(cohort)
+    as_np = [t.numpy() for t in _args(batch)]
+    assert torch.equal(runner.run(*as_np, 3), runner.run(*_args(batch), 3))
+    assert torch.equal(runner.run(batch["input_ids"], None, None, 2),
+                       runner.run(batch["input_ids"], torch.ones_like(batch["input_ids"]),
+                                  None, 2))
+
+
+@pytest.mark.skipif(not bf16_cpu_supported(), reason="this CPU has no native bf16")
+def test_bf16_is_close_to_fp32(cohort, batch):
+    fp32, bf16 = LocalRunner(cohort), LocalRunner(cohort, dtype="bfloat16")
+    for k in range(1, cohort.n_students + 1):
+        a, b = fp32.run(*_args(batch), k), bf16.run(*_args(batch), k)
+        assert b.dtype == torch.float32
+        # bf16 keeps 8 mantissa bits: about 2^-8 relative error per op, a few ops deep.
+        assert (a - b).abs().max().item() <= 0.05 * a.abs().max().item() + 0.02
+
+
+def test_partial_sums_over_any_allocation_add_up_to_the_full_run(cohort, batch):
+    runner = LocalRunner(cohort)
+    n = cohort.n_students
+    for workers in (1, 2, 3, 4):
+        alloc = allocate(n, workers)
+        for k in range(1, n + 1):
+            plan = workers_for(k, alloc)
+            total = sum(runner.partial(*_args(batch), students, k) for students in plan.values())
+            assert total.shape == (4, cohort.config.hidden_size)
+            torch.testing.assert_close(runner.head(total), runner.run(*_args(batch), k),
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_a_block_stack_serves_its_prefixes(cohort, batch):
+    runner = LocalRunner(cohort)
+    runner.warmup((2, 3))
+    runner.partial(*_args(batch), (2,), 3)
+    runner.partial(*_args(batch), (2, 3), 4)
+    assert list(runner._stacks) == [(2, 3)]
+
+
+def test_bad_students_and_k_are_refused(cohort, batch):
+    runner = LocalRunner(cohort)
+    with pytest.raises(ConfigError, match="not all in the prefix k=2"):
+        runner.partial(*_args(batch), (1, 2), 2)
+    with pytest.raises(ConfigError, match="distinct, ascending"):
+        runner.partial(*_args(batch), (3, 1), 4)
+    with pytest.raises(ConfigError, match="k=5 is outside 1..4"):
+        runner.run(*_args(batch), 5)
+    with pytest.raises(ConfigError, match="dtype='int8'"):
+        LocalRunner(cohort, dtype="int8")
+
+
+def test_runtime_in_process_profiles_once_and_caches(cohort, batch, tmp_path):
+    cohort.save_pretrained(tmp_path / "cohort")
+    grid = ProfileConfig(ks=(1, 4), batches=(1, 2), lengths=(4, 8), repeats=1)
+    cache = tmp_path / "cache"
+    with Runtime.start(tmp_path / "cohort", RuntimeConfig(), profile=grid,
+                       cache_dir=cache) as rt:
+        assert rt.cost_model is not None and rt.cost_model.ks == (1, 4)
+        assert len(rt.cost_model.points) == 8
+        torch.testing.assert_close(rt.execute(*_args(batch), 3),
+                                   LocalRunner(cohort).run(*_args(batch), 3))
+        assert [s.alive for s in rt.health()] == [True]
+    files = list(cache.glob("*.json"))
+    assert len(files) == 1
+    record = json.loads(files[0].read_text())
+    assert record["layout"]["workers"] == 0 and record["machine"]["torch"] == torch.__version__
+    # A second start on the same machine, model and layout reads the cache.
+    record["cost_model"]["points"] = [[k, b, n, 0.5] for k, b, n, _ in
+                                      record["cost_model"]["points"]]
+    files[0].write_text(json.dumps(record))
+    with Runtime.start(tmp_path / "cohort", RuntimeConfig(), profile=grid, cache_dir=cache) as rt:
+        assert rt.cost_model is not None and rt.cost_model.cost(2, 1, 4) == 0.5
