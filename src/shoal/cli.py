@@ -120,6 +120,72 @@ def evaluate(
     typer.echo(json.dumps(result, indent=2))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                               "help_option_names": []})
+def serve(ctx: typer.Context) -> None:
+    """Serve a cohort over HTTP: shoal serve COHORT_DIR [--port 8000 ...] (--help lists all)."""
+    from shoal.serve.server import main as serve_main
+
+    raise typer.Exit(serve_main(list(ctx.args)))
+
+
+bench = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON and plots.")
+app.add_typer(bench, name="bench")
+
+
+@bench.command("serve")
+def bench_serve(
+    cohort: str = typer.Option(..., help="Shoal cohort folder."),
+    teacher: str = typer.Option(..., help="The teacher the cohort was distilled from."),
+    data: str = typer.Option(..., help="Dataset the request texts and labels come from."),
+    deep: str = typer.Option("", help="A 1-student deep cohort (the 'deep' ablation)."),
+    out: Path = typer.Option(Path("docs/results/bench")),
+    systems: str = typer.Option(",".join(("shoal", "shoal-no-pruning", "shoal-fifo",
+                                          "teacher-torch", "teacher-onnx",
+                                          "teacher-litserve"))),
+    split: str = typer.Option("test"),
+    latency_target_ms: float = typer.Option(100.0),
+    low_rate: float = typer.Option(5.0), low_duration_s: float = typer.Option(20.0),
+    burst_rates: str = typer.Option("20,40,80,160,320"),
+    base_rate: float = typer.Option(5.0),
+    sweep_duration_s: float = typer.Option(24.0),
+    max_length: int = typer.Option(128), threads: int = typer.Option(0),
+    seed: int = typer.Option(0),
+) -> None:
+    """Shoal and the baselines under the same seeded workloads, side by side."""
+    from shoal.bench.serve_bench import ServeBenchConfig, run_serve_bench
+
+    try:
+        cfg = ServeBenchConfig(
+            cohort=cohort, teacher=teacher, data=data, deep=deep or None, out=str(out),
+            systems=tuple(x.strip() for x in systems.split(",") if x.strip()), split=split,
+            latency_target_ms=latency_target_ms, low_rate=low_rate,
+            low_duration_s=low_duration_s,
+            burst_rates=tuple(float(x) for x in burst_rates.split(",")), base_rate=base_rate,
+            sweep_duration_s=sweep_duration_s, max_length=max_length, threads=threads,
+            seed=seed)
+        run_serve_bench(cfg)
+    except ShoalError as e:
+        _fail(e)
+    typer.echo((out / "bench.md").read_text())
+
+
+@bench.command("kernels")
+def bench_kernels(
+    out: Path = typer.Option(Path("docs/results"), help="Where JSON and plots go."),
+    cohort: str = typer.Option("", help="A cohort folder (default: built from the default "
+                                        "teacher; latency does not depend on training)."),
+    iters: int = typer.Option(50, help="Timed iterations per case."),
+) -> None:
+    """Micro-benchmark fused/one-by-one/threaded/multi-process cohort vs the teacher."""
+    from shoal.bench.kernels import kernels_command
+
+    try:
+        kernels_command(out, cohort=cohort or None, iters=iters)
+    except ShoalError as e:
+        _fail(e)
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Output folder."),
