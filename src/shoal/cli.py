@@ -68,6 +68,9 @@ def distill(
     w_kd: float = typer.Option(1.0), w_ce: float = typer.Option(0.0),
     temperature: float = typer.Option(1.0),
     shrinkage: float = typer.Option(1.0, help="L/L0 of Theorem 1's step size (>= 1 shrinks)."),
+    boost_on: str = typer.Option("tokens", help="Rows alpha is fitted on: tokens | cls."),
+    w_cls: float = typer.Option(0.0, help="Extra weight of the first token's residual."),
+    cache_dir: str = typer.Option("", help="Shared teacher-output cache (default OUT/cache)."),
     min_gain: float = typer.Option(-1.0, help="Stop adding students below this dev gain "
                                                "(accuracy points; negative: never)."),
     max_train: int = typer.Option(0), max_eval: int = typer.Option(0),
@@ -86,6 +89,7 @@ def distill(
             teacher=teacher, data=data, out=str(out), n_students=students,
             student_layers=layers, method=method, init=init, w_res=w_res, w_stack=w_stack,
             w_kd=w_kd, w_ce=w_ce, temperature=temperature, shrinkage=shrinkage,
+            boost_on=boost_on, w_cls=w_cls, cache_dir=cache_dir or None,
             min_gain=min_gain / 100 if min_gain >= 0 else None, max_length=max_length,
             max_train=max_train or None, max_eval=max_eval or None, threads=threads,
             train=TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed))

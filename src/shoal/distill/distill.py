@@ -61,6 +61,11 @@ class DistillConfig:
     """Softmax temperature of the logit distillation."""
     shrinkage: float = 1.0
     """L / L_0 in Theorem 1's step size; > 1 shrinks each alpha."""
+    boost_on: str = "tokens"
+    """Rows of the boosting loss that alpha is computed on: 'tokens' (every real token) or
+    'cls' (the first token, the only state the head reads)."""
+    w_cls: float = 0.0
+    """Extra weight of the first token's residual MSE (the state the head reads)."""
     min_gain: float | None = None
     """Offline pruning: stop adding students once one gains less dev accuracy (0..1)."""
     max_length: int = 128
@@ -83,6 +88,8 @@ class DistillConfig:
         if self.n_students < 1 or self.student_layers < 1:
             raise ConfigError(f"n_students={self.n_students} and student_layers="
                               f"{self.student_layers} must be >= 1")
+        if self.boost_on not in ("tokens", "cls"):
+            raise ConfigError(f"boost_on={self.boost_on!r} must be 'tokens' or 'cls'")
         if self.shrinkage < 0.5:
             raise ConfigError(f"shrinkage={self.shrinkage} < 0.5 can increase the loss; "
                               f"use 1.0 (exact line search) or more")
@@ -127,14 +134,21 @@ def student_outputs(model: ShoalModel, k: int, enc: Encoded, pad_id: int,
 
 
 def add_student(model: ShoalModel, k: int, enc: Encoded, teacher: TokenStore,
-                ensemble: TokenStore, pad_id: int, shrinkage: float, boost: bool) -> float:
-    """Compute alpha_k (Theorem 1) and update the cached ensemble in place; return alpha_k."""
+                ensemble: TokenStore, pad_id: int, shrinkage: float, boost: bool,
+                boost_on: str = "tokens") -> float:
+    """Compute alpha_k (Theorem 1) and update the cached ensemble in place; return alpha_k.
+
+    ``boost_on='cls'`` takes the boosting loss over first-token rows only.
+    """
     if not boost:  # averaged ensemble: every student counts 1 (divided by k at use)
         alpha = 1.0
     else:
         acc = boosting.AlphaAccumulator()
         for idx, mask, s in student_outputs(model, k, enc, pad_id):
             real = mask.bool()
+            if boost_on == "cls":
+                real = torch.zeros_like(real)
+                real[:, 0] = True
             r = boosting.residual(teacher.gather(idx), ensemble.gather(idx))
             acc.add(r[real], s[real])
         alpha = acc.alpha(shrinkage)
@@ -215,7 +229,7 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
         t1 = time.perf_counter()
         _train_student(model, k, enc["train"], cache, ensemble, pad, config)
         alpha = add_student(model, k, enc["train"], cache.final, ensemble, pad,
-                            config.shrinkage, boost)
+                            config.shrinkage, boost, config.boost_on)
         seconds.append(time.perf_counter() - t1)
         table = evaluate_prefixes(model, enc, pad, k + 1)
         log.info("student %d: alpha %.4f, prefix table %s", k + 1, alpha, table[-1])
@@ -299,6 +313,8 @@ def _train_student(model: ShoalModel, k: int, enc: Encoded, cache: TeacherCache,
         prev = ensemble.gather(idx) if boost and k > 0 else torch.zeros_like(s)
         target = boosting.residual(cache.final.gather(idx), prev)
         loss = config.w_res * losses.residual_loss(s, target, mask)
+        if config.w_cls > 0:
+            loss = loss + config.w_cls * losses.masked_mse(s[:, :1], target[:, :1], mask[:, :1])
         if stack:
             imitate = prev if boost and k > 0 else cache.middle.gather(idx)
             loss = loss + config.w_stack * losses.stacking_loss(proj(states[-2]), imitate, mask)
