@@ -68,6 +68,8 @@ def distill(
     w_kd: float = typer.Option(1.0), w_ce: float = typer.Option(0.0),
     temperature: float = typer.Option(1.0),
     shrinkage: float = typer.Option(1.0, help="L/L0 of Theorem 1's step size (>= 1 shrinks)."),
+    space: str = typer.Option("hidden", help="Boost in 'hidden' space (shared head) or "
+                                             "'logits' (a head per student)."),
     boost_on: str = typer.Option("tokens", help="Rows alpha is fitted on: tokens | cls."),
     w_cls: float = typer.Option(0.0, help="Extra weight of the first token's residual."),
     cache_dir: str = typer.Option("", help="Shared teacher-output cache (default OUT/cache)."),
@@ -89,7 +91,7 @@ def distill(
             teacher=teacher, data=data, out=str(out), n_students=students,
             student_layers=layers, method=method, init=init, w_res=w_res, w_stack=w_stack,
             w_kd=w_kd, w_ce=w_ce, temperature=temperature, shrinkage=shrinkage,
-            boost_on=boost_on, w_cls=w_cls, cache_dir=cache_dir or None,
+            space=space, boost_on=boost_on, w_cls=w_cls, cache_dir=cache_dir or None,
             min_gain=min_gain / 100 if min_gain >= 0 else None, max_length=max_length,
             max_train=max_train or None, max_eval=max_eval or None, threads=threads,
             train=TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed))

@@ -61,6 +61,10 @@ class DistillConfig:
     """Softmax temperature of the logit distillation."""
     shrinkage: float = 1.0
     """L / L_0 in Theorem 1's step size; > 1 shrinks each alpha."""
+    space: str = "hidden"
+    """Where the students are boosted: 'hidden' (summed first-token states read by one shared
+    head; METHOD.md's default) or 'logits' (each student has its own head, their logits are
+    summed, and each student's states imitate the teacher's)."""
     boost_on: str = "tokens"
     """Rows of the boosting loss that alpha is computed on: 'tokens' (every real token) or
     'cls' (the first token, the only state the head reads)."""
@@ -88,6 +92,8 @@ class DistillConfig:
         if self.n_students < 1 or self.student_layers < 1:
             raise ConfigError(f"n_students={self.n_students} and student_layers="
                               f"{self.student_layers} must be >= 1")
+        if self.space not in ("hidden", "logits"):
+            raise ConfigError(f"space={self.space!r} must be 'hidden' or 'logits'")
         if self.boost_on not in ("tokens", "cls"):
             raise ConfigError(f"boost_on={self.boost_on!r} must be 'tokens' or 'cls'")
         if self.shrinkage < 0.5:
@@ -102,6 +108,14 @@ class TeacherCache:
     final: TokenStore  # (n_tokens, H) last hidden states
     middle: TokenStore  # (n_tokens, H) hidden states at the students' intermediate depth
     logits: torch.Tensor  # (N, C)
+
+
+@dataclass
+class Ensemble:
+    """The running ensemble b_{k} on the training set, kept so no student is rerun."""
+
+    hidden: TokenStore  # (n_tokens, H) sum of alpha_i * s_i
+    logits: torch.Tensor  # (N, C) sum of alpha_i * head_i(s_i) (logit space only)
 
 
 @torch.inference_mode()
@@ -133,30 +147,43 @@ def student_outputs(model: ShoalModel, k: int, enc: Encoded, pad_id: int,
         yield b["index"].tolist(), b["attention_mask"], model.students[k](x, mask)[-1]
 
 
-def add_student(model: ShoalModel, k: int, enc: Encoded, teacher: TokenStore,
-                ensemble: TokenStore, pad_id: int, shrinkage: float, boost: bool,
-                boost_on: str = "tokens") -> float:
+@torch.no_grad()
+def add_student(model: ShoalModel, k: int, enc: Encoded, cache: TeacherCache,
+                ensemble: Ensemble, pad_id: int, config: DistillConfig) -> float:
     """Compute alpha_k (Theorem 1) and update the cached ensemble in place; return alpha_k.
 
-    ``boost_on='cls'`` takes the boosting loss over first-token rows only.
+    In hidden space the boosting loss is over every real token (``boost_on='tokens'``) or the
+    first token only ('cls'); in logit space it is over the logits.
     """
-    if not boost:  # averaged ensemble: every student counts 1 (divided by k at use)
+    if config.method == "average":  # every student counts 1 (divided by k at use)
         alpha = 1.0
     else:
         acc = boosting.AlphaAccumulator()
         for idx, mask, s in student_outputs(model, k, enc, pad_id):
+            if config.space == "logits":
+                r = boosting.residual(cache.logits[idx], ensemble.logits[idx])
+                acc.add(r, model.student_logits(s[None, :, 0], [k])[0])
+                continue
             real = mask.bool()
-            if boost_on == "cls":
+            if config.boost_on == "cls":
                 real = torch.zeros_like(real)
                 real[:, 0] = True
-            r = boosting.residual(teacher.gather(idx), ensemble.gather(idx))
+            r = boosting.residual(cache.final.gather(idx), ensemble.hidden.gather(idx))
             acc.add(r[real], s[real])
-        alpha = acc.alpha(shrinkage)
-    for idx, _, s in student_outputs(model, k, enc, pad_id):
-        ensemble.add_(idx, s, alpha)
-    with torch.no_grad():
-        model.alpha[k] = alpha
+        alpha = acc.alpha(config.shrinkage)
+    _accumulate(model, k, enc, ensemble, pad_id, alpha)
+    model.alpha[k] = alpha
     return alpha
+
+
+@torch.inference_mode()
+def _accumulate(model: ShoalModel, k: int, enc: Encoded, ensemble: Ensemble, pad_id: int,
+                alpha: float) -> None:
+    """b_k = b_{k-1} + alpha_k * s_k, in hidden space and (per-student heads) logit space."""
+    for idx, _, s in student_outputs(model, k, enc, pad_id):
+        ensemble.hidden.add_(idx, s, alpha)
+        if model.config.head_per_student:
+            ensemble.logits[idx] += alpha * model.student_logits(s[None, :, 0], [k])[0]
 
 
 def evaluate_prefixes(model: ShoalModel, enc: dict[str, Encoded], pad_id: int,
@@ -212,15 +239,18 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     teacher_seconds = time.perf_counter() - t0
 
     torch.manual_seed(config.train.seed)
-    model = ShoalModel.from_teacher(teacher, config.n_students, m, config.init)
+    model = ShoalModel.from_teacher(teacher, config.n_students, m, config.init,
+                                    head_per_student=config.space == "logits")
     if config.method == "average":
         model = _with_config(model, combine="mean")
     del teacher
-    for p in [*model.embeddings.parameters(), *model.head.parameters()]:
+    shared = [*model.embeddings.parameters()]
+    shared += [] if config.space == "logits" else [*model.head.parameters()]
+    for p in shared:
         p.requires_grad_(False)  # shared by all students: frozen so cached outputs stay valid
-    ensemble = TokenStore(enc["train"].lengths(), model.config.hidden_size)
-    boost = config.method != "average"
-    state = _resume(out, model, enc["train"], cache, ensemble, pad, config)
+    ensemble = Ensemble(TokenStore(enc["train"].lengths(), model.config.hidden_size),
+                        torch.zeros(len(enc["train"]), model.config.num_labels))
+    state = _resume(out, model, enc["train"], ensemble, pad)
     table: list[dict] = state["table"]
     seconds: list[float] = state["seconds"]
     for k in range(state["done"], config.n_students):
@@ -228,8 +258,7 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
             return {"stopped_after": k, "table": table}
         t1 = time.perf_counter()
         _train_student(model, k, enc["train"], cache, ensemble, pad, config)
-        alpha = add_student(model, k, enc["train"], cache.final, ensemble, pad,
-                            config.shrinkage, boost, config.boost_on)
+        alpha = add_student(model, k, enc["train"], cache, ensemble, pad, config)
         seconds.append(time.perf_counter() - t1)
         table = evaluate_prefixes(model, enc, pad, k + 1)
         log.info("student %d: alpha %.4f, prefix table %s", k + 1, alpha, table[-1])
@@ -271,8 +300,7 @@ def _teacher_cache(folder: Path, teacher, enc: Encoded, depth: int, pad: int) ->
     return cache
 
 
-def _resume(out: Path, model: ShoalModel, enc: Encoded, cache: TeacherCache,
-            ensemble: TokenStore, pad: int, config: DistillConfig) -> dict:
+def _resume(out: Path, model: ShoalModel, enc: Encoded, ensemble: Ensemble, pad: int) -> dict:
     """Restore finished students and rebuild the ensemble cache from them."""
     ckpt = out / "checkpoints" / "latest.pt"
     if not ckpt.is_file():
@@ -280,14 +308,13 @@ def _resume(out: Path, model: ShoalModel, enc: Encoded, cache: TeacherCache,
     saved = torch.load(ckpt)
     model.load_state_dict(saved["state"])
     for k in range(saved["done"]):
-        for idx, _, s in student_outputs(model, k, enc, pad):
-            ensemble.add_(idx, s, float(model.alpha[k]))
+        _accumulate(model, k, enc, ensemble, pad, float(model.alpha[k]))
     log.info("resumed after %d students", saved["done"])
     return saved
 
 
 def _train_student(model: ShoalModel, k: int, enc: Encoded, cache: TeacherCache,
-                   ensemble: TokenStore, pad: int, config: DistillConfig) -> None:
+                   ensemble: Ensemble, pad: int, config: DistillConfig) -> None:
     """Train student k against the residual and the stacking target; others stay frozen."""
     student = model.students[k]
     hidden = model.config.hidden_size
@@ -297,29 +324,45 @@ def _train_student(model: ShoalModel, k: int, enc: Encoded, cache: TeacherCache,
         proj.bias.zero_()
     boost = config.method != "average"
     stack = config.method != "boost" and config.w_stack > 0 and config.student_layers > 1
+    logit_space = config.space == "logits"
+    head = model.heads[k] if logit_space else model.head
     model.embeddings.eval()
-    model.head.eval()
+    head.eval()
     torch.manual_seed(config.train.seed + k)
     # Post-LN students emit unit-scale states while later residuals are small: a learned
     # scalar c lets student k fit r_k as c * s_k (alpha_k replaces c once it is trained).
-    c = nn.Parameter(torch.tensor(_initial_scale(model, k, enc, cache, ensemble, pad, boost)))
+    c = nn.Parameter(torch.tensor(1.0 if logit_space else
+                                  _initial_scale(model, k, enc, cache, ensemble.hidden, pad,
+                                                 boost)))
 
     def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
         idx, mask = b["index"].tolist(), b["attention_mask"]
         with torch.no_grad():
             x, amask = model.embed(b["input_ids"], mask, b["token_type_ids"])
         states = student(x, amask)
-        s = c * states[-1]
-        prev = ensemble.gather(idx) if boost and k > 0 else torch.zeros_like(s)
-        target = boosting.residual(cache.final.gather(idx), prev)
-        loss = config.w_res * losses.residual_loss(s, target, mask)
-        if config.w_cls > 0:
-            loss = loss + config.w_cls * losses.masked_mse(s[:, :1], target[:, :1], mask[:, :1])
+        teacher_states = cache.final.gather(idx)
+        prev = (ensemble.hidden.gather(idx) if boost and k > 0
+                else torch.zeros_like(teacher_states))
+        if logit_space:  # own head: residual in logits, states imitate the teacher's
+            z = c * head(states[-1][:, 0])
+            prev_logits = ensemble.logits[b["index"]] if boost and k > 0 else torch.zeros_like(z)
+            t_logits = cache.logits[b["index"]]
+            loss = config.w_res * (losses.residual_loss(z[:, None], (t_logits - prev_logits)
+                                                        [:, None], mask[:, :1])
+                                   + losses.masked_mse(states[-1], teacher_states, mask))
+            logits = prev_logits + z
+        else:
+            s = c * states[-1]
+            target = boosting.residual(teacher_states, prev)
+            loss = config.w_res * losses.residual_loss(s, target, mask)
+            if config.w_cls > 0:
+                loss = loss + config.w_cls * losses.masked_mse(s[:, :1], target[:, :1],
+                                                               mask[:, :1])
+            logits = head(prev[:, 0] + s[:, 0])
         if stack:
             imitate = prev if boost and k > 0 else cache.middle.gather(idx)
             loss = loss + config.w_stack * losses.stacking_loss(proj(states[-2]), imitate, mask)
         if config.w_kd > 0 or config.w_ce > 0:
-            logits = model.head(prev[:, 0] + s[:, 0])
             if config.w_kd > 0:
                 loss = loss + config.w_kd * losses.kd_loss(logits, cache.logits[b["index"]],
                                                            config.temperature)
@@ -330,6 +373,7 @@ def _train_student(model: ShoalModel, k: int, enc: Encoded, cache: TeacherCache,
     named = [(f"student.{n}", p) for n, p in student.named_parameters()]
     named += [(f"proj.{n}", p) for n, p in proj.named_parameters()] if stack else []
     named += [("scale", c)] if boost else []
+    named += [(f"head.{n}", p) for n, p in head.named_parameters()] if logit_space else []
     train(named, step, lambda e: list(iterate(enc, config.train.batch_size, shuffle=True,
                                               seed=config.train.seed + 1000 * k + e,
                                               pad_id=pad)),

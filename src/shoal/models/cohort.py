@@ -48,6 +48,10 @@ class ShoalConfig:
     """Transformer layers per student (m)."""
     dropout: float = 0.1
     """Dropout while training; inference never drops."""
+    head_per_student: bool = False
+    """False: one shared head reads the combined first-token state b_k (boosting in hidden
+    space). True: every student has its own head and their logits are combined (boosting in
+    logit space)."""
     combine: str = "sum"
     """'sum': b_k = sum alpha_i s_i (boosting); 'mean': the average of the first k students
     (the independently-distilled ensemble ablation)."""
@@ -108,7 +112,11 @@ class ShoalModel(nn.Module):
             Student(c.student_layers, c.hidden_size, c.num_attention_heads,
                     c.intermediate_size, c.layer_norm_eps, c.dropout)
             for _ in range(c.n_students))
-        self.head = Head(c.hidden_size, c.num_labels, c.dropout)
+        if c.head_per_student:
+            self.heads = nn.ModuleList(Head(c.hidden_size, c.num_labels, c.dropout)
+                                       for _ in range(c.n_students))
+        else:
+            self.head = Head(c.hidden_size, c.num_labels, c.dropout)
         self.register_buffer("alpha", torch.ones(c.n_students))
         self.meta: dict[str, Any] = {}
         self._fused: FusedStudents | None = None
@@ -147,15 +155,46 @@ class ShoalModel(nn.Module):
         x, mask = self.embed(input_ids, attention_mask, token_type_ids)
         if fused:
             states = self.fused_students()(x, mask, k, cls_only=True)  # (k, B, H)
-            alpha = self.weights(k).to(states.dtype)
-            cls = torch.einsum("k,kbh->bh", alpha, states).to(self.head.pooler.weight.dtype)
-            return CohortOutput(self.head(cls), cls)
+            total = self.partial(states, list(range(k)), k)
+            cls = torch.einsum("k,kbh->bh", self.weights(k).to(states.dtype), states)
+            return CohortOutput(self.finish(total), cls)
         per_student = [self.students[i](x, mask) for i in range(k)]
         w = self.weights(k)
         hidden = sum(w[i] * s[-1] for i, s in enumerate(per_student))
         assert isinstance(hidden, torch.Tensor)
-        return CohortOutput(self.head(hidden[:, 0]), hidden,
-                            per_student if return_students else None)
+        if self.config.head_per_student:
+            logits = sum(w[i] * self.heads[i](s[-1][:, 0]) for i, s in enumerate(per_student))
+        else:
+            logits = self.head(hidden[:, 0])
+        assert isinstance(logits, torch.Tensor)
+        return CohortOutput(logits, hidden, per_student if return_students else None)
+
+    def partial(self, states: torch.Tensor, ids: list[int], k: int) -> torch.Tensor:
+        """The weighted contribution of some of the first k students.
+
+        Contributions of disjoint groups add up, so workers holding different students can
+        each return one and the caller sums them before :meth:`finish`.
+
+        Shape:
+            states: (len(ids), B, H) first-token states of students ``ids``. Returns (B, H)
+            with a shared head, (B, num_labels) with a head per student.
+        """
+        w = self.weights(k)[ids].to(states.dtype)
+        if not self.config.head_per_student:
+            return torch.einsum("k,kbh->bh", w, states)
+        logits = self.student_logits(states, ids)
+        return torch.einsum("k,kbc->bc", w.to(logits.dtype), logits)
+
+    def student_logits(self, states: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        """Each student's own head on its first-token state: (j, B, H) -> (j, B, C)."""
+        return torch.stack([self.heads[i](states[j].to(self.heads[i].pooler.weight.dtype))
+                            for j, i in enumerate(ids)])
+
+    def finish(self, total: torch.Tensor) -> torch.Tensor:
+        """Summed contributions -> logits (the shared head, or nothing to do)."""
+        if self.config.head_per_student:
+            return total.float()
+        return self.head(total.to(self.head.pooler.weight.dtype))
 
     def weights(self, k: int) -> torch.Tensor:
         """The (k,) weights that combine the first k students' outputs."""
@@ -174,8 +213,7 @@ class ShoalModel(nn.Module):
         states = self.fused_students()(x, mask, self.n_students, cls_only=True)  # (N, B, H)
         out = []
         for k in range(1, self.n_students + 1):
-            cls = torch.einsum("k,kbh->bh", self.weights(k).to(states.dtype), states[:k])
-            out.append(self.head(cls.to(self.head.pooler.weight.dtype)))
+            out.append(self.finish(self.partial(states[:k], list(range(k)), k)))
         return torch.stack(out)
 
     def fused_students(self, dtype: torch.dtype | None = None) -> FusedStudents:
@@ -235,7 +273,8 @@ class ShoalModel(nn.Module):
 
     @classmethod
     def from_teacher(cls, teacher: nn.Module, n_students: int, student_layers: int = 2,
-                     init: str | list[list[int]] = "bottom") -> ShoalModel:
+                     init: str | list[list[int]] = "bottom", *,
+                     head_per_student: bool = False) -> ShoalModel:
         """Build a cohort whose embeddings, layers and head are copied from a BERT teacher.
 
         Args:
@@ -257,16 +296,18 @@ class ShoalModel(nn.Module):
             type_vocab_size=tc.type_vocab_size, layer_norm_eps=tc.layer_norm_eps,
             pad_token_id=tc.pad_token_id or 0, num_labels=tc.num_labels,
             id2label={str(i): str(v) for i, v in tc.id2label.items()},
-            n_students=n_students, student_layers=student_layers)
+            n_students=n_students, student_layers=student_layers,
+            head_per_student=head_per_student)
         model = cls(config)
         model.embeddings.load_state_dict(bert.embeddings.state_dict(), strict=False)
         for student, layers in zip(model.students, plan):
             for ours, t in zip(student.layers, layers):
                 ours.load_hf(bert.encoder.layer[t])
         with torch.no_grad():
-            if bert.pooler is not None:
-                model.head.pooler.load_state_dict(bert.pooler.dense.state_dict())
-            model.head.classifier.load_state_dict(teacher.classifier.state_dict())
+            for head in (model.heads if head_per_student else [model.head]):
+                if bert.pooler is not None:
+                    head.pooler.load_state_dict(bert.pooler.dense.state_dict())
+                head.classifier.load_state_dict(teacher.classifier.state_dict())
         model.meta["init_layers"] = plan
         return model
 

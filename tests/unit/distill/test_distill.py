@@ -70,7 +70,7 @@ def test_stacking_targets_are_the_frozen_previous_students(tmp_path, tiny_data, 
         real_train(model, k, enc, cache, ensemble, pad, config)
         if k == 1:
             captured["targets"] = list(seen)
-            captured["ensemble"] = ensemble.data.clone()
+            captured["ensemble"] = ensemble.hidden.data.clone()
             captured["alpha0"] = float(model.alpha[0])
             captured["s0"] = TokenStore_from(model, 0, enc)
 
@@ -124,3 +124,23 @@ def test_ablations_share_the_teacher_cache_and_match_budgets(tmp_path, tiny_data
     assert [r["variant"] for r in result["rows"]] == ["stack", "average"]
     assert len(list((tmp_path / "abl" / "teacher-cache").glob("depth*"))) == 1
     assert "| stack |" in (tmp_path / "abl" / "ablations.md").read_text()
+
+
+def test_logit_space_boosting_lowers_the_logit_residual(tmp_path, tiny_data):
+    teacher = _deep_teacher(tmp_path)
+    distill(_config(teacher, tiny_data, tmp_path / "lg", space="logits"))
+    model = ShoalModel.from_pretrained(tmp_path / "lg")
+    assert model.config.head_per_student and len(model.heads) == 3
+    teacher_logits = torch.load(next((tmp_path / "lg" / "cache").glob("depth*")) / "logits.pt")
+    from transformers import AutoTokenizer
+
+    from shoal.data import encode, load_task, iterate
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "lg")
+    enc = encode(tok, load_task(tiny_data).splits["train"], 32)
+    prefix = torch.zeros(3, len(enc), 2)
+    for b in iterate(enc, 64, shuffle=False):
+        prefix[:, b["index"]] = model.prefix_logits(b["input_ids"], b["attention_mask"],
+                                                    b["token_type_ids"])
+    errors = [boosting.boost_loss(teacher_logits, prefix[k]) for k in range(3)]
+    assert errors[0] >= errors[1] - 1e-6 >= errors[2] - 2e-6

@@ -12,9 +12,9 @@ from shoal.errors import ConfigError, ModelError
 from shoal.models.cohort import ShoalModel, layer_plan
 
 
-def _cohort(teacher_dir, n=3, m=2, init="spread") -> ShoalModel:
+def _cohort(teacher_dir, n=3, m=2, init="spread", per_student=False) -> ShoalModel:
     teacher = BertForSequenceClassification.from_pretrained(teacher_dir).eval()
-    model = ShoalModel.from_teacher(teacher, n, m, init).eval()
+    model = ShoalModel.from_teacher(teacher, n, m, init, head_per_student=per_student).eval()
     with torch.no_grad():  # distinct alphas and perturbed students, as after distillation
         model.alpha.copy_(torch.tensor([1.0, 0.6, 0.3][:n]))
         for s in model.students:
@@ -39,9 +39,10 @@ def _naive_logits(model: ShoalModel, batch, k: int) -> torch.Tensor:
 TEXTS = ["good movie", "the plot was very very bad and sad", "a", "not so great but fine film"]
 
 
+@pytest.mark.parametrize("per_student", [False, True])
 @pytest.mark.parametrize("pairs", [None, ["the film", "bad", "good good good good", "so"]])
-def test_fused_matches_one_by_one_for_every_k(tiny_teacher, pairs):
-    model = _cohort(tiny_teacher)
+def test_fused_matches_one_by_one_for_every_k(tiny_teacher, pairs, per_student):
+    model = _cohort(tiny_teacher, per_student=per_student)
     batch = _batch(tiny_teacher, TEXTS, pairs)
     assert batch["attention_mask"].min() == 0  # padding present
     with torch.no_grad():
@@ -51,6 +52,24 @@ def test_fused_matches_one_by_one_for_every_k(tiny_teacher, pairs):
             fast = model(**batch, k=k, fused=True).logits.double()
             tol = 4 * (slow - ref).abs().max().item() + 1e-6  # fp32 error of a naive path
             assert (fast - ref).abs().max().item() <= tol
+        prefix = model.prefix_logits(**batch)
+        for k in range(1, model.n_students + 1):
+            torch.testing.assert_close(prefix[k - 1], model(**batch, k=k).logits,
+                                       atol=1e-5, rtol=1e-4)
+
+
+def test_partial_sums_of_disjoint_groups_add_up(tiny_teacher):
+    for per_student in (False, True):
+        model = _cohort(tiny_teacher, per_student=per_student)
+        batch = _batch(tiny_teacher, TEXTS)
+        with torch.no_grad():
+            x, mask = model.embed(**{k: batch[k] for k in ("input_ids", "attention_mask",
+                                                           "token_type_ids")})
+            states = model.fused_students()(x, mask, 3)
+            whole = model.finish(model.partial(states, [0, 1, 2], 3))
+            split = model.finish(model.partial(states[:1], [0], 3)
+                                 + model.partial(states[1:], [1, 2], 3))
+        torch.testing.assert_close(whole, split, atol=1e-5, rtol=1e-5)
 
 
 def test_padding_does_not_change_a_row(tiny_teacher):
