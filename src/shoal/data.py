@@ -49,6 +49,25 @@ def load_task(source: str | Path, *, max_examples: int | None = None) -> Task:
     return task
 
 
+def with_dev_split(task: Task, fraction: float = 0.1, seed: int = 0) -> Task:
+    """Hold out part of train as 'dev' when a task has none, so selection never sees test."""
+    if "dev" in task.splits or "train" not in task.splits:
+        return task
+    train = task.splits["train"]
+    idx = list(range(len(train)))
+    random.Random(seed).shuffle(idx)
+    cut = max(1, int(len(idx) * fraction))
+
+    def take(ids: list[int]) -> TextDataset:
+        pairs = None if train.text_pairs is None else [train.text_pairs[i] for i in ids]
+        return TextDataset([train.texts[i] for i in ids], [train.labels[i] for i in ids],
+                           pairs, train.num_labels)
+
+    splits = dict(task.splits)
+    splits["dev"], splits["train"] = take(sorted(idx[:cut])), take(sorted(idx[cut:]))
+    return Task(task.name, splits, task.label_names)
+
+
 def read_tsv(path: Path, num_labels: int | None = None) -> TextDataset:
     """Read one TSV split; raise DataError naming the file and the fix on any problem."""
     if not path.is_file():
