@@ -11,13 +11,14 @@ from shoal.models.cohort import ShoalModel
 TEXTS = ["good movie", "the plot was very very bad and sad", "a", "not so great but fine film"]
 
 
-def tiny_cohort(teacher_dir, n: int = 4) -> ShoalModel:
+def tiny_cohort(teacher_dir, n: int = 4, head_per_student: bool = False) -> ShoalModel:
     teacher = BertForSequenceClassification.from_pretrained(teacher_dir).eval()
     torch.manual_seed(1)
-    model = ShoalModel.from_teacher(teacher, n, 2, "spread").eval()
+    model = ShoalModel.from_teacher(teacher, n, 2, "spread",
+                                    head_per_student=head_per_student).eval()
     with torch.no_grad():
         model.alpha.copy_(torch.linspace(1.0, 0.3, n))
-        for p in model.students.parameters():
+        for p in model.parameters():  # students (and per-student heads) differ
             p.add_(0.02 * torch.randn_like(p))
     return model
 
@@ -32,9 +33,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def cohort(tiny_teacher) -> ShoalModel:
-    return tiny_cohort(tiny_teacher)
+@pytest.fixture(scope="module", params=[False, True], ids=["shared-head", "head-per-student"])
+def cohort(tiny_teacher, request) -> ShoalModel:
+    """Boosting in hidden space (one head on b_k) and in logit space (a head per student)."""
+    return tiny_cohort(tiny_teacher, head_per_student=request.param)
 
 
 @pytest.fixture(scope="module")

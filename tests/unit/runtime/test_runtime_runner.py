@@ -65,8 +65,10 @@ def test_partial_sums_over_any_allocation_add_up_to_the_full_run(cohort, batch):
         for k in range(1, n + 1):
             plan = workers_for(k, alloc)
             total = sum(runner.partial(*_args(batch), students, k) for students in plan.values())
-            assert total.shape == (4, cohort.config.hidden_size)
-            torch.testing.assert_close(runner.head(total), runner.run(*_args(batch), k),
+            width = cohort.config.num_labels if cohort.config.head_per_student else \
+                cohort.config.hidden_size
+            assert total.shape == (4, width)
+            torch.testing.assert_close(runner.finish(total), runner.run(*_args(batch), k),
                                        rtol=1e-5, atol=1e-6)
 
 

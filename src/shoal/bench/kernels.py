@@ -1,0 +1,531 @@
+"""``shoal bench kernels``: the cohort's execution paths against the teacher, on this machine.
+
+Cases, at batch 1 and at a large batch of SST-2-length inputs (sentences of the median SST-2
+length, no padding):
+- cohort *fused* (``LocalRunner``, every k; bf16 too where the CPU has native bf16),
+- cohort *one-by-one* (the reference path: each student in turn, every token in every layer),
+- cohort *threaded* (one Python thread per student, 1 intra-op thread each),
+- cohort *multi-process* (``WorkerPool``: 2 workers x 1 pinned core vs 1 worker x 2 cores),
+- the teacher as a user runs it (Hugging Face transformers, PyTorch eager, fp32),
+- the teacher on ONNX Runtime (exported with the TorchScript exporter, graph optimisations on).
+Latency percentiles exclude warm-up; FLOPs are counted analytically (a multiply-add is 2) and
+set against the measured fp32 matrix-multiply peak (best large GEMM). Writes JSON and a PNG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from shoal.models.cohort import ShoalModel
+from shoal.serve.runtime import LocalRunner, RuntimeConfig, WorkerPool
+from shoal.serve.runtime.profile import cpu_model
+from shoal.serve.runtime.runner import bf16_cpu_supported
+
+TARGETS = {"overhead_ratio_max": 1.3, "speedup_vs_hf_min": 2.5, "large_batch_peak_frac_min": 0.5}
+
+
+@dataclass(frozen=True, kw_only=True)
+class KernelsConfig:
+    """What ``shoal bench kernels`` measures."""
+
+    out_dir: str = "docs/results"
+    """Where kernels.json and kernels.png go."""
+    cohort: str | None = None
+    """A cohort folder; None builds one from the teacher (latency does not depend on training)."""
+    teacher: str = "default"
+    """The teacher to compare against (and to build the cohort from)."""
+    n_students: int = 3
+    """Students of the built cohort (ignored with ``cohort``)."""
+    student_layers: int = 2
+    iters: int = 50
+    """Timed iterations per case at batch 1."""
+    large_iters: int = 5
+    """Timed iterations per case at the large batch."""
+    warmup: int = 3
+    large_batch: int = 64
+    length: int | None = None
+    """Tokens per input; None: the median SST-2 test length (25 with the default tokenizer)."""
+    data: str = "/work/shared/data/sst2/test.tsv"
+    """SST-2 sentences (a TSV with a 'sentence' column); synthetic ids when missing."""
+    threads: tuple[int, ...] = ()
+    """Intra-op thread counts to measure in-process cases at; () means 1 and all cores."""
+    multiprocess: bool = True
+    onnx: bool = True
+    command: str = field(default_factory=lambda: " ".join(sys.argv))
+
+
+# ------------------------------------------------------------------------------ FLOPs
+
+
+def layer_flops(batch: int, length: int, hidden: int, inter: int, cls_only: bool = False) -> int:
+    """One post-LN BERT layer; ``cls_only`` computes K and V for all tokens, the rest for one."""
+    b, n, h, i = batch, length, hidden, inter
+    if not cls_only:
+        return b * n * (8 * h * h + 4 * h * i) + b * 4 * n * n * h
+    return b * n * 4 * h * h + b * (4 * h * h + 4 * h * i) + b * 4 * n * h
+
+
+def head_flops(batch: int, hidden: int, labels: int) -> int:
+    return batch * (2 * hidden * hidden + 2 * hidden * labels)
+
+
+def cohort_flops(cfg: Any, k: int, batch: int, length: int, fused: bool = True) -> int:
+    """FLOPs of the first k students (fused: the last layer on the first token only)."""
+    h, i, m = cfg.hidden_size, cfg.intermediate_size, cfg.student_layers
+    per = (m - 1) * layer_flops(batch, length, h, i) + layer_flops(batch, length, h, i, fused)
+    return k * per + head_flops(batch, h, cfg.num_labels)
+
+
+def teacher_flops(cfg: Any, batch: int, length: int) -> int:
+    per = layer_flops(batch, length, cfg.hidden_size, cfg.intermediate_size)
+    return cfg.num_hidden_layers * per + head_flops(batch, cfg.hidden_size, cfg.num_labels)
+
+
+# ------------------------------------------------------------------------------ timing
+
+
+def matmul_peak(threads: int, dtype: torch.dtype = torch.float32, n: int = 2048,
+                iters: int = 5) -> float:
+    """Best GFLOP/s of an n x n x n GEMM at ``threads`` intra-op threads."""
+    with _threads(threads):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b
+        best = min(_once(lambda: a @ b) for _ in range(iters))
+    return 2 * n**3 / best / 1e9
+
+
+def _once(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def sst2_batches(tokenizer: Any, data: str, length: int | None, large: int
+                 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor], str]:
+    """Batch-1 inputs (distinct sentences) and one large batch, all exactly ``length`` tokens."""
+    path = Path(data)
+    sents: list[list[int]] = []
+    if path.is_file():
+        lines = path.read_text().splitlines()
+        col = lines[0].split("\t").index("sentence") if "sentence" in lines[0] else 0
+        sents = [tokenizer(r.split("\t")[col])["input_ids"] for r in lines[1:] if r.strip()]
+    if sents:
+        lens = sorted(len(s) for s in sents)
+        length = length or lens[len(lens) // 2]
+        chosen = [s for s in sents if len(s) == length] or [s[:length] for s in sents
+                                                            if len(s) >= length]
+        source = f"{path} ({len(chosen)} sentences of {length} tokens)"
+    else:
+        length = length or 25
+        rng = np.random.default_rng(0)
+        chosen = [[101, *rng.integers(1000, 20000, length - 2).tolist(), 102] for _ in range(64)]
+        source = f"synthetic ({length} tokens; {path} not found)"
+    ids = torch.tensor(chosen, dtype=torch.long)
+
+    def pack(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"input_ids": x, "attention_mask": torch.ones_like(x),
+                "token_type_ids": torch.zeros_like(x)}
+
+    rows = [pack(ids[i: i + 1]) for i in range(len(ids))]
+    big = pack(ids[torch.arange(large) % len(ids)])
+    return rows, big, source
+
+
+def _args(x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return x["input_ids"], x["attention_mask"], x["token_type_ids"]
+
+
+# ------------------------------------------------------------------------------ systems
+
+
+def export_onnx(teacher: Any, folder: Path, sample: dict[str, torch.Tensor]) -> Path:
+    """The teacher as ONNX with dynamic batch and length (TorchScript exporter)."""
+    path = folder / "teacher.onnx"
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    axes = {n: {0: "batch", 1: "length"} for n in names} | {"logits": {0: "batch"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(teacher, tuple(sample[n] for n in names), str(path),
+                          input_names=names, output_names=["logits"], dynamic_axes=axes,
+                          opset_version=17, dynamo=False)
+    return path
+
+
+def ort_session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ORT's pool threads busy-wait between runs by default; on a shared host that steals the
+    # cores from whatever runs next (the same reason the torch cases run with a short OpenMP
+    # spin), so the comparison turns spinning off.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def threaded_runner(runner: LocalRunner, k: int, pool: ThreadPoolExecutor
+                    ) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """One Python thread per student; torch releases the GIL inside each op."""
+
+    def run(x: dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = pool.map(lambda i: runner.partial(*_args(x), (i,), k), range(k))
+        return runner.finish(sum(parts))
+
+    return run
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class Case:
+    """One system at one batch size, timed round-robin with the others of its group."""
+
+    system: str
+    batch: int
+    k: int | None
+    threads: int
+    flops: int
+    fn: Callable[[dict[str, torch.Tensor]], Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+    times_ms: list[float] = field(default_factory=list)
+
+
+def measure(cases: list[Case], inputs: Callable[[int, int], dict[str, torch.Tensor]],
+            iters: int, warmup: int) -> None:
+    """Time the cases round-robin: every round runs each case once on the same input, so a
+    load change on a shared machine hits every case alike (ratios stay fair)."""
+    for r in range(warmup + iters):
+        for c in cases:
+            x = inputs(c.batch, r)
+            t0 = time.perf_counter()
+            c.fn(x)  # returns CPU results: the device is synchronised
+            if r >= warmup:
+                c.times_ms.append((time.perf_counter() - t0) * 1e3)
+
+
+def _record(c: Case, length: int) -> dict[str, Any]:
+    p = np.percentile(c.times_ms, [50, 90, 99])
+    out = {"system": c.system, "batch": c.batch, "length": length, "k": c.k,
+           "threads": c.threads, "flops": c.flops, "p50_ms": float(p[0]), "p90_ms": float(p[1]),
+           "p99_ms": float(p[2]), "mean_ms": statistics.fmean(c.times_ms),
+           "iters": len(c.times_ms), **c.extra}
+    out["gflops"] = c.flops / (out["p50_ms"] / 1e3) / 1e9
+    print(f"  {c.system:<30} b={c.batch:<3} k={c.k!s:<4} t={c.threads} p50 "
+          f"{out['p50_ms']:8.2f} ms  {out['gflops']:6.1f} GFLOP/s", flush=True)
+    return out
+
+
+def run_kernels(config: KernelsConfig) -> dict[str, Any]:
+    """Measure every case; return a JSON-ready dict (cases, peaks, targets, machine)."""
+    from shoal.models.teacher import load_teacher
+
+    teacher, tok = load_teacher(config.teacher, 2)
+    teacher.eval()
+    if config.cohort:
+        model = ShoalModel.from_pretrained(config.cohort)
+    else:
+        model = ShoalModel.from_teacher(teacher, config.n_students, config.student_layers).eval()
+    n, ccfg, tcfg = model.n_students, model.config, teacher.config
+    rows, big, source = sst2_batches(tok, config.data, config.length, config.large_batch)
+    length = rows[0]["input_ids"].shape[1]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    thread_counts = config.threads or tuple(sorted({1, cores or 1}))
+    bf16 = bf16_cpu_supported()
+    records: list[dict[str, Any]] = []
+    peaks: dict[str, float] = {}
+    load_before = os.getloadavg()
+
+    def inputs(batch: int, r: int) -> dict[str, torch.Tensor]:
+        return rows[r % len(rows)] if batch == 1 else big
+
+    def run_group(group: list[Case]) -> None:
+        for batch, iters, warm in ((1, config.iters, config.warmup),
+                                   (config.large_batch, config.large_iters, 1)):
+            chosen = [c for c in group if c.batch == batch]
+            measure(chosen, inputs, iters, warm)
+            records.extend(_record(c, length) for c in chosen)
+
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        onnx_path = export_onnx(teacher, Path(tmp), rows[0]) if config.onnx else None
+        for t in thread_counts:
+            with _threads(t):
+                peaks[f"fp32_t{t}"] = matmul_peak(t)
+                if bf16:
+                    peaks[f"bf16_t{t}"] = matmul_peak(t, torch.bfloat16)
+                print(f"threads={t}: matmul peak {peaks[f'fp32_t{t}']:.1f} GFLOP/s fp32",
+                      flush=True)
+                group = _in_process_cases(model, teacher, onnx_path, t, bf16, length,
+                                          config.large_batch)
+                with ThreadPoolExecutor(n) as tp:
+                    if t == 1:
+                        group += _threaded_cases(model, tp, length, config.large_batch)
+                    run_group(group)
+        if 1 not in thread_counts:
+            with _threads(1), ThreadPoolExecutor(n) as tp:
+                run_group(_threaded_cases(model, tp, length, config.large_batch))
+        if config.multiprocess:
+            folder = config.cohort or str(Path(tmp) / "cohort")
+            if not config.cohort:
+                model.save_pretrained(folder)
+            with contextlib.ExitStack() as stack:
+                group = _multiprocess_cases(stack, folder, ccfg, n, length, config.large_batch,
+                                            cores or 1)
+                run_group(group)
+            for rec in records:
+                if " proc x " in rec["system"]:  # time inside the slowest worker, per batch
+                    seconds = rec.pop("worker_seconds")[-rec["iters"]:]  # no warm-up
+                    rec["worker_compute_ms"] = 1e3 * statistics.median(seconds)
+    return {
+        "command": config.command, "config": asdict(config), "git_commit": _git_commit(),
+        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cores": cores,
+                    "torch": torch.__version__, "bf16_native": bf16,
+                    "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "GOMP_SPINCOUNT",
+                                                           "OMP_WAIT_POLICY", "MKL_NUM_THREADS")},
+                    "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "inputs": {"source": source, "length": length, "large_batch": config.large_batch},
+        "cohort": {"n_students": n, "student_layers": ccfg.student_layers,
+                   "hidden": ccfg.hidden_size, "from": config.cohort or config.teacher},
+        "teacher": {"layers": tcfg.num_hidden_layers, "hidden": tcfg.hidden_size},
+        "peaks_gflops": peaks, "cases": records,
+        "summary": summarize(records, peaks, n, config.large_batch),
+    }
+
+
+def _in_process_cases(model: ShoalModel, teacher: Any, onnx_path: Path | None, t: int,
+                      bf16: bool, length: int, large: int) -> list[Case]:
+    n, ccfg, tcfg = model.n_students, model.config, teacher.config
+    fused = LocalRunner(model)
+    fused_bf16 = LocalRunner(model, dtype="bfloat16") if bf16 else None
+    sess = ort_session(onnx_path, t) if onnx_path is not None else None
+    cases = []
+    for b in (1, large):
+        for k in range(1, n + 1):
+            cases.append(Case("cohort fused", b, k, t, cohort_flops(ccfg, k, b, length),
+                              lambda x, k=k, r=fused: r.run(*_args(x), k)))
+        if fused_bf16 is not None:
+            for k in sorted({1, n}):
+                cases.append(Case("cohort fused bf16", b, k, t, cohort_flops(ccfg, k, b, length),
+                                  lambda x, k=k, r=fused_bf16: r.run(*_args(x), k)))
+        cases.append(Case("cohort one-by-one", b, n, t,
+                          cohort_flops(ccfg, n, b, length, fused=False),
+                          lambda x: model(*_args(x), n).logits))
+        cases.append(Case("teacher HF eager", b, None, t, teacher_flops(tcfg, b, length),
+                          lambda x: teacher(**x).logits))
+        if sess is not None:
+            cases.append(Case("teacher ONNX Runtime", b, None, t, teacher_flops(tcfg, b, length),
+                              lambda x, s=sess: s.run(None, {a: v.numpy() for a, v in x.items()})))
+    return cases
+
+
+def _threaded_cases(model: ShoalModel, tp: ThreadPoolExecutor, length: int, large: int
+                    ) -> list[Case]:
+    n = model.n_students
+    run = threaded_runner(LocalRunner(model), n, tp)
+    return [Case("cohort threaded", b, n, 1, cohort_flops(model.config, n, b, length), run,
+                 {"python_threads": n}) for b in (1, large)]
+
+
+def _multiprocess_cases(stack: contextlib.ExitStack, folder: str, ccfg: Any, n: int,
+                        length: int, large: int, cores: int) -> list[Case]:
+    """Worker pools on the same cores: one worker with every core (OpenMP's default spinning,
+    and a short spin) against one single-threaded worker per core."""
+    layouts: list[tuple[int, int, int | None]] = [(1, cores, None), (cores, 1, None)]
+    if cores == 1:
+        layouts = [(1, 1, None)]
+    elif "GOMP_SPINCOUNT" not in os.environ:
+        layouts.insert(1, (1, cores, 1000))
+    cases = []
+    for workers, threads, spin in layouts:
+        config = RuntimeConfig(workers=workers, threads=threads, omp_spincount=spin,
+                               health_interval_s=0)
+        pool = stack.enter_context(WorkerPool(folder, config))
+        name = f"cohort {workers} proc x {threads} thr" + (f" spin {spin}" if spin else "")
+        for b in (1, large):
+            seconds: list[float] = []
+
+            def run(x: dict[str, torch.Tensor], pool: WorkerPool = pool,
+                    seconds: list[float] = seconds) -> torch.Tensor:
+                out = pool.run(*_args(x), n)
+                seconds.append(max(pool.last_worker_seconds.values()))
+                return out
+
+            cases.append(Case(name, b, n, threads, cohort_flops(ccfg, n, b, length), run,
+                              {"workers": workers, "omp_spincount": spin,
+                               "worker_seconds": seconds}))
+    return cases
+
+
+def _find(cases: list[dict[str, Any]], system: str, batch: int, k: int | None = None,
+          threads: int | None = None) -> dict[str, Any] | None:
+    for c in cases:
+        if (c["system"] == system and c["batch"] == batch and (k is None or c["k"] == k)
+                and (threads is None or c["threads"] == threads)):
+            return c
+    return None
+
+
+def summarize(cases: list[dict[str, Any]], peaks: dict[str, float], n: int, large: int
+              ) -> dict[str, Any]:
+    """The ratios the issue asks for, per in-process thread count."""
+    out: dict[str, Any] = {}
+    for key, peak in peaks.items():
+        if not key.startswith("fp32_t"):
+            continue
+        t = int(key.removeprefix("fp32_t"))
+        full, one = _find(cases, "cohort fused", 1, n, t), _find(cases, "cohort fused", 1, 1, t)
+        hf, ort = _find(cases, "teacher HF eager", 1, None, t), _find(
+            cases, "teacher ONNX Runtime", 1, None, t)
+        big = _find(cases, "cohort fused", large, n, t)
+        row: dict[str, Any] = {"peak_gflops": peak}
+        if full and one:
+            over_full = full["p50_ms"] - 1e3 * full["flops"] / (peak * 1e9)
+            over_one = one["p50_ms"] - 1e3 * one["flops"] / (peak * 1e9)
+            row["overhead_ms_full"], row["overhead_ms_one"] = over_full, over_one
+            row["overhead_ratio"] = over_full / over_one if over_one > 0 else None
+        if full and hf:
+            row["speedup_vs_hf_eager"] = hf["p50_ms"] / full["p50_ms"]
+        if full and ort:
+            row["speedup_vs_onnxruntime"] = ort["p50_ms"] / full["p50_ms"]
+        if big:
+            row["large_batch_gflops"] = big["gflops"]
+            row["large_batch_peak_frac"] = big["gflops"] / peak
+        bf = _find(cases, "cohort fused bf16", 1, n, t)
+        bf_one = _find(cases, "cohort fused bf16", 1, 1, t)
+        bf_peak = peaks.get(f"bf16_t{t}")
+        if bf and bf_one and bf_peak:
+            over_full = bf["p50_ms"] - 1e3 * bf["flops"] / (bf_peak * 1e9)
+            over_one = bf_one["p50_ms"] - 1e3 * bf_one["flops"] / (bf_peak * 1e9)
+            row["bf16_overhead_ratio"] = over_full / over_one if over_one > 0 else None
+        if bf and hf:
+            row["bf16_speedup_vs_hf_eager"] = hf["p50_ms"] / bf["p50_ms"]
+        if bf and ort:
+            row["bf16_speedup_vs_onnxruntime"] = ort["p50_ms"] / bf["p50_ms"]
+        out[f"threads_{t}"] = row
+    procs = [c for c in cases if " proc x " in c["system"]]
+    out["multiprocess"] = {f"{c['system']} b={c['batch']}": {
+        "p50_ms": c["p50_ms"], "worker_compute_ms": c.get("worker_compute_ms")} for c in procs}
+    out["targets"] = TARGETS
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ------------------------------------------------------------------------------ output
+
+
+def _label(c: dict[str, Any]) -> str:
+    s = c["system"]
+    if " proc x " in s or "threaded" in s:
+        return s
+    return s + (f" k={c['k']}" if c["k"] else "") + f", {c['threads']} thr"
+
+
+def plot(result: dict[str, Any], path: str | Path) -> None:
+    """Three panels: batch-1 latency by system, latency vs k beside its compute floor, and the
+    large batch's achieved GFLOP/s against the matmul peak."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cases, peaks = result["cases"], result["peaks_gflops"]
+    large, n = result["inputs"]["large_batch"], result["cohort"]["n_students"]
+    families = sorted({c["system"].split(" k=")[0] for c in cases})
+    colour = {f: f"C{i}" for i, f in enumerate(families)}
+    fig = Figure(figsize=(17, 6), layout="constrained")
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    for ax, batch, metric in ((ax1, 1, "p50_ms"), (ax3, large, "gflops")):
+        shown = [c for c in cases if c["batch"] == batch
+                 and (c["system"] != "cohort fused" or c["k"] in (1, n))]
+        ax.barh(range(len(shown)), [c[metric] for c in shown],
+                color=[colour[c["system"]] for c in shown],
+                xerr=[c["p90_ms"] - c["p50_ms"] for c in shown] if metric == "p50_ms" else None)
+        ax.set_yticks(range(len(shown)), [_label(c) for c in shown], fontsize=8)
+        ax.invert_yaxis()
+    ax1.set_xlabel("p50 latency, ms (error bar to p90)")
+    ax1.set_title(f"batch 1, {result['inputs']['length']} tokens")
+    for i, key in enumerate(k for k in peaks if k.startswith("fp32_t")):
+        t, peak = int(key.removeprefix("fp32_t")), peaks[key]
+        fused = sorted((c for c in cases if c["system"] == "cohort fused" and c["batch"] == 1
+                        and c["threads"] == t), key=lambda c: c["k"])
+        ks = [c["k"] for c in fused]
+        ax2.plot(ks, [c["p50_ms"] for c in fused], "o-", color=f"C{i}", label=f"fused, {t} thr")
+        ax2.plot(ks, [1e3 * c["flops"] / (peak * 1e9) for c in fused], "--", color=f"C{i}",
+                 label=f"FLOPs / peak, {t} thr")
+        ax3.axvline(peak, color=f"C{i}", ls=":", lw=1, label=f"fp32 matmul peak, {t} thr")
+        ax3.axvline(peak / 2, color=f"C{i}", ls="--", lw=1, label=f"50% of peak, {t} thr")
+        if f"bf16_t{t}" in peaks:
+            ax3.axvline(peaks[f"bf16_t{t}"], color=f"C{i}", ls="-.", lw=1,
+                        label=f"bf16 matmul peak, {t} thr")
+    ax2.set_xlabel("active students k")
+    ax2.set_ylabel("ms")
+    ax2.set_xticks(range(1, n + 1))
+    ax2.set_title("batch 1: fused latency and its compute floor")
+    ax2.legend(fontsize=8)
+    ax3.set_xlabel("achieved GFLOP/s at p50")
+    ax3.set_title(f"batch {large}, {result['inputs']['length']} tokens")
+    ax3.legend(fontsize=7, loc="lower right")
+    FigureCanvasAgg(fig).print_png(str(path))
+
+
+def write(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """kernels.json and kernels.png under ``out_dir``."""
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    js, png = out / "kernels.json", out / "kernels.png"
+    js.write_text(json.dumps(result, indent=1, default=str))
+    plot(result, png)
+    return js, png
+
+
+def kernels_command(out_dir: str | Path = "docs/results", cohort: str | None = None,
+                    iters: int = 50, **overrides: Any) -> dict[str, Any]:
+    """What ``shoal bench kernels`` runs: measure, then write JSON and PNG to ``out_dir``."""
+    config = KernelsConfig(out_dir=str(out_dir), cohort=cohort, iters=iters,
+                           large_iters=overrides.pop("large_iters", max(3, iters // 10)),
+                           **overrides)
+    result = run_kernels(config)
+    js, png = write(result, out_dir)
+    print(f"wrote {js} and {png}")
+    return result
