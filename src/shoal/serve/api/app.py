@@ -1,0 +1,285 @@
+"""The HTTP API: TEI-compatible ``/predict``, Shoal's ``/v1/classify``, ``/health``, ``/info``
+and ``/metrics``. It speaks HTTP only: parse, hand the inputs to the engine, shape the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from shoal.serve.api.errors import ApiError, as_api_error, error_response, install_error_handlers
+from shoal.serve.api.observe import ObserveMiddleware, RequestTiming, ServeMetrics
+from shoal.serve.api.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    ErrorResponse,
+    Health,
+    Info,
+    Inputs,
+    Prediction,
+    PredictRequest,
+    parse_classify_inputs,
+    parse_predict_inputs,
+)
+from shoal.serve.engine import Draining, Engine, TextEncoder, Ticket
+from shoal.serve.engine import Prediction as EnginePrediction
+
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceInfo:
+    """What the API tells clients about the served cohort."""
+
+    model_id: str
+    """Name shown in ``/info`` and answers (the cohort folder)."""
+    labels: list[str]
+    """Label names by class id."""
+    n_students: int
+    student_layers: int
+    prefix_accuracy: list[dict[str, Any]] = field(default_factory=list)
+    """As stored with the cohort: ``{k, dev_accuracy, test_accuracy, ...}`` per prefix."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """The resolved serving configuration, for ``/info``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiLimits:
+    """Per-request limits the API enforces before anything is queued."""
+
+    max_client_batch_size: int = 32
+    """Most inputs in one request (413 above)."""
+    api_key: str | None = None
+    """If set, every route but ``/health`` needs ``Authorization: Bearer <key>`` (401)."""
+    retry_after_s: int = 1
+    """``Retry-After`` sent with 429 and 503."""
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"model": ErrorResponse} for c in codes}
+
+
+def create_app(
+    engine: Engine,
+    encoder: TextEncoder,
+    info: ServiceInfo,
+    limits: ApiLimits | None = None,
+    on_close: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The FastAPI app; its lifespan starts the engine loop and stops it (then ``on_close``)."""
+    limits = limits or ApiLimits()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await engine.start()
+        try:
+            yield
+        finally:
+            await engine.stop()
+            encoder.close()
+            if on_close is not None:
+                on_close()
+
+    app = FastAPI(
+        title="Shoal",
+        version=VERSION,
+        lifespan=lifespan,
+        description="BERT-like classification by a cohort of shallow students.",
+    )
+    metrics = ServeMetrics(engine)
+    app.state.metrics = metrics
+    app.add_middleware(ObserveMiddleware, metrics=metrics)
+    install_error_handlers(app)
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorize(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if limits.api_key is None:
+            return
+        given = creds.credentials if creds is not None else ""
+        if not hmac.compare_digest(given.encode(), limits.api_key.encode()):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    async def infer(
+        request: Request,
+        inputs: Inputs,
+        *,
+        truncate: bool | None,
+        direction: str,
+        min_k: int | None,
+        deadline_ms: float | None,
+    ) -> list[EnginePrediction]:
+        if len(inputs) > limits.max_client_batch_size:
+            raise ApiError(
+                413,
+                "validation",
+                f"{len(inputs)} inputs in one request, above "
+                f"max_client_batch_size={limits.max_client_batch_size}; split it",
+            )
+        try:
+            if not engine.accepting:  # refuse before tokenising
+                raise Draining("the server is shutting down; retry on another replica")
+            encoded = await encoder.encode_all(
+                inputs,
+                truncate=truncate,
+                direction="left" if direction.lower() == "left" else "right",
+            )
+            ticket = engine.enqueue(
+                encoded,
+                min_k=min_k or 1,
+                deadline_s=None if deadline_ms is None else deadline_ms / 1e3,
+            )
+            predictions = await _unless_disconnected(request, ticket)
+        except (ApiError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise as_api_error(exc, limits.retry_after_s) from exc
+        request.state.timing = RequestTiming.of(predictions)
+        return predictions
+
+    def ranked(p: EnginePrediction, raw: bool) -> list[dict[str, Any]]:
+        values = p.logits if raw else p.scores
+        order = sorted(range(len(values)), key=lambda i: -values[i])
+        return [{"label": info.labels[i], "score": values[i]} for i in order]
+
+    @app.post(
+        "/predict",
+        response_model=list[Prediction] | list[list[Prediction]],
+        responses=_errors(400, 401, 408, 413, 422, 429, 503),
+        dependencies=[Depends(authorize)],
+    )
+    async def predict(body: PredictRequest, request: Request) -> Any:
+        """Classify a text, a pair or a batch (TEI's ``/predict``): labels by score."""
+        try:
+            inputs, batched = parse_predict_inputs(body.inputs)
+        except ValueError as e:
+            raise ApiError(422, "validation", str(e)) from None
+        preds = await infer(
+            request,
+            inputs,
+            truncate=body.truncate,
+            direction=body.truncation_direction,
+            min_k=body.min_k,
+            deadline_ms=body.deadline_ms,
+        )
+        answers = [ranked(p, body.raw_scores) for p in preds]
+        return JSONResponse(answers if batched else answers[0])
+
+    @app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        responses=_errors(400, 401, 408, 413, 422, 429, 503),
+        dependencies=[Depends(authorize)],
+    )
+    async def classify(body: ClassifyRequest, request: Request) -> Any:
+        """Classify texts; every label's probability and the students used per text."""
+        try:
+            inputs = parse_classify_inputs(body)
+        except ValueError as e:
+            raise ApiError(422, "validation", str(e)) from None
+        preds = await infer(
+            request,
+            inputs,
+            truncate=body.truncate,
+            direction=body.truncation_direction,
+            min_k=body.min_k,
+            deadline_ms=body.deadline_ms,
+        )
+        timing: RequestTiming = request.state.timing
+        return JSONResponse(
+            {
+                "model": info.model_id,
+                "n_students": info.n_students,
+                "students_used": timing.students_used,
+                "queue_time_ms": timing.queue_s * 1e3,
+                "inference_time_ms": timing.inference_s * 1e3,
+                "results": [
+                    {
+                        "label": info.labels[p.label_id],
+                        "label_id": p.label_id,
+                        "scores": dict(zip(info.labels, p.scores, strict=True)),
+                        "logits": list(p.logits),
+                        "students_used": p.k,
+                        "truncated": p.truncated,
+                    }
+                    for p in preds
+                ],
+            }
+        )
+
+    @app.get("/health", response_model=Health, responses=_errors(503))
+    async def health() -> Any:
+        """200 while serving; 503 while draining or if the engine stopped."""
+        if not (engine.accepting and engine.running):
+            return error_response(
+                503,
+                "unhealthy",
+                "the server is draining or stopped",
+                {"Retry-After": str(limits.retry_after_s)},
+            )
+        return {"status": "ok", "active_students": engine.current_k}
+
+    @app.get(
+        "/info", response_model=Info, responses=_errors(401), dependencies=[Depends(authorize)]
+    )
+    async def get_info() -> Any:
+        """The model, its students and their accuracy per prefix, current k, the config."""
+        return {
+            "model_id": info.model_id,
+            "model_type": "shoal-cohort",
+            "version": VERSION,
+            "labels": info.labels,
+            "n_students": info.n_students,
+            "student_layers": info.student_layers,
+            "max_input_length": encoder.max_length,
+            "max_client_batch_size": limits.max_client_batch_size,
+            "current_k": engine.current_k,
+            "queue_depth": engine.queue_depth,
+            "prefix_accuracy": info.prefix_accuracy,
+            "config": info.config,
+        }
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses=_errors(401),
+        dependencies=[Depends(authorize)],
+    )
+    async def get_metrics() -> Response:
+        """Prometheus text format."""
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+async def _unless_disconnected(request: Request, ticket: Ticket) -> list[EnginePrediction]:
+    """The ticket's predictions, or withdraw its queued inputs if the client goes away."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    answer = asyncio.ensure_future(ticket.wait())
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({answer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if answer.done():
+            return answer.result()
+        ticket.cancel()  # now, before the engine can plan them
+        raise ApiError(499, "cancelled", "the client closed the connection")
+    finally:
+        if not answer.done():  # cancelled ourselves, or the client left
+            ticket.cancel()
+            answer.cancel()
+        watcher.cancel()

@@ -1,0 +1,207 @@
+"""One timing record per request feeds the Prometheus histograms, a log line and the response
+headers (TEI style: ``x-total-time``, ``x-queue-time``, ``x-inference-time`` in ms, plus
+``x-students-used``). Batch-level counters come from the engine's batch records."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shoal.serve.engine import BatchRecord, Engine, Prediction
+
+log = logging.getLogger("shoal.serve.access")
+
+INFERENCE_ROUTES = ("/predict", "/v1/classify")
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+@dataclass(frozen=True)
+class RequestTiming:
+    """What the engine spent on one request (all its inputs): the slowest input's queue and
+    inference time, the fewest students any input used."""
+
+    queue_s: float
+    inference_s: float
+    students_used: int
+    n_inputs: int
+
+    @classmethod
+    def of(cls, predictions: Sequence[Prediction]) -> RequestTiming:
+        return cls(
+            queue_s=max(p.queue_s for p in predictions),
+            inference_s=max(p.inference_s for p in predictions),
+            students_used=min(p.k for p in predictions),
+            n_inputs=len(predictions),
+        )
+
+
+class ServeMetrics:
+    """The app's Prometheus metrics, in their own registry (one per app)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.registry = r = CollectorRegistry()
+        self.latency = Histogram(
+            "shoal_request_latency_seconds",
+            "Time from request to answer.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue = Histogram(
+            "shoal_queue_time_seconds",
+            "Time a request waited to run.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "shoal_inference_time_seconds",
+            "Execution time of the batch that ran a request.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "shoal_batch_size",
+            "Inputs per executed batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.requests = Counter(
+            "shoal_requests", "Inference requests by HTTP status.", ["status"], registry=r
+        )
+        self.rejected = Counter(
+            "shoal_rejected",
+            "Requests refused by admission control (429: buffer full; 503: draining).",
+            ["reason"],
+            registry=r,
+        )
+        self.padded_tokens = Counter(
+            "shoal_padded_tokens",
+            "Token positions computed (batch size x padded length).",
+            registry=r,
+        )
+        self.padding_tokens = Counter(
+            "shoal_padding_tokens", "Padding positions computed (padded - real).", registry=r
+        )
+        self.real_tokens = Counter("shoal_real_tokens", "Real tokens computed.", registry=r)
+        self.batches = Counter(
+            "shoal_batches", "Executed batches, by students used.", ["k"], registry=r
+        )
+        depth = Gauge("shoal_queue_depth", "Requests waiting in the buffer.", registry=r)
+        depth.set_function(lambda: engine.queue_depth)
+        active = Gauge("shoal_active_students", "Students the pruning policy uses now.", registry=r)
+        active.set_function(lambda: engine.current_k)
+        engine.subscribe(self.observe_batch)
+
+    def observe_batch(self, batch: BatchRecord) -> None:
+        self.batch_size.observe(batch.size)
+        self.padded_tokens.inc(batch.padded_tokens)
+        self.padding_tokens.inc(batch.padded_tokens - batch.real_tokens)
+        self.real_tokens.inc(batch.real_tokens)
+        self.batches.labels(k=str(batch.k)).inc()
+
+    def observe_request(self, status: int, total_s: float, timing: RequestTiming | None) -> None:
+        self.requests.labels(status=str(status)).inc()
+        if status == 429:
+            self.rejected.labels(reason="full").inc()
+        elif status == 503:
+            self.rejected.labels(reason="draining").inc()
+        self.latency.observe(total_s)
+        if timing is not None:
+            self.queue.observe(timing.queue_s)
+            self.inference.observe(timing.inference_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f}"
+
+
+class ObserveMiddleware:
+    """Pure ASGI middleware: adds the timing headers, records metrics, logs one line."""
+
+    def __init__(self, app: ASGIApp, metrics: ServeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        state: dict[str, Any] = scope.setdefault("state", {})
+        path = scope.get("path", "")
+        done = False
+
+        def finish(status: int) -> float:
+            nonlocal done
+            total = time.perf_counter() - start
+            if done:
+                return total
+            done = True
+            timing: RequestTiming | None = state.get("timing")
+            if path in INFERENCE_ROUTES:
+                self.metrics.observe_request(status, total, timing)
+            level = logging.INFO if path in INFERENCE_ROUTES else logging.DEBUG
+            if timing is None:
+                log.log(
+                    level, "%s %s %d total_ms=%s", scope.get("method"), path, status, _ms(total)
+                )
+            else:
+                log.log(
+                    level,
+                    "%s %s %d total_ms=%s queue_ms=%s inference_ms=%s k=%d inputs=%d",
+                    scope.get("method"),
+                    path,
+                    status,
+                    _ms(total),
+                    _ms(timing.queue_s),
+                    _ms(timing.inference_s),
+                    timing.students_used,
+                    timing.n_inputs,
+                )
+            return total
+
+        async def send_observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                total = finish(message["status"])
+                headers = MutableHeaders(scope=message)
+                headers["x-total-time"] = _ms(total)
+                timing: RequestTiming | None = state.get("timing")
+                if timing is not None:
+                    headers["x-queue-time"] = _ms(timing.queue_s)
+                    headers["x-inference-time"] = _ms(timing.inference_s)
+                    headers["x-students-used"] = str(timing.students_used)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        except Exception:
+            finish(500)
+            raise

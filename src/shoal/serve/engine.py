@@ -1,0 +1,579 @@
+"""The serving engine: an asyncio front over the scheduler and a runtime.
+
+Each request gets a future. One loop takes turns that read as the three roles: take a plan from
+the scheduler, execute it on the runtime (in a worker thread, so the event loop stays free),
+feed the result back to the waiting futures. The loop sleeps on an ``asyncio.Event`` that every
+submission sets, so it never polls. The scheduler is only ever touched from the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+
+from shoal.errors import ShoalError
+from shoal.serve.buffer import Item
+from shoal.serve.costmodel import CostModel
+from shoal.serve.scheduler import Plan, Scheduler
+
+log = logging.getLogger("shoal.serve.engine")
+
+
+class Runner(Protocol):
+    """What the engine needs from a runtime (``shoal.serve.runtime.Runtime`` or a fake)."""
+
+    cost_model: CostModel
+
+    def execute(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        k: int,
+    ) -> torch.Tensor:
+        """Blocking: (B, L) int64 tensors -> (B, C) float32 CPU logits of the first k students."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+class InputError(ShoalError, ValueError):
+    """An input the server will not take (empty, too long, too many); the message says why."""
+
+
+class InputTooLong(InputError):
+    """An input above the length limit while truncation is off."""
+
+
+class Draining(ShoalError):
+    """The server is shutting down and takes no new requests."""
+
+
+class DeadlineExceeded(ShoalError):
+    """The request's deadline passed before it could run."""
+
+
+class BackendError(ShoalError):
+    """The runtime failed on the batch that held the request."""
+
+
+# ------------------------------------------------------------------------------ tokenising
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenised input. Invariant: the three lists have the same length, at least 1."""
+
+    input_ids: list[int]
+    token_type_ids: list[int]
+    truncated: bool = False
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
+
+class TextEncoder:
+    """Tokenises texts (and pairs) with the cohort's tokenizer, truncating or refusing inputs
+    longer than ``max_length`` tokens.
+
+    Small requests are tokenised on the event loop: a hop to a thread costs more than the
+    ~0.1 ms of work, and under load it also waits for the GIL. Requests above
+    ``inline_chars`` characters go to a dedicated thread with its own copy of the tokenizer
+    (its truncation settings are mutable state), so long texts never stall the loop.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_length: int,
+        *,
+        truncate: bool = True,
+        max_chars: int = 20_000,
+        inline_chars: int = 4096,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.truncate = truncate
+        self.max_chars = max_chars
+        self.inline_chars = inline_chars
+        self.pad_id = int(tokenizer.pad_token_id or 0)
+        self._thread_tokenizer = copy.deepcopy(tokenizer)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="shoal-tokenize")
+
+    async def encode_all(
+        self,
+        inputs: Sequence[tuple[str, str | None]],
+        *,
+        truncate: bool | None = None,
+        direction: Literal["left", "right"] = "right",
+    ) -> list[Encoded]:
+        """Tokenise a request's ``(text, pair)`` inputs (raises as ``encode`` does)."""
+        size = sum(len(t) + len(p or "") for t, p in inputs)
+        if size <= self.inline_chars:
+            return self._encode_all(self.tokenizer, inputs, truncate, direction)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread,
+            self._encode_all,
+            self._thread_tokenizer,
+            inputs,
+            truncate,
+            direction,
+        )
+
+    def _encode_all(
+        self,
+        tok: Any,
+        inputs: Sequence[tuple[str, str | None]],
+        truncate: bool | None,
+        direction: Literal["left", "right"],
+    ) -> list[Encoded]:
+        return [self._encode(tok, t, p, i, truncate, direction) for i, (t, p) in enumerate(inputs)]
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+    def encode(
+        self,
+        text: str,
+        pair: str | None = None,
+        *,
+        index: int = 0,
+        truncate: bool | None = None,
+        direction: Literal["left", "right"] = "right",
+    ) -> Encoded:
+        """Tokenise one input; ``truncate=None`` uses the server default. Event-loop thread
+        (or any single thread) only.
+
+        Raises ``InputError`` for empty or oversize text, ``InputTooLong`` when the input needs
+        more than ``max_length`` tokens and truncation is off.
+        """
+        return self._encode(self.tokenizer, text, pair, index, truncate, direction)
+
+    def _encode(
+        self,
+        tok: Any,
+        text: str,
+        pair: str | None,
+        index: int,
+        truncate: bool | None,
+        direction: Literal["left", "right"],
+    ) -> Encoded:
+        where = f"input {index}"
+        for name, t in (("text", text), ("pair", pair)):
+            if t is None:
+                continue
+            if not t.strip():
+                raise InputError(f"{where}: the {name} is empty; send non-empty text")
+            if len(t) > self.max_chars:
+                raise InputTooLong(
+                    f"{where}: the {name} has {len(t)} characters, above the "
+                    f"limit of {self.max_chars}; shorten it"
+                )
+        out = tok(text, pair, truncation=False, return_attention_mask=False)
+        truncated = len(out["input_ids"]) > self.max_length
+        if truncated:
+            if not (self.truncate if truncate is None else truncate):
+                raise InputTooLong(
+                    f"{where} has {len(out['input_ids'])} tokens, above max_length="
+                    f"{self.max_length}; shorten it or send truncate=true"
+                )
+            side = tok.truncation_side
+            tok.truncation_side = direction  # safe: each tokenizer is used by one thread
+            try:
+                out = tok(
+                    text,
+                    pair,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_attention_mask=False,
+                )
+            finally:
+                tok.truncation_side = side
+        ids = list(out["input_ids"])
+        types = list(out.get("token_type_ids") or [0] * len(ids))
+        return Encoded(ids, types, truncated=truncated)
+
+
+# ------------------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer to one input. ``scores`` are softmax probabilities by class id."""
+
+    label_id: int
+    scores: tuple[float, ...]
+    logits: tuple[float, ...]
+    k: int
+    """Students that computed it."""
+    queue_s: float
+    """From submission to the start of its batch."""
+    inference_s: float
+    """Execution time of its batch."""
+    batch_size: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """What one executed batch cost, for metrics."""
+
+    size: int
+    k: int
+    padded_length: int
+    real_tokens: int
+    inference_s: float
+
+    @property
+    def padded_tokens(self) -> int:
+        """Positions computed: ``size * padded_length``."""
+        return self.size * self.padded_length
+
+
+def _encoded(item: Item) -> Encoded:
+    # The engine puts an ``Encoded`` in every item it submits.
+    assert isinstance(item.payload, Encoded)
+    return item.payload
+
+
+def build_batch(
+    items: Sequence[Item], padded_length: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``token_type_ids``, each (B, L)."""
+    ids = torch.full((len(items), padded_length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), padded_length), dtype=torch.long)
+    types = torch.zeros((len(items), padded_length), dtype=torch.long)
+    for row, item in enumerate(items):
+        enc = _encoded(item)
+        n = enc.n_tokens
+        ids[row, :n] = torch.tensor(enc.input_ids)
+        types[row, :n] = torch.tensor(enc.token_type_ids)
+        mask[row, :n] = 1
+    return ids, mask, types
+
+
+# ------------------------------------------------------------------------------ engine
+
+BatchOutput = tuple[list[list[float]], list[list[float]]]
+"""Logits and softmax probabilities of one executed batch, row per item."""
+
+
+@dataclass
+class Ticket:
+    """A queued request: the ids and futures of its inputs."""
+
+    engine: Engine
+    ids: list[int] = field(default_factory=list)
+    futures: list[asyncio.Future[Prediction]] = field(default_factory=list)
+
+    async def wait(self) -> list[Prediction]:
+        """All predictions, in input order. If one input fails (or the caller is cancelled),
+        the others are withdrawn and the error propagates."""
+        try:
+            return list(await asyncio.gather(*self.futures))
+        except BaseException:
+            self.cancel()
+            raise
+
+    def cancel(self) -> None:
+        """Withdraw every input still queued (synchronously: none of them will run)."""
+        for item_id in self.ids:
+            self.engine.cancel(item_id)
+
+
+class Engine:
+    """Async request front + the schedule -> execute -> update loop."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        scheduler: Scheduler,
+        *,
+        pad_id: int = 0,
+        default_deadline_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.runner = runner
+        self.scheduler = scheduler
+        self.pad_id = pad_id
+        self.default_deadline_s = default_deadline_s
+        self.clock = clock
+        self.accepting = True
+        self._futures: dict[int, asyncio.Future[Prediction]] = {}
+        self._ids = itertools.count()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="shoal-execute")
+        self._observers: list[Callable[[BatchRecord], None]] = []
+        self.inflight = 0
+        """Requests in the batch executing now."""
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Start the loop on the running event loop (idempotent)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="shoal-engine")
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def drain(self, timeout_s: float | None = None) -> bool:
+        """Stop accepting, wait until every accepted request is answered. False on timeout,
+        in which case the requests still pending are failed with ``Draining``."""
+        self.accepting = False
+        self._wake.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            for item in list(self.scheduler.buffer.items()):
+                self.scheduler.cancel(item.id)
+                self._fail(item.id, Draining("the server shut down before this request ran"))
+            return False
+
+    async def stop(self) -> None:
+        """Stop the loop; pending requests fail with ``Draining``."""
+        self.accepting = False
+        for item in list(self.scheduler.buffer.items()):
+            self.scheduler.cancel(item.id)
+            self._fail(item.id, Draining("the server shut down before this request ran"))
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for item_id in list(self._futures):  # e.g. the batch that was executing
+            self._fail(item_id, Draining("the server shut down before this request ran"))
+        self._executor.shutdown(wait=True)
+
+    def subscribe(self, observer: Callable[[BatchRecord], None]) -> None:
+        """Call ``observer`` with a ``BatchRecord`` after every executed batch."""
+        self._observers.append(observer)
+
+    # ---------------------------------------------------------------- front
+
+    def submit(
+        self, encoded: Encoded, *, min_k: int = 1, deadline_s: float | None = None
+    ) -> tuple[int, asyncio.Future[Prediction]]:
+        """Queue one input; returns its id and the future of its prediction.
+
+        Raises ``Draining``, ``BufferFull`` (admission is bounded) or ``InvalidRequest``.
+        """
+        if not self.accepting or not self.running:
+            raise Draining("the server is shutting down; retry on another replica")
+        now = self.clock()
+        deadline = deadline_s if deadline_s is not None else self.default_deadline_s
+        item = Item(
+            id=next(self._ids),
+            n_tokens=encoded.n_tokens,
+            arrival=now,
+            deadline=None if deadline is None else now + deadline,
+            min_k=min_k,
+            payload=encoded,
+        )
+        self.scheduler.submit(item, now)
+        future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
+        self._futures[item.id] = future
+        self._idle.clear()
+        self._wake.set()
+        return item.id, future
+
+    def enqueue(
+        self, inputs: Sequence[Encoded], *, min_k: int = 1, deadline_s: float | None = None
+    ) -> Ticket:
+        """Queue a request's inputs, all or none: if one is refused, the others are withdrawn
+        and the error propagates."""
+        ticket = Ticket(self)
+        try:
+            for enc in inputs:
+                item_id, future = self.submit(enc, min_k=min_k, deadline_s=deadline_s)
+                ticket.ids.append(item_id)
+                ticket.futures.append(future)
+        except BaseException:
+            ticket.cancel()
+            raise
+        return ticket
+
+    async def predict(
+        self, inputs: Sequence[Encoded], *, min_k: int = 1, deadline_s: float | None = None
+    ) -> list[Prediction]:
+        """Queue the inputs and wait for their predictions."""
+        return await self.enqueue(inputs, min_k=min_k, deadline_s=deadline_s).wait()
+
+    def cancel(self, item_id: int) -> bool:
+        """Forget a request: dropped before compute if still queued. False if already done."""
+        future = self._futures.pop(item_id, None)
+        self.scheduler.cancel(item_id)
+        self._check_idle()
+        if future is None or future.done():
+            return False
+        future.cancel()
+        return True
+
+    # ---------------------------------------------------------------- loop
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                ran = await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let one bad turn kill the server
+                log.exception("engine step failed")
+                ran = False
+            if not ran:
+                await self._sleep()
+
+    async def step(self) -> bool:
+        """One turn: schedule -> execute -> update. False when nothing was ready."""
+        plan = self._schedule()
+        if plan is None:
+            return False
+        result, seconds = await self._execute(plan)
+        self._update(plan, result, seconds)
+        return True
+
+    def _schedule(self) -> Plan | None:
+        now = self.clock()
+        for item in self.scheduler.expire(now):
+            self._fail(
+                item.id,
+                DeadlineExceeded(
+                    f"the deadline passed after {now - item.arrival:.3f} s in the queue; "
+                    "retry later or allow a longer deadline_ms"
+                ),
+            )
+        plan = self.scheduler.next_plan(now)
+        if plan is None:
+            self._check_idle()
+            return None
+        # Requests whose caller went away without cancel() (defensive): skip their compute.
+        live = tuple(it for it in plan.items if self._pending(it.id))
+        if not live:
+            self._check_idle()
+            return None
+        if len(live) < len(plan.items):
+            plan = Plan(live, plan.k, max(it.n_tokens for it in live), plan.bin)
+        return plan
+
+    async def _execute(self, plan: Plan) -> tuple[BatchOutput | Exception, float]:
+        """Run the plan in the worker thread; the output (or the error) and its duration."""
+        self.inflight = len(plan.items)
+        loop = asyncio.get_running_loop()
+        start = self.clock()
+        try:
+            output = await loop.run_in_executor(self._executor, self._run_batch, plan)
+        except Exception as exc:  # the batch fails; the server goes on
+            log.exception("runtime failed on a batch of %d", len(plan.items))
+            return exc, self.clock() - start
+        finally:
+            self.inflight = 0
+        return output, self.clock() - start
+
+    def _run_batch(self, plan: Plan) -> BatchOutput:
+        # Worker thread: build the padded (B, L) batch, run it, softmax.
+        ids, mask, types = build_batch(plan.items, plan.padded_length, self.pad_id)
+        logits = self.runner.execute(ids, mask, types, k=plan.k).float()
+        return logits.tolist(), logits.softmax(-1).tolist()
+
+    def _update(self, plan: Plan, result: BatchOutput | Exception, seconds: float) -> None:
+        now = self.clock()
+        if isinstance(result, BaseException):
+            for it in plan.items:
+                self._fail(it.id, BackendError(f"inference failed: {result!r}"))
+        else:
+            logits, probs = result
+            start = now - seconds
+            for it, row, p in zip(plan.items, logits, probs, strict=True):
+                future = self._futures.pop(it.id, None)
+                if future is None or future.done():
+                    continue
+                future.set_result(
+                    Prediction(
+                        label_id=max(range(len(p)), key=p.__getitem__),
+                        scores=tuple(p),
+                        logits=tuple(row),
+                        k=plan.k,
+                        queue_s=max(0.0, start - it.arrival),
+                        inference_s=seconds,
+                        batch_size=len(plan.items),
+                        truncated=_encoded(it).truncated,
+                    )
+                )
+            record = BatchRecord(
+                len(plan.items), plan.k, plan.padded_length, plan.real_tokens, seconds
+            )
+            for observer in self._observers:
+                try:
+                    observer(record)
+                except Exception:  # metrics must never break serving
+                    log.exception("batch observer failed")
+        self._check_idle()
+
+    async def _sleep(self) -> None:
+        """Wait for a submission, or for a timer when one is due: the FIFO buffer's wait, a
+        queued deadline, or the policy's hold before raising k again."""
+        self._wake.clear()
+        timeout = self._next_timer(self.clock())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        if (
+            timeout is not None
+            and not self._wake.is_set()
+            and not self.scheduler.buffer.ready(self.clock())
+        ):
+            self.scheduler.decide(self.clock())  # idle: let k recover
+
+    def _next_timer(self, now: float) -> float | None:
+        sched = self.scheduler
+        times: list[float] = []
+        if len(sched):
+            oldest = sched.buffer.oldest_arrival
+            if oldest is not None:
+                times.append(oldest + sched.buffer.config.max_wait_s)
+            times += [it.deadline for it in sched.buffer.items() if it.deadline is not None]
+        elif sched.current_k < sched.config.policy.n_students and sched.config.policy.enabled:
+            times.append(now + max(sched.config.policy.up_hold_s, 0.01))
+        return max(0.0, min(times) - now) if times else None
+
+    # ---------------------------------------------------------------- helpers
+
+    def _pending(self, item_id: int) -> bool:
+        future = self._futures.get(item_id)
+        return future is not None and not future.done()
+
+    def _fail(self, item_id: int, error: BaseException) -> None:
+        future = self._futures.pop(item_id, None)
+        if future is not None and not future.done():
+            future.set_exception(error)
+
+    def _check_idle(self) -> None:
+        if not len(self.scheduler) and not self.inflight and not self._futures:
+            self._idle.set()
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting in the buffer."""
+        return len(self.scheduler)
+
+    @property
+    def current_k(self) -> int:
+        """Students the policy chose at its last decision."""
+        return self.scheduler.current_k
