@@ -8,8 +8,28 @@ from pathlib import Path
 import pytest
 import torch
 
-WORDS = ["good", "great", "fine", "nice", "bad", "awful", "poor", "sad", "the", "a", "movie",
-         "film", "plot", "was", "is", "very", "not", "so", "and", "but"]
+WORDS = [
+    "good",
+    "great",
+    "fine",
+    "nice",
+    "bad",
+    "awful",
+    "poor",
+    "sad",
+    "the",
+    "a",
+    "movie",
+    "film",
+    "plot",
+    "was",
+    "is",
+    "very",
+    "not",
+    "so",
+    "and",
+    "but",
+]
 POSITIVE = {"good", "great", "fine", "nice"}
 
 
@@ -31,10 +51,17 @@ def make_teacher(folder: Path, *, num_labels: int = 2, layers: int = 2, seed: in
 
     torch.manual_seed(seed)
     tok = make_tokenizer(folder)
-    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=layers,
-                        num_attention_heads=4, intermediate_size=37,
-                        max_position_embeddings=64, num_labels=num_labels,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     model = BertForSequenceClassification(config).eval()
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -46,8 +73,10 @@ def synthetic_rows(n: int, seed: int, pair: bool = False) -> list[tuple]:
     rows = []
     for _ in range(n):
         words = [rng.choice(WORDS) for _ in range(rng.randint(2, 12))]
-        label = int(sum(w in POSITIVE for w in words) > sum(w in {"bad", "awful", "poor", "sad"}
-                                                          for w in words))
+        label = int(
+            sum(w in POSITIVE for w in words)
+            > sum(w in {"bad", "awful", "poor", "sad"} for w in words)
+        )
         if pair:
             other = [rng.choice(WORDS) for _ in range(rng.randint(2, 8))]
             rows.append((" ".join(words), " ".join(other), label))

@@ -10,8 +10,11 @@ import typer
 
 from shoal.errors import ShoalError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Student parallelism for fast BERT-like classifiers.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Student parallelism for fast BERT-like classifiers.",
+)
 
 
 def _fail(e: Exception) -> None:
@@ -40,11 +43,22 @@ def finetune(
     from shoal.distill.trainer import TrainConfig
 
     try:
-        cfg = FinetuneConfig(model=model, data=data, out=str(out), max_length=max_length,
-                             max_train=max_train or None, max_eval=max_eval or None,
-                             threads=threads,
-                             train=TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size,
-                                               evals_per_epoch=evals_per_epoch, seed=seed))
+        cfg = FinetuneConfig(
+            model=model,
+            data=data,
+            out=str(out),
+            max_length=max_length,
+            max_train=max_train or None,
+            max_eval=max_eval or None,
+            threads=threads,
+            train=TrainConfig(
+                epochs=epochs,
+                lr=lr,
+                batch_size=batch_size,
+                evals_per_epoch=evals_per_epoch,
+                seed=seed,
+            ),
+        )
         report = run(cfg)
     except ShoalError as e:
         _fail(e)
@@ -64,22 +78,31 @@ def distill(
     lr: float = typer.Option(1e-4),
     batch_size: int = typer.Option(32),
     max_length: int = typer.Option(128),
-    w_res: float = typer.Option(1.0), w_stack: float = typer.Option(1.0),
-    w_kd: float = typer.Option(1.0), w_ce: float = typer.Option(0.0),
+    w_res: float = typer.Option(1.0),
+    w_stack: float = typer.Option(1.0),
+    w_kd: float = typer.Option(1.0),
+    w_ce: float = typer.Option(0.0),
     temperature: float = typer.Option(1.0),
     shrinkage: float = typer.Option(1.0, help="L/L0 of Theorem 1's step size (>= 1 shrinks)."),
-    space: str = typer.Option("hidden", help="Boost in 'hidden' space (shared head) or "
-                                             "'logits' (a head per student)."),
+    space: str = typer.Option(
+        "hidden", help="Boost in 'hidden' space (shared head) or 'logits' (a head per student)."
+    ),
     boost_on: str = typer.Option("tokens", help="Rows alpha is fitted on: tokens | cls."),
     w_cls: float = typer.Option(0.0, help="Extra weight of the first token's residual."),
     cache_dir: str = typer.Option("", help="Shared teacher-output cache (default OUT/cache)."),
-    min_gain: float = typer.Option(-1.0, help="Stop adding students below this dev gain "
-                                               "(accuracy points; negative: never)."),
-    max_train: int = typer.Option(0), max_eval: int = typer.Option(0),
-    seed: int = typer.Option(0), threads: int = typer.Option(0),
-    ablations: str = typer.Option("", help="Comma-separated variants to run side by side "
-                                          "under OUT (stack,boost,average,single,deep,spread,"
-                                          "no-kd), same data and budget."),
+    min_gain: float = typer.Option(
+        -1.0, help="Stop adding students below this dev gain (accuracy points; negative: never)."
+    ),
+    max_train: int = typer.Option(0),
+    max_eval: int = typer.Option(0),
+    seed: int = typer.Option(0),
+    threads: int = typer.Option(0),
+    ablations: str = typer.Option(
+        "",
+        help="Comma-separated variants to run side by side "
+        "under OUT (stack,boost,average,single,deep,spread,"
+        "no-kd), same data and budget.",
+    ),
 ) -> None:
     """Distil a teacher into a cohort of shallow students (boosting + virtual stacking)."""
     from shoal.distill.distill import DistillConfig
@@ -88,13 +111,30 @@ def distill(
 
     try:
         cfg = DistillConfig(
-            teacher=teacher, data=data, out=str(out), n_students=students,
-            student_layers=layers, method=method, init=init, w_res=w_res, w_stack=w_stack,
-            w_kd=w_kd, w_ce=w_ce, temperature=temperature, shrinkage=shrinkage,
-            space=space, boost_on=boost_on, w_cls=w_cls, cache_dir=cache_dir or None,
-            min_gain=min_gain / 100 if min_gain >= 0 else None, max_length=max_length,
-            max_train=max_train or None, max_eval=max_eval or None, threads=threads,
-            train=TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed))
+            teacher=teacher,
+            data=data,
+            out=str(out),
+            n_students=students,
+            student_layers=layers,
+            method=method,
+            init=init,
+            w_res=w_res,
+            w_stack=w_stack,
+            w_kd=w_kd,
+            w_ce=w_ce,
+            temperature=temperature,
+            shrinkage=shrinkage,
+            space=space,
+            boost_on=boost_on,
+            w_cls=w_cls,
+            cache_dir=cache_dir or None,
+            min_gain=min_gain / 100 if min_gain >= 0 else None,
+            max_length=max_length,
+            max_train=max_train or None,
+            max_eval=max_eval or None,
+            threads=threads,
+            train=TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed),
+        )
         if ablations:
             from shoal.distill.ablations import run_ablations
 
@@ -104,8 +144,12 @@ def distill(
         report = run(cfg)
     except (ShoalError, KeyError) as e:
         _fail(e)
-    typer.echo(json.dumps({k: v for k, v in report.items()
-                           if k in ("out", "prefix_accuracy", "train_seconds")}, indent=2))
+    typer.echo(
+        json.dumps(
+            {k: v for k, v in report.items() if k in ("out", "prefix_accuracy", "train_seconds")},
+            indent=2,
+        )
+    )
 
 
 @app.command("eval")
@@ -126,8 +170,13 @@ def evaluate(
     typer.echo(json.dumps(result, indent=2))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
-                               "help_option_names": []})
+@app.command(
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    }
+)
 def serve(ctx: typer.Context) -> None:
     """Serve a cohort over HTTP: shoal serve COHORT_DIR [--port 8000 ...] (--help lists all)."""
     from shoal.serve.server import main as serve_main
@@ -146,16 +195,27 @@ def bench_serve(
     data: str = typer.Option(..., help="Dataset the request texts and labels come from."),
     deep: str = typer.Option("", help="A 1-student deep cohort (the 'deep' ablation)."),
     out: Path = typer.Option(Path("docs/results/bench")),
-    systems: str = typer.Option(",".join(("shoal", "shoal-no-pruning", "shoal-fifo",
-                                          "teacher-torch", "teacher-onnx",
-                                          "teacher-litserve"))),
+    systems: str = typer.Option(
+        ",".join(
+            (
+                "shoal",
+                "shoal-no-pruning",
+                "shoal-fifo",
+                "teacher-torch",
+                "teacher-onnx",
+                "teacher-litserve",
+            )
+        )
+    ),
     split: str = typer.Option("test"),
     latency_target_ms: float = typer.Option(100.0),
-    low_rate: float = typer.Option(5.0), low_duration_s: float = typer.Option(20.0),
+    low_rate: float = typer.Option(5.0),
+    low_duration_s: float = typer.Option(20.0),
     burst_rates: str = typer.Option("20,40,80,160,320"),
     base_rate: float = typer.Option(5.0),
     sweep_duration_s: float = typer.Option(24.0),
-    max_length: int = typer.Option(128), threads: int = typer.Option(0),
+    max_length: int = typer.Option(128),
+    threads: int = typer.Option(0),
     seed: int = typer.Option(0),
 ) -> None:
     """Shoal and the baselines under the same seeded workloads, side by side."""
@@ -163,13 +223,23 @@ def bench_serve(
 
     try:
         cfg = ServeBenchConfig(
-            cohort=cohort, teacher=teacher, data=data, deep=deep or None, out=str(out),
-            systems=tuple(x.strip() for x in systems.split(",") if x.strip()), split=split,
-            latency_target_ms=latency_target_ms, low_rate=low_rate,
+            cohort=cohort,
+            teacher=teacher,
+            data=data,
+            deep=deep or None,
+            out=str(out),
+            systems=tuple(x.strip() for x in systems.split(",") if x.strip()),
+            split=split,
+            latency_target_ms=latency_target_ms,
+            low_rate=low_rate,
             low_duration_s=low_duration_s,
-            burst_rates=tuple(float(x) for x in burst_rates.split(",")), base_rate=base_rate,
-            sweep_duration_s=sweep_duration_s, max_length=max_length, threads=threads,
-            seed=seed)
+            burst_rates=tuple(float(x) for x in burst_rates.split(",")),
+            base_rate=base_rate,
+            sweep_duration_s=sweep_duration_s,
+            max_length=max_length,
+            threads=threads,
+            seed=seed,
+        )
         run_serve_bench(cfg)
     except ShoalError as e:
         _fail(e)
@@ -179,8 +249,11 @@ def bench_serve(
 @bench.command("kernels")
 def bench_kernels(
     out: Path = typer.Option(Path("docs/results"), help="Where JSON and plots go."),
-    cohort: str = typer.Option("", help="A cohort folder (default: built from the default "
-                                        "teacher; latency does not depend on training)."),
+    cohort: str = typer.Option(
+        "",
+        help="A cohort folder (default: built from the default "
+        "teacher; latency does not depend on training).",
+    ),
     iters: int = typer.Option(50, help="Timed iterations per case."),
 ) -> None:
     """Micro-benchmark fused/one-by-one/threaded/multi-process cohort vs the teacher."""
@@ -195,15 +268,22 @@ def bench_kernels(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Output folder."),
-    train_examples: int = typer.Option(4000), eval_examples: int = typer.Option(1000),
+    train_examples: int = typer.Option(4000),
+    eval_examples: int = typer.Option(1000),
     students: int = typer.Option(3),
 ) -> None:
     """Fine-tune, distil and compare on the embedded default data (a few minutes)."""
     from shoal.demo import DemoConfig, run_demo
 
     try:
-        report = run_demo(DemoConfig(out=str(out), train_examples=train_examples,
-                                     eval_examples=eval_examples, students=students))
+        report = run_demo(
+            DemoConfig(
+                out=str(out),
+                train_examples=train_examples,
+                eval_examples=eval_examples,
+                students=students,
+            )
+        )
     except ShoalError as e:
         _fail(e)
     t = report["teacher_test"] or {}

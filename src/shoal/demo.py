@@ -36,19 +36,37 @@ def run_demo(config: DemoConfig) -> dict:
 
     out = Path(config.out)
     t0 = time.perf_counter()
-    tqdm.write("[demo] 1/2 fine-tuning the teacher (all-MiniLM-L6-v2) on "
-               f"{config.train_examples} examples of {config.data!r}")
-    teacher = finetune(FinetuneConfig(
-        data=config.data, out=str(out / "teacher"), max_length=config.max_length,
-        max_train=config.train_examples, max_eval=config.eval_examples,
-        train=TrainConfig(epochs=1.0, lr=1e-4, batch_size=32)))
+    tqdm.write(
+        "[demo] 1/2 fine-tuning the teacher (all-MiniLM-L6-v2) on "
+        f"{config.train_examples} examples of {config.data!r}"
+    )
+    teacher = finetune(
+        FinetuneConfig(
+            data=config.data,
+            out=str(out / "teacher"),
+            max_length=config.max_length,
+            max_train=config.train_examples,
+            max_eval=config.eval_examples,
+            train=TrainConfig(epochs=1.0, lr=1e-4, batch_size=32),
+        )
+    )
     tqdm.write(f"[demo] 2/2 distilling {config.students} two-layer students")
-    cohort = distill(DistillConfig(
-        teacher=str(out / "teacher"), data=config.data, out=str(out / "cohort"),
-        n_students=config.students, max_length=config.max_length,
-        max_train=config.train_examples, max_eval=config.eval_examples,
-        train=TrainConfig(epochs=1.0, lr=2e-4, batch_size=32)))
-    report = {"teacher_test": teacher.get("test"), "cohort_prefix": cohort["prefix_accuracy"],
-              "seconds": round(time.perf_counter() - t0, 1)}
+    cohort = distill(
+        DistillConfig(
+            teacher=str(out / "teacher"),
+            data=config.data,
+            out=str(out / "cohort"),
+            n_students=config.students,
+            max_length=config.max_length,
+            max_train=config.train_examples,
+            max_eval=config.eval_examples,
+            train=TrainConfig(epochs=1.0, lr=2e-4, batch_size=32),
+        )
+    )
+    report = {
+        "teacher_test": teacher.get("test"),
+        "cohort_prefix": cohort["prefix_accuracy"],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     (out / "demo_report.json").write_text(json.dumps(report, indent=2))
     return report

@@ -12,8 +12,9 @@ from shoal.distill.evaluate import predict_logits, score
 from shoal.errors import DataError, ModelError
 
 
-def evaluate_model(model_path: str, data: str, *, split: str = "test", k: int | None = None,
-                   max_length: int = 128) -> dict:
+def evaluate_model(
+    model_path: str, data: str, *, split: str = "test", k: int | None = None, max_length: int = 128
+) -> dict:
     """Score a model folder on a split; cohorts use their first k students (all if None)."""
     task = load_task(data)
     if split not in task.splits:
@@ -32,8 +33,9 @@ def evaluate_model(model_path: str, data: str, *, split: str = "test", k: int | 
         n_labels = model.config.num_labels
 
         def forward(b: dict[str, torch.Tensor]) -> torch.Tensor:
-            return model(b["input_ids"], b["attention_mask"], b["token_type_ids"], k,
-                         fused=True).logits
+            return model(
+                b["input_ids"], b["attention_mask"], b["token_type_ids"], k, fused=True
+            ).logits
     else:
         from shoal.models.teacher import load_teacher
 
@@ -42,12 +44,24 @@ def evaluate_model(model_path: str, data: str, *, split: str = "test", k: int | 
         n_labels = model.config.num_labels
 
         def forward(b: dict[str, torch.Tensor]) -> torch.Tensor:
-            return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                         token_type_ids=b["token_type_ids"]).logits
+            return model(
+                input_ids=b["input_ids"],
+                attention_mask=b["attention_mask"],
+                token_type_ids=b["token_type_ids"],
+            ).logits
+
     if task.num_labels > n_labels:
-        raise ModelError(f"{model_path} predicts {n_labels} labels but {data} has "
-                         f"{task.num_labels}; evaluate a model trained on this task")
+        raise ModelError(
+            f"{model_path} predicts {n_labels} labels but {data} has "
+            f"{task.num_labels}; evaluate a model trained on this task"
+        )
     enc = encode(tok, dataset, max_length)
     result = score(predict_logits(forward, enc, pad_id=tok.pad_token_id or 0), enc.labels)
-    return {"model": model_path, "data": data, "split": split, "examples": len(dataset),
-            **({"k": k} if is_cohort else {}), **result}
+    return {
+        "model": model_path,
+        "data": data,
+        "split": split,
+        "examples": len(dataset),
+        **({"k": k} if is_cohort else {}),
+        **result,
+    }

@@ -24,8 +24,9 @@ def test_onnx_matches_torch_with_padding(tiny_teacher):
     texts = ["good movie", "the plot was very very bad and sad", "a"]
     torch_clf = TeacherClassifier(BaselineConfig(model=str(tiny_teacher), backend="torch"))
     onnx_clf = TeacherClassifier(BaselineConfig(model=str(tiny_teacher), backend="onnx"))
-    np.testing.assert_allclose(onnx_clf.probabilities(texts, None),
-                               torch_clf.probabilities(texts, None), atol=1e-5)
+    np.testing.assert_allclose(
+        onnx_clf.probabilities(texts, None), torch_clf.probabilities(texts, None), atol=1e-5
+    )
 
 
 def test_dynamic_batching_server_answers_every_request(tiny_teacher):
@@ -35,9 +36,9 @@ def test_dynamic_batching_server_answers_every_request(tiny_teacher):
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                singles = await asyncio.gather(*[
-                    client.post("/predict", json={"inputs": f"good film {i}"})
-                    for i in range(10)])
+                singles = await asyncio.gather(
+                    *[client.post("/predict", json={"inputs": f"good film {i}"}) for i in range(10)]
+                )
                 batch = await client.post("/predict", json={"inputs": [["bad"], ["good"]]})
                 bad = await client.post("/predict", json={"inputs": 5})
         return singles, batch, bad

@@ -12,20 +12,52 @@ runner = CliRunner()
 
 
 def _json_tail(output: str) -> dict:
-    return json.loads(output[output.index("{"):])
+    return json.loads(output[output.index("{") :])
 
 
 def test_finetune_distill_eval(tmp_path, tiny_teacher, tiny_data):
-    r = runner.invoke(app, ["finetune", "--model", str(tiny_teacher), "--data", str(tiny_data),
-                            "--out", str(tmp_path / "t"), "--epochs", "1", "--lr", "1e-3",
-                            "--max-length", "32", "--evals-per-epoch", "1"])
+    r = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--model",
+            str(tiny_teacher),
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(tmp_path / "t"),
+            "--epochs",
+            "1",
+            "--lr",
+            "1e-3",
+            "--max-length",
+            "32",
+            "--evals-per-epoch",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     report = _json_tail(r.stdout)
     assert 0 <= report["test"]["accuracy"] <= 1
     assert (tmp_path / "t" / "config.json").is_file()
-    r = runner.invoke(app, ["distill", "--teacher", str(tmp_path / "t"), "--data",
-                            str(tiny_data), "--out", str(tmp_path / "c"), "--students", "2",
-                            "--max-length", "32", "--lr", "1e-3"])
+    r = runner.invoke(
+        app,
+        [
+            "distill",
+            "--teacher",
+            str(tmp_path / "t"),
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(tmp_path / "c"),
+            "--students",
+            "2",
+            "--max-length",
+            "32",
+            "--lr",
+            "1e-3",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "c" / "distill_config.json").is_file()
     r = runner.invoke(app, ["eval", str(tmp_path / "c"), "--data", str(tiny_data), "--k", "1"])
@@ -42,6 +74,18 @@ def test_errors_are_one_line_messages(tmp_path, tiny_teacher, tiny_data):
     assert "not an integer" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["eval", str(tmp_path), "--data", str(tiny_data)])
     assert r.exit_code == 2 and "not a model checkpoint" in r.output
-    r = runner.invoke(app, ["distill", "--teacher", str(tiny_teacher), "--data", str(tiny_data),
-                            "--method", "magic", "--out", str(tmp_path / "x")])
+    r = runner.invoke(
+        app,
+        [
+            "distill",
+            "--teacher",
+            str(tiny_teacher),
+            "--data",
+            str(tiny_data),
+            "--method",
+            "magic",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     assert r.exit_code == 2 and "method='magic' is unknown" in r.output

@@ -36,8 +36,9 @@ TEXTS = ["good movie", "the plot was very very bad and sad", "a", "not so great 
 def _save_cohort(teacher_dir, folder, head_per_student: bool = False):
     teacher = BertForSequenceClassification.from_pretrained(teacher_dir).eval()
     torch.manual_seed(1)
-    model = ShoalModel.from_teacher(teacher, N, 2, "spread",
-                                    head_per_student=head_per_student).eval()
+    model = ShoalModel.from_teacher(
+        teacher, N, 2, "spread", head_per_student=head_per_student
+    ).eval()
     with torch.no_grad():
         model.alpha.copy_(torch.linspace(1.0, 0.3, N))
         for p in model.parameters():
@@ -68,11 +69,13 @@ def reference(cohort_dir):
 
 @pytest.fixture(scope="module")
 def runtime(cohort_dir, tmp_path_factory):
-    config = RuntimeConfig(workers=2, threads=1, request_timeout_s=60, startup_timeout_s=120,
-                           omp_spincount=1000)
+    config = RuntimeConfig(
+        workers=2, threads=1, request_timeout_s=60, startup_timeout_s=120, omp_spincount=1000
+    )
     grid = ProfileConfig(ks=(1, N), batches=(1,), lengths=(8,), repeats=1)
-    rt = Runtime.start(cohort_dir, config, profile=grid,
-                       cache_dir=tmp_path_factory.mktemp("profiles"))
+    rt = Runtime.start(
+        cohort_dir, config, profile=grid, cache_dir=tmp_path_factory.mktemp("profiles")
+    )
     yield rt
     rt.close()
 
@@ -111,8 +114,7 @@ def test_multi_worker_output_equals_in_process_for_every_k(runtime, reference, b
         torch.testing.assert_close(out, reference.run(*batch, k), rtol=1e-5, atol=1e-6)
 
 
-def test_a_worker_killed_mid_batch_is_restarted_and_the_batch_retried(runtime, reference,
-                                                                      batch):
+def test_a_worker_killed_mid_batch_is_restarted_and_the_batch_retried(runtime, reference, batch):
     pool = _pool(runtime)
     before = pool.status()[1]
     killed: list[int] = []
@@ -142,16 +144,20 @@ def test_a_batch_whose_worker_keeps_dying_fails_clearly(runtime, reference, batc
 
     pool.dispatch_hook = kill_always
     try:
-        with pytest.raises(WorkerCrashed, match=r"worker 1 .*SIGKILL.*students \[2, 3\].*"
-                                                r"tried 2 time\(s\), the batch failed"):
+        with pytest.raises(
+            WorkerCrashed,
+            match=r"worker 1 .*SIGKILL.*students \[2, 3\].*"
+            r"tried 2 time\(s\), the batch failed",
+        ):
             runtime.execute(*batch, N)
     finally:
         pool.dispatch_hook = None
     assert len(deaths) == 2  # the first try and one retry
     # The worker was restarted: the next batch succeeds.
     assert all(s.alive for s in pool.status())
-    torch.testing.assert_close(runtime.execute(*batch, N), reference.run(*batch, N),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        runtime.execute(*batch, N), reference.run(*batch, N), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_a_worker_that_died_idle_is_replaced_before_the_next_batch(runtime, reference, batch):
@@ -161,8 +167,9 @@ def test_a_worker_that_died_idle_is_replaced_before_the_next_batch(runtime, refe
     # Whether the monitor or the health check gets there first, the worker is replaced.
     status = runtime.health()
     assert status[0].alive and status[0].pid != old
-    torch.testing.assert_close(runtime.execute(*batch, 2), reference.run(*batch, 2),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        runtime.execute(*batch, 2), reference.run(*batch, 2), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_an_error_inside_a_worker_is_reported_and_the_worker_survives(runtime, batch):
@@ -174,8 +181,9 @@ def test_an_error_inside_a_worker_is_reported_and_the_worker_survives(runtime, b
     assert runtime.execute(ids, mask, types, 1).shape == (4, 2)
 
 
-def test_replicas_serve_concurrent_batches_and_close_leaves_no_processes(cohort_dir, reference,
-                                                                         batch):
+def test_replicas_serve_concurrent_batches_and_close_leaves_no_processes(
+    cohort_dir, reference, batch
+):
     config = RuntimeConfig(workers=2, threads=1, replicate=True, health_interval_s=0)
     with WorkerPool(cohort_dir, config) as pool:
         assert pool.allocation == [tuple(range(N))] * 2
@@ -192,8 +200,7 @@ def test_replicas_serve_concurrent_batches_and_close_leaves_no_processes(cohort_
         for t in threads:
             t.join(timeout=60)
         for i, out in results.items():
-            torch.testing.assert_close(out, reference.run(*batch, 1 + i % N), rtol=1e-5,
-                                       atol=1e-6)
+            torch.testing.assert_close(out, reference.run(*batch, 1 + i % N), rtol=1e-5, atol=1e-6)
         assert len(results) == 4
         procs = [w.process for w in pool._workers]
         assert all(p.is_alive() for p in procs)
@@ -208,5 +215,6 @@ def test_logit_space_cohort_gives_the_same_logits_on_two_workers(tiny_teacher, t
     reference = LocalRunner(ShoalModel.from_pretrained(folder))
     with WorkerPool(folder, RuntimeConfig(workers=2, threads=1, health_interval_s=0)) as pool:
         for k in range(1, N + 1):
-            torch.testing.assert_close(pool.run(*batch, k), reference.run(*batch, k),
-                                       rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                pool.run(*batch, k), reference.run(*batch, k), rtol=1e-5, atol=1e-6
+            )

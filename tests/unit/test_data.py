@@ -23,15 +23,18 @@ def test_max_examples_caps_every_split(tiny_data):
     assert {len(s) for s in task.splits.values()} == {7}
 
 
-@pytest.mark.parametrize("content, message", [
-    ("", "is empty"),
-    ("sentence\tlabel\n", "no examples"),
-    ("words\tlabel\nhello\t1\n", "expected one of"),
-    ("sentence\tgold\nhello\t1\n", "no 'label' column"),
-    ("sentence\tlabel\nhello\tpositive\n", "not an integer"),
-    ("sentence\tlabel\nhello\n", "missing tab"),
-    ("sentence\tlabel\nhello\t-1\n", "outside"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "is empty"),
+        ("sentence\tlabel\n", "no examples"),
+        ("words\tlabel\nhello\t1\n", "expected one of"),
+        ("sentence\tgold\nhello\t1\n", "no 'label' column"),
+        ("sentence\tlabel\nhello\tpositive\n", "not an integer"),
+        ("sentence\tlabel\nhello\n", "missing tab"),
+        ("sentence\tlabel\nhello\t-1\n", "outside"),
+    ],
+)
 def test_malformed_files_get_clear_errors(tmp_path, content, message):
     path = tmp_path / "train.tsv"
     path.write_text(content)
@@ -67,15 +70,19 @@ def test_buckets_cover_every_index_once_and_group_lengths():
         flat = sorted(i for b in batches for i in b)
         assert flat == list(range(1000))
         assert all(len(b) <= 32 for b in batches)
+
     # Bucketing wastes far less padding than random batches.
     def padding(batches):
-        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b)
-                   for b in batches)
+        return sum(
+            len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches
+        )
+
     bucketed = padding(bucketed_batches(lengths, 32, shuffle=True, seed=3))
     import random
+
     idx = list(range(1000))
     random.Random(0).shuffle(idx)
-    plain = padding([idx[i:i + 32] for i in range(0, 1000, 32)])
+    plain = padding([idx[i : i + 32] for i in range(0, 1000, 32)])
     assert bucketed < plain / 4
 
 

@@ -65,9 +65,16 @@ def export_onnx(model_dir: str, out: Path) -> Path:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (ids, mask, torch.zeros_like(ids)), str(out), input_names=names,
-                          output_names=["logits"], dynamic_axes=axes, opset_version=17,
-                          dynamo=False)
+        torch.onnx.export(
+            model,
+            (ids, mask, torch.zeros_like(ids)),
+            str(out),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
     return out
 
 
@@ -88,8 +95,7 @@ class TeacherClassifier:
             opts = ort.SessionOptions()
             if config.threads:
                 opts.intra_op_num_threads = config.threads
-            self.session = ort.InferenceSession(str(path), opts,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         elif config.backend == "torch":
             import torch
             from transformers import AutoModelForSequenceClassification
@@ -102,19 +108,29 @@ class TeacherClassifier:
 
     def probabilities(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
         """(B, C) class probabilities."""
-        enc = self.tokenizer(texts, pairs, padding=True, truncation=True,
-                             max_length=self.config.max_length, return_tensors="np")
+        enc = self.tokenizer(
+            texts,
+            pairs,
+            padding=True,
+            truncation=True,
+            max_length=self.config.max_length,
+            return_tensors="np",
+        )
         feeds = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
-        feeds["token_type_ids"] = enc.get("token_type_ids",
-                                          np.zeros_like(feeds["input_ids"])).astype(np.int64)
+        feeds["token_type_ids"] = enc.get(
+            "token_type_ids", np.zeros_like(feeds["input_ids"])
+        ).astype(np.int64)
         if self.config.backend == "onnx":
             logits = self.session.run(["logits"], feeds)[0]
         else:
             import torch
 
             with torch.inference_mode():
-                logits = self.model(**{k: torch.from_numpy(v) for k, v in feeds.items()}
-                                    ).logits.float().numpy()
+                logits = (
+                    self.model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+                    .logits.float()
+                    .numpy()
+                )
         e = np.exp(logits - logits.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
 
@@ -168,7 +184,8 @@ def fastapi_app(config: BaselineConfig):
             pairs = [p for _, p, _ in batch]
             try:
                 probs = await loop.run_in_executor(
-                    None, clf.probabilities, texts, None if pairs[0] is None else pairs)
+                    None, clf.probabilities, texts, None if pairs[0] is None else pairs
+                )
                 for (_, _, fut), p in zip(batch, probs):
                     if not fut.done():
                         fut.set_result(clf.answer(p))
@@ -224,8 +241,9 @@ def litserve_server(config: BaselineConfig):
 
         def predict(self, batch: list) -> list:
             pairs = [p for _, p in batch]
-            probs = self.clf.probabilities([t for t, _ in batch],
-                                           None if pairs[0] is None else pairs)
+            probs = self.clf.probabilities(
+                [t for t, _ in batch], None if pairs[0] is None else pairs
+            )
             return [self.clf.answer(p) for p in probs]
 
         def unbatch(self, output: list) -> list:
@@ -250,17 +268,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=0)
     a = p.parse_args(argv)
-    config = BaselineConfig(model=a.model, backend=a.backend, server=a.server, host=a.host,
-                            port=a.port, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
-                            max_length=a.max_length, threads=a.threads)
+    config = BaselineConfig(
+        model=a.model,
+        backend=a.backend,
+        server=a.server,
+        host=a.host,
+        port=a.port,
+        max_batch=a.max_batch,
+        max_wait_ms=a.max_wait_ms,
+        max_length=a.max_length,
+        threads=a.threads,
+    )
     if config.server == "litserve":
-        litserve_server(config).run(host=config.host, port=config.port, log_level="warning",
-                                    generate_client_file=False)
+        litserve_server(config).run(
+            host=config.host, port=config.port, log_level="warning", generate_client_file=False
+        )
     else:
         import uvicorn
 
-        uvicorn.run(fastapi_app(config), host=config.host, port=config.port,
-                    log_level="warning")
+        uvicorn.run(fastapi_app(config), host=config.host, port=config.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -100,8 +100,9 @@ def teacher_flops(cfg: Any, batch: int, length: int) -> int:
 # ------------------------------------------------------------------------------ timing
 
 
-def matmul_peak(threads: int, dtype: torch.dtype = torch.float32, n: int = 2048,
-                iters: int = 5) -> float:
+def matmul_peak(
+    threads: int, dtype: torch.dtype = torch.float32, n: int = 2048, iters: int = 5
+) -> float:
     """Best GFLOP/s of an n x n x n GEMM at ``threads`` intra-op threads."""
     with _threads(threads):
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
@@ -129,8 +130,9 @@ def _threads(n: int) -> Iterator[None]:
 # ------------------------------------------------------------------------------ inputs
 
 
-def sst2_batches(tokenizer: Any, data: str, length: int | None, large: int
-                 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor], str]:
+def sst2_batches(
+    tokenizer: Any, data: str, length: int | None, large: int
+) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor], str]:
     """Batch-1 inputs (distinct sentences) and one large batch, all exactly ``length`` tokens."""
     path = Path(data)
     sents: list[list[int]] = []
@@ -141,8 +143,9 @@ def sst2_batches(tokenizer: Any, data: str, length: int | None, large: int
     if sents:
         lens = sorted(len(s) for s in sents)
         length = length or lens[len(lens) // 2]
-        chosen = [s for s in sents if len(s) == length] or [s[:length] for s in sents
-                                                            if len(s) >= length]
+        chosen = [s for s in sents if len(s) == length] or [
+            s[:length] for s in sents if len(s) >= length
+        ]
         source = f"{path} ({len(chosen)} sentences of {length} tokens)"
     else:
         length = length or 25
@@ -152,10 +155,13 @@ def sst2_batches(tokenizer: Any, data: str, length: int | None, large: int
     ids = torch.tensor(chosen, dtype=torch.long)
 
     def pack(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"input_ids": x, "attention_mask": torch.ones_like(x),
-                "token_type_ids": torch.zeros_like(x)}
+        return {
+            "input_ids": x,
+            "attention_mask": torch.ones_like(x),
+            "token_type_ids": torch.zeros_like(x),
+        }
 
-    rows = [pack(ids[i: i + 1]) for i in range(len(ids))]
+    rows = [pack(ids[i : i + 1]) for i in range(len(ids))]
     big = pack(ids[torch.arange(large) % len(ids)])
     return rows, big, source
 
@@ -174,9 +180,16 @@ def export_onnx(teacher: Any, folder: Path, sample: dict[str, torch.Tensor]) -> 
     axes = {n: {0: "batch", 1: "length"} for n in names} | {"logits": {0: "batch"}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(teacher, tuple(sample[n] for n in names), str(path),
-                          input_names=names, output_names=["logits"], dynamic_axes=axes,
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            teacher,
+            tuple(sample[n] for n in names),
+            str(path),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
     return path
 
 
@@ -194,8 +207,9 @@ def ort_session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def threaded_runner(runner: LocalRunner, k: int, pool: ThreadPoolExecutor
-                    ) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+def threaded_runner(
+    runner: LocalRunner, k: int, pool: ThreadPoolExecutor
+) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
     """One Python thread per student; torch releases the GIL inside each op."""
 
     def run(x: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -222,8 +236,12 @@ class Case:
     times_ms: list[float] = field(default_factory=list)
 
 
-def measure(cases: list[Case], inputs: Callable[[int, int], dict[str, torch.Tensor]],
-            iters: int, warmup: int) -> None:
+def measure(
+    cases: list[Case],
+    inputs: Callable[[int, int], dict[str, torch.Tensor]],
+    iters: int,
+    warmup: int,
+) -> None:
     """Time the cases round-robin: every round runs each case once on the same input, so a
     load change on a shared machine hits every case alike (ratios stay fair)."""
     for r in range(warmup + iters):
@@ -237,13 +255,26 @@ def measure(cases: list[Case], inputs: Callable[[int, int], dict[str, torch.Tens
 
 def _record(c: Case, length: int) -> dict[str, Any]:
     p = np.percentile(c.times_ms, [50, 90, 99])
-    out = {"system": c.system, "batch": c.batch, "length": length, "k": c.k,
-           "threads": c.threads, "flops": c.flops, "p50_ms": float(p[0]), "p90_ms": float(p[1]),
-           "p99_ms": float(p[2]), "mean_ms": statistics.fmean(c.times_ms),
-           "iters": len(c.times_ms), **c.extra}
+    out = {
+        "system": c.system,
+        "batch": c.batch,
+        "length": length,
+        "k": c.k,
+        "threads": c.threads,
+        "flops": c.flops,
+        "p50_ms": float(p[0]),
+        "p90_ms": float(p[1]),
+        "p99_ms": float(p[2]),
+        "mean_ms": statistics.fmean(c.times_ms),
+        "iters": len(c.times_ms),
+        **c.extra,
+    }
     out["gflops"] = c.flops / (out["p50_ms"] / 1e3) / 1e9
-    print(f"  {c.system:<30} b={c.batch:<3} k={c.k!s:<4} t={c.threads} p50 "
-          f"{out['p50_ms']:8.2f} ms  {out['gflops']:6.1f} GFLOP/s", flush=True)
+    print(
+        f"  {c.system:<30} b={c.batch:<3} k={c.k!s:<4} t={c.threads} p50 "
+        f"{out['p50_ms']:8.2f} ms  {out['gflops']:6.1f} GFLOP/s",
+        flush=True,
+    )
     return out
 
 
@@ -271,8 +302,10 @@ def run_kernels(config: KernelsConfig) -> dict[str, Any]:
         return rows[r % len(rows)] if batch == 1 else big
 
     def run_group(group: list[Case]) -> None:
-        for batch, iters, warm in ((1, config.iters, config.warmup),
-                                   (config.large_batch, config.large_iters, 1)):
+        for batch, iters, warm in (
+            (1, config.iters, config.warmup),
+            (config.large_batch, config.large_iters, 1),
+        ):
             chosen = [c for c in group if c.batch == batch]
             measure(chosen, inputs, iters, warm)
             records.extend(_record(c, length) for c in chosen)
@@ -284,10 +317,12 @@ def run_kernels(config: KernelsConfig) -> dict[str, Any]:
                 peaks[f"fp32_t{t}"] = matmul_peak(t)
                 if bf16:
                     peaks[f"bf16_t{t}"] = matmul_peak(t, torch.bfloat16)
-                print(f"threads={t}: matmul peak {peaks[f'fp32_t{t}']:.1f} GFLOP/s fp32",
-                      flush=True)
-                group = _in_process_cases(model, teacher, onnx_path, t, bf16, length,
-                                          config.large_batch)
+                print(
+                    f"threads={t}: matmul peak {peaks[f'fp32_t{t}']:.1f} GFLOP/s fp32", flush=True
+                )
+                group = _in_process_cases(
+                    model, teacher, onnx_path, t, bf16, length, config.large_batch
+                )
                 with ThreadPoolExecutor(n) as tp:
                     if t == 1:
                         group += _threaded_cases(model, tp, length, config.large_batch)
@@ -300,31 +335,54 @@ def run_kernels(config: KernelsConfig) -> dict[str, Any]:
             if not config.cohort:
                 model.save_pretrained(folder)
             with contextlib.ExitStack() as stack:
-                group = _multiprocess_cases(stack, folder, ccfg, n, length, config.large_batch,
-                                            cores or 1)
+                group = _multiprocess_cases(
+                    stack, folder, ccfg, n, length, config.large_batch, cores or 1
+                )
                 run_group(group)
             for rec in records:
                 if " proc x " in rec["system"]:  # time inside the slowest worker, per batch
-                    seconds = rec.pop("worker_seconds")[-rec["iters"]:]  # no warm-up
+                    seconds = rec.pop("worker_seconds")[-rec["iters"] :]  # no warm-up
                     rec["worker_compute_ms"] = 1e3 * statistics.median(seconds)
     return {
-        "command": config.command, "config": asdict(config), "git_commit": _git_commit(),
-        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cores": cores,
-                    "torch": torch.__version__, "bf16_native": bf16,
-                    "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "GOMP_SPINCOUNT",
-                                                           "OMP_WAIT_POLICY", "MKL_NUM_THREADS")},
-                    "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "command": config.command,
+        "config": asdict(config),
+        "git_commit": _git_commit(),
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": cpu_model(),
+            "cores": cores,
+            "torch": torch.__version__,
+            "bf16_native": bf16,
+            "env": {
+                k: os.environ.get(k)
+                for k in ("OMP_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+            },
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        },
         "inputs": {"source": source, "length": length, "large_batch": config.large_batch},
-        "cohort": {"n_students": n, "student_layers": ccfg.student_layers,
-                   "hidden": ccfg.hidden_size, "from": config.cohort or config.teacher},
+        "cohort": {
+            "n_students": n,
+            "student_layers": ccfg.student_layers,
+            "hidden": ccfg.hidden_size,
+            "from": config.cohort or config.teacher,
+        },
         "teacher": {"layers": tcfg.num_hidden_layers, "hidden": tcfg.hidden_size},
-        "peaks_gflops": peaks, "cases": records,
+        "peaks_gflops": peaks,
+        "cases": records,
         "summary": summarize(records, peaks, n, config.large_batch),
     }
 
 
-def _in_process_cases(model: ShoalModel, teacher: Any, onnx_path: Path | None, t: int,
-                      bf16: bool, length: int, large: int) -> list[Case]:
+def _in_process_cases(
+    model: ShoalModel,
+    teacher: Any,
+    onnx_path: Path | None,
+    t: int,
+    bf16: bool,
+    length: int,
+    large: int,
+) -> list[Case]:
     n, ccfg, tcfg = model.n_students, model.config, teacher.config
     fused = LocalRunner(model)
     fused_bf16 = LocalRunner(model, dtype="bfloat16") if bf16 else None
@@ -332,33 +390,84 @@ def _in_process_cases(model: ShoalModel, teacher: Any, onnx_path: Path | None, t
     cases = []
     for b in (1, large):
         for k in range(1, n + 1):
-            cases.append(Case("cohort fused", b, k, t, cohort_flops(ccfg, k, b, length),
-                              lambda x, k=k, r=fused: r.run(*_args(x), k)))
+            cases.append(
+                Case(
+                    "cohort fused",
+                    b,
+                    k,
+                    t,
+                    cohort_flops(ccfg, k, b, length),
+                    lambda x, k=k, r=fused: r.run(*_args(x), k),
+                )
+            )
         if fused_bf16 is not None:
             for k in sorted({1, n}):
-                cases.append(Case("cohort fused bf16", b, k, t, cohort_flops(ccfg, k, b, length),
-                                  lambda x, k=k, r=fused_bf16: r.run(*_args(x), k)))
-        cases.append(Case("cohort one-by-one", b, n, t,
-                          cohort_flops(ccfg, n, b, length, fused=False),
-                          lambda x: model(*_args(x), n).logits))
-        cases.append(Case("teacher HF eager", b, None, t, teacher_flops(tcfg, b, length),
-                          lambda x: teacher(**x).logits))
+                cases.append(
+                    Case(
+                        "cohort fused bf16",
+                        b,
+                        k,
+                        t,
+                        cohort_flops(ccfg, k, b, length),
+                        lambda x, k=k, r=fused_bf16: r.run(*_args(x), k),
+                    )
+                )
+        cases.append(
+            Case(
+                "cohort one-by-one",
+                b,
+                n,
+                t,
+                cohort_flops(ccfg, n, b, length, fused=False),
+                lambda x: model(*_args(x), n).logits,
+            )
+        )
+        cases.append(
+            Case(
+                "teacher HF eager",
+                b,
+                None,
+                t,
+                teacher_flops(tcfg, b, length),
+                lambda x: teacher(**x).logits,
+            )
+        )
         if sess is not None:
-            cases.append(Case("teacher ONNX Runtime", b, None, t, teacher_flops(tcfg, b, length),
-                              lambda x, s=sess: s.run(None, {a: v.numpy() for a, v in x.items()})))
+            cases.append(
+                Case(
+                    "teacher ONNX Runtime",
+                    b,
+                    None,
+                    t,
+                    teacher_flops(tcfg, b, length),
+                    lambda x, s=sess: s.run(None, {a: v.numpy() for a, v in x.items()}),
+                )
+            )
     return cases
 
 
-def _threaded_cases(model: ShoalModel, tp: ThreadPoolExecutor, length: int, large: int
-                    ) -> list[Case]:
+def _threaded_cases(
+    model: ShoalModel, tp: ThreadPoolExecutor, length: int, large: int
+) -> list[Case]:
     n = model.n_students
     run = threaded_runner(LocalRunner(model), n, tp)
-    return [Case("cohort threaded", b, n, 1, cohort_flops(model.config, n, b, length), run,
-                 {"python_threads": n}) for b in (1, large)]
+    return [
+        Case(
+            "cohort threaded",
+            b,
+            n,
+            1,
+            cohort_flops(model.config, n, b, length),
+            run,
+            {"python_threads": n},
+        )
+        for b in (1, large)
+    ]
 
 
-def _multiprocess_cases(stack: contextlib.ExitStack, folder: str, ccfg: Any, n: int,
-                        length: int, large: int, cores: int) -> list[Case]:
+def _multiprocess_cases(
+    stack: contextlib.ExitStack, folder: str, ccfg: Any, n: int, length: int, large: int, cores: int
+) -> list[Case]:
     """Worker pools on the same cores: one worker with every core (OpenMP's default spinning,
     and a short spin) against one single-threaded worker per core."""
     layouts: list[tuple[int, int, int | None]] = [(1, cores, None), (cores, 1, None)]
@@ -368,36 +477,56 @@ def _multiprocess_cases(stack: contextlib.ExitStack, folder: str, ccfg: Any, n: 
         layouts.insert(1, (1, cores, 1000))
     cases = []
     for workers, threads, spin in layouts:
-        config = RuntimeConfig(workers=workers, threads=threads, omp_spincount=spin,
-                               health_interval_s=0)
+        config = RuntimeConfig(
+            workers=workers, threads=threads, omp_spincount=spin, health_interval_s=0
+        )
         pool = stack.enter_context(WorkerPool(folder, config))
         name = f"cohort {workers} proc x {threads} thr" + (f" spin {spin}" if spin else "")
         for b in (1, large):
             seconds: list[float] = []
 
-            def run(x: dict[str, torch.Tensor], pool: WorkerPool = pool,
-                    seconds: list[float] = seconds) -> torch.Tensor:
+            def run(
+                x: dict[str, torch.Tensor], pool: WorkerPool = pool, seconds: list[float] = seconds
+            ) -> torch.Tensor:
                 out = pool.run(*_args(x), n)
                 seconds.append(max(pool.last_worker_seconds.values()))
                 return out
 
-            cases.append(Case(name, b, n, threads, cohort_flops(ccfg, n, b, length), run,
-                              {"workers": workers, "omp_spincount": spin,
-                               "worker_seconds": seconds}))
+            cases.append(
+                Case(
+                    name,
+                    b,
+                    n,
+                    threads,
+                    cohort_flops(ccfg, n, b, length),
+                    run,
+                    {"workers": workers, "omp_spincount": spin, "worker_seconds": seconds},
+                )
+            )
     return cases
 
 
-def _find(cases: list[dict[str, Any]], system: str, batch: int, k: int | None = None,
-          threads: int | None = None) -> dict[str, Any] | None:
+def _find(
+    cases: list[dict[str, Any]],
+    system: str,
+    batch: int,
+    k: int | None = None,
+    threads: int | None = None,
+) -> dict[str, Any] | None:
     for c in cases:
-        if (c["system"] == system and c["batch"] == batch and (k is None or c["k"] == k)
-                and (threads is None or c["threads"] == threads)):
+        if (
+            c["system"] == system
+            and c["batch"] == batch
+            and (k is None or c["k"] == k)
+            and (threads is None or c["threads"] == threads)
+        ):
             return c
     return None
 
 
-def summarize(cases: list[dict[str, Any]], peaks: dict[str, float], n: int, large: int
-              ) -> dict[str, Any]:
+def summarize(
+    cases: list[dict[str, Any]], peaks: dict[str, float], n: int, large: int
+) -> dict[str, Any]:
     """The ratios the issue asks for, per in-process thread count."""
     out: dict[str, Any] = {}
     for key, peak in peaks.items():
@@ -405,8 +534,10 @@ def summarize(cases: list[dict[str, Any]], peaks: dict[str, float], n: int, larg
             continue
         t = int(key.removeprefix("fp32_t"))
         full, one = _find(cases, "cohort fused", 1, n, t), _find(cases, "cohort fused", 1, 1, t)
-        hf, ort = _find(cases, "teacher HF eager", 1, None, t), _find(
-            cases, "teacher ONNX Runtime", 1, None, t)
+        hf, ort = (
+            _find(cases, "teacher HF eager", 1, None, t),
+            _find(cases, "teacher ONNX Runtime", 1, None, t),
+        )
         big = _find(cases, "cohort fused", large, n, t)
         row: dict[str, Any] = {"peak_gflops": peak}
         if full and one:
@@ -434,18 +565,28 @@ def summarize(cases: list[dict[str, Any]], peaks: dict[str, float], n: int, larg
             row["bf16_speedup_vs_onnxruntime"] = ort["p50_ms"] / bf["p50_ms"]
         out[f"threads_{t}"] = row
     procs = [c for c in cases if " proc x " in c["system"]]
-    out["multiprocess"] = {f"{c['system']} b={c['batch']}": {
-        "p50_ms": c["p50_ms"], "worker_compute_ms": c.get("worker_compute_ms")} for c in procs}
+    out["multiprocess"] = {
+        f"{c['system']} b={c['batch']}": {
+            "p50_ms": c["p50_ms"],
+            "worker_compute_ms": c.get("worker_compute_ms"),
+        }
+        for c in procs
+    }
     out["targets"] = TARGETS
     return out
 
 
 def _git_commit() -> str | None:
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -474,28 +615,50 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
     fig = Figure(figsize=(17, 6), layout="constrained")
     ax1, ax2, ax3 = fig.subplots(1, 3)
     for ax, batch, metric in ((ax1, 1, "p50_ms"), (ax3, large, "gflops")):
-        shown = [c for c in cases if c["batch"] == batch
-                 and (c["system"] != "cohort fused" or c["k"] in (1, n))]
-        ax.barh(range(len(shown)), [c[metric] for c in shown],
-                color=[colour[c["system"]] for c in shown],
-                xerr=[c["p90_ms"] - c["p50_ms"] for c in shown] if metric == "p50_ms" else None)
+        shown = [
+            c
+            for c in cases
+            if c["batch"] == batch and (c["system"] != "cohort fused" or c["k"] in (1, n))
+        ]
+        ax.barh(
+            range(len(shown)),
+            [c[metric] for c in shown],
+            color=[colour[c["system"]] for c in shown],
+            xerr=[c["p90_ms"] - c["p50_ms"] for c in shown] if metric == "p50_ms" else None,
+        )
         ax.set_yticks(range(len(shown)), [_label(c) for c in shown], fontsize=8)
         ax.invert_yaxis()
     ax1.set_xlabel("p50 latency, ms (error bar to p90)")
     ax1.set_title(f"batch 1, {result['inputs']['length']} tokens")
     for i, key in enumerate(k for k in peaks if k.startswith("fp32_t")):
         t, peak = int(key.removeprefix("fp32_t")), peaks[key]
-        fused = sorted((c for c in cases if c["system"] == "cohort fused" and c["batch"] == 1
-                        and c["threads"] == t), key=lambda c: c["k"])
+        fused = sorted(
+            (
+                c
+                for c in cases
+                if c["system"] == "cohort fused" and c["batch"] == 1 and c["threads"] == t
+            ),
+            key=lambda c: c["k"],
+        )
         ks = [c["k"] for c in fused]
         ax2.plot(ks, [c["p50_ms"] for c in fused], "o-", color=f"C{i}", label=f"fused, {t} thr")
-        ax2.plot(ks, [1e3 * c["flops"] / (peak * 1e9) for c in fused], "--", color=f"C{i}",
-                 label=f"FLOPs / peak, {t} thr")
+        ax2.plot(
+            ks,
+            [1e3 * c["flops"] / (peak * 1e9) for c in fused],
+            "--",
+            color=f"C{i}",
+            label=f"FLOPs / peak, {t} thr",
+        )
         ax3.axvline(peak, color=f"C{i}", ls=":", lw=1, label=f"fp32 matmul peak, {t} thr")
         ax3.axvline(peak / 2, color=f"C{i}", ls="--", lw=1, label=f"50% of peak, {t} thr")
         if f"bf16_t{t}" in peaks:
-            ax3.axvline(peaks[f"bf16_t{t}"], color=f"C{i}", ls="-.", lw=1,
-                        label=f"bf16 matmul peak, {t} thr")
+            ax3.axvline(
+                peaks[f"bf16_t{t}"],
+                color=f"C{i}",
+                ls="-.",
+                lw=1,
+                label=f"bf16 matmul peak, {t} thr",
+            )
     ax2.set_xlabel("active students k")
     ax2.set_ylabel("ms")
     ax2.set_xticks(range(1, n + 1))
@@ -519,12 +682,20 @@ def write(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     return js, png
 
 
-def kernels_command(out_dir: str | Path = "docs/results", cohort: str | None = None,
-                    iters: int = 50, **overrides: Any) -> dict[str, Any]:
+def kernels_command(
+    out_dir: str | Path = "docs/results",
+    cohort: str | None = None,
+    iters: int = 50,
+    **overrides: Any,
+) -> dict[str, Any]:
     """What ``shoal bench kernels`` runs: measure, then write JSON and PNG to ``out_dir``."""
-    config = KernelsConfig(out_dir=str(out_dir), cohort=cohort, iters=iters,
-                           large_iters=overrides.pop("large_iters", max(3, iters // 10)),
-                           **overrides)
+    config = KernelsConfig(
+        out_dir=str(out_dir),
+        cohort=cohort,
+        iters=iters,
+        large_iters=overrides.pop("large_iters", max(3, iters // 10)),
+        **overrides,
+    )
     result = run_kernels(config)
     js, png = write(result, out_dir)
     print(f"wrote {js} and {png}")

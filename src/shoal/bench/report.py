@@ -91,13 +91,17 @@ def summarize(
 
 
 def padding_ratio(timeline: Sequence[MetricSample]) -> float | None:
-    """Share of computed tokens that were padding during the run (counter deltas)."""
+    """Share of computed token positions that were padding during the run (counter deltas).
+
+    ``shoal_padded_tokens_total`` counts every computed position (batch x padded length) and
+    ``shoal_real_tokens_total`` the real tokens among them.
+    """
     both = [s for s in timeline if s.padded_tokens is not None and s.real_tokens is not None]
     if len(both) < 2:
         return None
     pad = float(both[-1].padded_tokens) - float(both[0].padded_tokens)  # type: ignore[arg-type]
     real = float(both[-1].real_tokens) - float(both[0].real_tokens)  # type: ignore[arg-type]
-    return pad / (pad + real) if pad + real > 0 else None
+    return (pad - real) / pad if pad > 0 else None
 
 
 def load_point(summary: Mapping[str, Any]) -> LoadPoint:

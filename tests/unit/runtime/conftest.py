@@ -14,8 +14,9 @@ TEXTS = ["good movie", "the plot was very very bad and sad", "a", "not so great 
 def tiny_cohort(teacher_dir, n: int = 4, head_per_student: bool = False) -> ShoalModel:
     teacher = BertForSequenceClassification.from_pretrained(teacher_dir).eval()
     torch.manual_seed(1)
-    model = ShoalModel.from_teacher(teacher, n, 2, "spread",
-                                    head_per_student=head_per_student).eval()
+    model = ShoalModel.from_teacher(
+        teacher, n, 2, "spread", head_per_student=head_per_student
+    ).eval()
     with torch.no_grad():
         model.alpha.copy_(torch.linspace(1.0, 0.3, n))
         for p in model.parameters():  # students (and per-student heads) differ

@@ -110,12 +110,19 @@ def test_gpu_slots_share_gpus_by_procs_per_gpu():
         plan_slots(1, "tpu", threads=None, cores=[0])
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"device": "gpu"}, "device='gpu'"), ({"workers": -1}, "workers=-1"),
-    ({"threads": 0}, "threads=0"), ({"dtype": "float16"}, "dtype='float16'"),
-    ({"procs_per_gpu": 0}, "procs_per_gpu=0"), ({"request_timeout_s": 0}, "request_timeout_s"),
-    ({"retries": -1}, "retries=-1"), ({"max_students_per_worker": 0}, "max_students"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"device": "gpu"}, "device='gpu'"),
+        ({"workers": -1}, "workers=-1"),
+        ({"threads": 0}, "threads=0"),
+        ({"dtype": "float16"}, "dtype='float16'"),
+        ({"procs_per_gpu": 0}, "procs_per_gpu=0"),
+        ({"request_timeout_s": 0}, "request_timeout_s"),
+        ({"retries": -1}, "retries=-1"),
+        ({"max_students_per_worker": 0}, "max_students"),
+    ],
+)
 def test_runtime_config_names_the_bad_value(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         RuntimeConfig(**kwargs)

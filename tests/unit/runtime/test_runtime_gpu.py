@@ -9,8 +9,10 @@ import torch
 
 from shoal.serve.runtime import LocalRunner, RuntimeConfig, WorkerPool
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 
 
 def _args(batch):

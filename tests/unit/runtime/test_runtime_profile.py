@@ -56,8 +56,13 @@ def test_the_key_changes_with_machine_model_and_layout():
 
 def test_cache_is_used_and_a_broken_file_is_measured_again(tmp_path):
     grid = ProfileConfig(ks=(1,), batches=(1,), lengths=(4, 600), repeats=1)
-    kwargs = dict(model_config={"vocab_size": 30, "max_position_embeddings": 64},
-                  layout={"workers": 0}, device="cpu", profile=grid, cache_dir=tmp_path)
+    kwargs = dict(
+        model_config={"vocab_size": 30, "max_position_embeddings": 64},
+        layout={"workers": 0},
+        device="cpu",
+        profile=grid,
+        cache_dir=tmp_path,
+    )
     fake = FakeRunner()
     first = load_or_profile(fake, **kwargs)
     assert {n for _, _, n, _ in first.points} == {4, 64}  # lengths capped at max positions

@@ -42,9 +42,10 @@ def test_numpy_and_torch_inputs_agree(cohort, batch):
     runner = LocalRunner(cohort)
     as_np = [t.numpy() for t in _args(batch)]
     assert torch.equal(runner.run(*as_np, 3), runner.run(*_args(batch), 3))
-    assert torch.equal(runner.run(batch["input_ids"], None, None, 2),
-                       runner.run(batch["input_ids"], torch.ones_like(batch["input_ids"]),
-                                  None, 2))
+    assert torch.equal(
+        runner.run(batch["input_ids"], None, None, 2),
+        runner.run(batch["input_ids"], torch.ones_like(batch["input_ids"]), None, 2),
+    )
 
 
 @pytest.mark.skipif(not bf16_cpu_supported(), reason="this CPU has no native bf16")
@@ -65,11 +66,15 @@ def test_partial_sums_over_any_allocation_add_up_to_the_full_run(cohort, batch):
         for k in range(1, n + 1):
             plan = workers_for(k, alloc)
             total = sum(runner.partial(*_args(batch), students, k) for students in plan.values())
-            width = cohort.config.num_labels if cohort.config.head_per_student else \
-                cohort.config.hidden_size
+            width = (
+                cohort.config.num_labels
+                if cohort.config.head_per_student
+                else cohort.config.hidden_size
+            )
             assert total.shape == (4, width)
-            torch.testing.assert_close(runner.finish(total), runner.run(*_args(batch), k),
-                                       rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                runner.finish(total), runner.run(*_args(batch), k), rtol=1e-5, atol=1e-6
+            )
 
 
 def test_a_block_stack_serves_its_prefixes(cohort, batch):
@@ -96,20 +101,21 @@ def test_runtime_in_process_profiles_once_and_caches(cohort, batch, tmp_path):
     cohort.save_pretrained(tmp_path / "cohort")
     grid = ProfileConfig(ks=(1, 4), batches=(1, 2), lengths=(4, 8), repeats=1)
     cache = tmp_path / "cache"
-    with Runtime.start(tmp_path / "cohort", RuntimeConfig(), profile=grid,
-                       cache_dir=cache) as rt:
+    with Runtime.start(tmp_path / "cohort", RuntimeConfig(), profile=grid, cache_dir=cache) as rt:
         assert rt.cost_model is not None and rt.cost_model.ks == (1, 4)
         assert len(rt.cost_model.points) == 8
-        torch.testing.assert_close(rt.execute(*_args(batch), 3),
-                                   LocalRunner(cohort).run(*_args(batch), 3))
+        torch.testing.assert_close(
+            rt.execute(*_args(batch), 3), LocalRunner(cohort).run(*_args(batch), 3)
+        )
         assert [s.alive for s in rt.health()] == [True]
     files = list(cache.glob("*.json"))
     assert len(files) == 1
     record = json.loads(files[0].read_text())
     assert record["layout"]["workers"] == 0 and record["machine"]["torch"] == torch.__version__
     # A second start on the same machine, model and layout reads the cache.
-    record["cost_model"]["points"] = [[k, b, n, 0.5] for k, b, n, _ in
-                                      record["cost_model"]["points"]]
+    record["cost_model"]["points"] = [
+        [k, b, n, 0.5] for k, b, n, _ in record["cost_model"]["points"]
+    ]
     files[0].write_text(json.dumps(record))
     with Runtime.start(tmp_path / "cohort", RuntimeConfig(), profile=grid, cache_dir=cache) as rt:
         assert rt.cost_model is not None and rt.cost_model.cost(2, 1, 4) == 0.5
