@@ -25,7 +25,7 @@ def _config(teacher, data, out, **kw) -> DistillConfig:
 
 
 def _deep_teacher(tmp_path):
-    from conftest import make_teacher
+    from tiny_fixtures import make_teacher
 
     folder = tmp_path / "deep"
     make_teacher(folder, layers=4, seed=3)

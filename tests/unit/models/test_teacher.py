@@ -30,7 +30,7 @@ def test_label_count_mismatch(tiny_teacher):
 def test_tokenizer_from_another_model_is_refused(tiny_teacher, tmp_path):
     import shutil
 
-    from conftest import make_tokenizer
+    from tiny_fixtures import make_tokenizer
 
     folder = tmp_path / "mixed"
     shutil.copytree(tiny_teacher, folder)
