@@ -26,6 +26,12 @@ class DemoConfig:
     """Students in the cohort."""
     max_length: int = 64
     """Tokens per example."""
+    serve_seconds: float = 20.0
+    """Length of the bursty workload sent to each server (0 skips serving)."""
+    burst_rate: float = 40.0
+    """Arrival rate inside bursts (requests/s); 4 requests/s between them."""
+    latency_target_ms: float = 100.0
+    """Latency objective of the served comparison."""
 
 
 def run_demo(config: DemoConfig) -> dict:
@@ -70,3 +76,31 @@ def run_demo(config: DemoConfig) -> dict:
     }
     (out / "demo_report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def serve_comparison(config: DemoConfig, out: Path) -> dict[str, dict]:
+    """Serve the cohort (Shoal) and the teacher (FIFO dynamic batching) one after the other
+    under the same seeded on/off workload; return each one's summary."""
+    from shoal.bench import report as rpt
+    from shoal.bench.loadgen import run_load_sync
+    from shoal.bench.serve_bench import ServeBenchConfig, _free_port, running, server_command
+    from shoal.bench.workload import WorkloadConfig, build_workload
+
+    bench = ServeBenchConfig(cohort=str(out / "cohort"), teacher=str(out / "teacher"),
+                             data=config.data, latency_target_ms=config.latency_target_ms,
+                             max_length=config.max_length, systems=("shoal", "teacher-torch"))
+    workload = build_workload(WorkloadConfig(
+        kind="on_off", rate=4.0, burst_rate=config.burst_rate, period_s=10.0, burst_s=4.0,
+        duration_s=config.serve_seconds, data=config.data, split="test", seed=0))
+    labels = workload.label_names
+    summaries = {}
+    for system in bench.systems:
+        port = _free_port()
+        with running(server_command(system, bench, port), port,
+                     out / f"{system}.log") as url:
+            res = run_load_sync(url, workload, labels=labels, timeout_s=30)
+        summaries[system] = rpt.summarize(res.records, config.latency_target_ms / 1000,
+                                          timeline=res.timeline,
+                                          duration_s=res.offered_duration_s)
+        tqdm.write(f"[demo]   {system}: p50 {summaries[system]['p50_ms']:.0f} ms")
+    return summaries
