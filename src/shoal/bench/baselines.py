@@ -48,34 +48,20 @@ class BaselineConfig:
     """torch / ONNX Runtime intra-op threads; 0 keeps the default."""
 
 
-def export_onnx(model_dir: str, out: Path) -> Path:
-    """Export a Hugging Face sequence classifier to ONNX with dynamic batch and length."""
+def export_onnx(model_dir: str, folder: Path) -> Path:
+    """Export a Hugging Face sequence classifier to ONNX (dynamic batch and length)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from shoal.bench.kernels import export_onnx as export
+
+    folder.mkdir(parents=True, exist_ok=True)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     ids = torch.ones(2, 8, dtype=torch.long)
     mask = torch.ones_like(ids)
     mask[1, 5:] = 0  # trace with padding so the mask path is kept
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "length"} for n in names}
-    axes["logits"] = {0: "batch"}
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (ids, mask, torch.zeros_like(ids)),
-            str(out),
-            input_names=names,
-            output_names=["logits"],
-            dynamic_axes=axes,
-            opset_version=17,
-            dynamo=False,
-        )
-    return out
+    sample = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    return export(model, folder, sample)
 
 
 class TeacherClassifier:
@@ -89,13 +75,10 @@ class TeacherClassifier:
         hf = AutoConfig.from_pretrained(config.model)
         self.labels = [hf.id2label[i] for i in range(hf.num_labels)]
         if config.backend == "onnx":
-            import onnxruntime as ort
+            from shoal.bench.kernels import ort_session
 
-            path = export_onnx(config.model, Path(config.model) / "onnx" / "model.onnx")
-            opts = ort.SessionOptions()
-            if config.threads:
-                opts.intra_op_num_threads = config.threads
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            path = export_onnx(config.model, Path(config.model) / "onnx")
+            self.session = ort_session(path, config.threads)  # 0 threads: ORT's default
         elif config.backend == "torch":
             import torch
             from transformers import AutoModelForSequenceClassification
