@@ -294,16 +294,21 @@ def demo(
     served = report.get("served") or {}
     if served:
         typer.echo("\nserved under the same bursty workload:")
-        typer.echo(f"  {'system':<16}{'p50 ms':>8}{'p99 ms':>8}{'answered/s':>12}"
-                   f"{'accuracy':>10}{'mean k':>8}")
+        typer.echo(
+            f"  {'system':<16}{'p50 ms':>8}{'p99 ms':>8}{'answered/s':>12}"
+            f"{'accuracy':>10}{'mean k':>8}"
+        )
         for name, s in served.items():
+
             def f(v, fmt):
                 return format(v, fmt) if v is not None else "-"
 
-            typer.echo(f"  {name:<16}{f(s['p50_ms'], '8.1f')}{f(s['p99_ms'], '8.1f')}"
-                       f"{f(s['throughput_rps'], '12.1f')}"
-                       f"{f(100 * s['accuracy'] if s['accuracy'] is not None else None, '10.2f')}"
-                       f"{f(s['mean_students_used'], '8.2f')}")
+            typer.echo(
+                f"  {name:<16}{f(s['p50_ms'], '8.1f')}{f(s['p99_ms'], '8.1f')}"
+                f"{f(s['throughput_rps'], '12.1f')}"
+                f"{f(100 * s['accuracy'] if s['accuracy'] is not None else None, '10.2f')}"
+                f"{f(s['mean_students_used'], '8.2f')}"
+            )
     typer.echo(f"done in {report['seconds']} s")
 
 

@@ -86,21 +86,38 @@ def serve_comparison(config: DemoConfig, out: Path) -> dict[str, dict]:
     from shoal.bench.serve_bench import ServeBenchConfig, _free_port, running, server_command
     from shoal.bench.workload import WorkloadConfig, build_workload
 
-    bench = ServeBenchConfig(cohort=str(out / "cohort"), teacher=str(out / "teacher"),
-                             data=config.data, latency_target_ms=config.latency_target_ms,
-                             max_length=config.max_length, systems=("shoal", "teacher-torch"))
-    workload = build_workload(WorkloadConfig(
-        kind="on_off", rate=4.0, burst_rate=config.burst_rate, period_s=10.0, burst_s=4.0,
-        duration_s=config.serve_seconds, data=config.data, split="test", seed=0))
+    bench = ServeBenchConfig(
+        cohort=str(out / "cohort"),
+        teacher=str(out / "teacher"),
+        data=config.data,
+        latency_target_ms=config.latency_target_ms,
+        max_length=config.max_length,
+        systems=("shoal", "teacher-torch"),
+    )
+    workload = build_workload(
+        WorkloadConfig(
+            kind="on_off",
+            rate=4.0,
+            burst_rate=config.burst_rate,
+            period_s=10.0,
+            burst_s=4.0,
+            duration_s=config.serve_seconds,
+            data=config.data,
+            split="test",
+            seed=0,
+        )
+    )
     labels = workload.label_names
     summaries = {}
     for system in bench.systems:
         port = _free_port()
-        with running(server_command(system, bench, port), port,
-                     out / f"{system}.log") as url:
+        with running(server_command(system, bench, port), port, out / f"{system}.log") as url:
             res = run_load_sync(url, workload, labels=labels, timeout_s=30)
-        summaries[system] = rpt.summarize(res.records, config.latency_target_ms / 1000,
-                                          timeline=res.timeline,
-                                          duration_s=res.offered_duration_s)
+        summaries[system] = rpt.summarize(
+            res.records,
+            config.latency_target_ms / 1000,
+            timeline=res.timeline,
+            duration_s=res.offered_duration_s,
+        )
         tqdm.write(f"[demo]   {system}: p50 {summaries[system]['p50_ms']:.0f} ms")
     return summaries

@@ -381,13 +381,7 @@ def _train_student(
     torch.manual_seed(config.train.seed + k)
     # Post-LN students emit unit-scale states while later residuals are small: a learned
     # scalar c lets student k fit r_k as c * s_k (alpha_k replaces c once it is trained).
-    c = nn.Parameter(
-        torch.tensor(
-            1.0
-            if logit_space
-            else _initial_scale(model, k, enc, cache, ensemble.hidden, pad, boost)
-        )
-    )
+    c = nn.Parameter(torch.tensor(_initial_scale(model, k, enc, cache, ensemble, pad, boost)))
 
     def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
         idx, mask = b["index"].tolist(), b["attention_mask"]
@@ -396,14 +390,17 @@ def _train_student(
         states = student(x, amask)
         teacher_states = cache.final.gather(idx)
         prev = ensemble.hidden.gather(idx) if boost and k > 0 else torch.zeros_like(teacher_states)
-        if logit_space:  # own head: residual in logits, states imitate the teacher's
+        if logit_space:  # own head: the residual is in logits
             z = c * head(states[-1][:, 0])
             prev_logits = ensemble.logits[b["index"]] if boost and k > 0 else torch.zeros_like(z)
             t_logits = cache.logits[b["index"]]
-            loss = config.w_res * (
-                losses.residual_loss(z[:, None], (t_logits - prev_logits)[:, None], mask[:, :1])
-                + losses.masked_mse(states[-1], teacher_states, mask)
+            loss = config.w_res * losses.residual_loss(
+                z[:, None], (t_logits - prev_logits)[:, None], mask[:, :1]
             )
+            if not (boost and k > 0):
+                # A student that fits the whole teacher also imitates its states; a boosting
+                # student's states are free to encode whatever predicts the residual.
+                loss = loss + config.w_res * losses.masked_mse(states[-1], teacher_states, mask)
             logits = prev_logits + z
         else:
             s = c * states[-1]
@@ -452,20 +449,26 @@ def _initial_scale(
     k: int,
     enc: Encoded,
     cache: TeacherCache,
-    ensemble: TokenStore,
+    ensemble: Ensemble,
     pad: int,
     boost: bool,
     batches: int = 4,
 ) -> float:
-    """RMS ratio of the residual to the untrained student's output on a few batches."""
+    """RMS ratio of the residual to the untrained student's output on a few batches (hidden
+    states, or logits with a head per student)."""
     if not boost or k == 0:
         return 1.0
     r2 = s2 = 0.0
     for i, (idx, mask, s) in enumerate(student_outputs(model, k, enc, pad)):
-        real = mask.bool()
-        r = boosting.residual(cache.final.gather(idx), ensemble.gather(idx))
-        r2 += float((r[real] ** 2).sum())
-        s2 += float((s[real] ** 2).sum())
+        if model.config.head_per_student:
+            r = boosting.residual(cache.logits[idx], ensemble.logits[idx])
+            out = model.student_logits(s[None, :, 0], [k])[0]
+        else:
+            real = mask.bool()
+            r = boosting.residual(cache.final.gather(idx), ensemble.hidden.gather(idx))[real]
+            out = s[real]
+        r2 += float((r**2).sum())
+        s2 += float((out**2).sum())
         if i + 1 >= batches:
             break
     return (r2 / s2) ** 0.5 if s2 > 0 else 1.0
