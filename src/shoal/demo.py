@@ -43,7 +43,7 @@ def run_demo(config: DemoConfig) -> dict:
     out = Path(config.out)
     t0 = time.perf_counter()
     tqdm.write(
-        "[demo] 1/2 fine-tuning the teacher (all-MiniLM-L6-v2) on "
+        "[demo] 1/3 fine-tuning the teacher (all-MiniLM-L6-v2) on "
         f"{config.train_examples} examples of {config.data!r}"
     )
     teacher = finetune(
@@ -56,7 +56,7 @@ def run_demo(config: DemoConfig) -> dict:
             train=TrainConfig(epochs=1.0, lr=1e-4, batch_size=32),
         )
     )
-    tqdm.write(f"[demo] 2/2 distilling {config.students} two-layer students")
+    tqdm.write(f"[demo] 2/3 distilling {config.students} two-layer students")
     cohort = distill(
         DistillConfig(
             teacher=str(out / "teacher"),
@@ -69,11 +69,11 @@ def run_demo(config: DemoConfig) -> dict:
             train=TrainConfig(epochs=1.0, lr=2e-4, batch_size=32),
         )
     )
-    report = {
-        "teacher_test": teacher.get("test"),
-        "cohort_prefix": cohort["prefix_accuracy"],
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
+    report = {"teacher_test": teacher.get("test"), "cohort_prefix": cohort["prefix_accuracy"]}
+    if config.serve_seconds > 0:
+        tqdm.write("[demo] 3/3 serving both, sending the same bursty workload to each")
+        report["served"] = serve_comparison(config, out)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "demo_report.json").write_text(json.dumps(report, indent=2))
     return report
 
