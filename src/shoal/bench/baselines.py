@@ -207,13 +207,26 @@ def fastapi_app(config: BaselineConfig):
     return app
 
 
-def litserve_server(config: BaselineConfig):
-    """The teacher in LitServe, batching with its own max_batch_size / batch_timeout."""
-    import litserve as ls
+def _teacher_lit_api(config: BaselineConfig):
+    """A LitAPI for the teacher; LitServe pickles it into its worker process, so the class
+    lives at module level (see ``TeacherLitAPI``)."""
+    return TeacherLitAPI(
+        config, max_batch_size=config.max_batch, batch_timeout=config.max_wait_ms / 1000
+    )
 
-    class TeacherAPI(ls.LitAPI):
+
+try:  # LitServe is optional: only the 'litserve' baseline needs it
+    import litserve as _ls
+
+    class TeacherLitAPI(_ls.LitAPI):
+        """The teacher as a LitServe API with LitServe's own batching."""
+
+        def __init__(self, config: BaselineConfig, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.config = config
+
         def setup(self, device: str) -> None:
-            self.clf = TeacherClassifier(config)
+            self.clf = TeacherClassifier(self.config)
 
         def decode_request(self, request: dict) -> tuple[str, str | None]:
             (item,), _ = parse_inputs(request)
@@ -234,9 +247,17 @@ def litserve_server(config: BaselineConfig):
 
         def encode_response(self, output: list) -> list:
             return output
+except ImportError:  # pragma: no cover
+    _ls = None
 
-    api = TeacherAPI(max_batch_size=config.max_batch, batch_timeout=config.max_wait_ms / 1000)
-    return ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=60)
+
+def litserve_server(config: BaselineConfig):
+    """The teacher in LitServe, batching with its own max_batch_size / batch_timeout."""
+    if _ls is None:
+        raise RuntimeError("the litserve baseline needs `pip install litserve`")
+    return _ls.LitServer(
+        _teacher_lit_api(config), accelerator="cpu", devices=1, workers_per_device=1, timeout=60
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

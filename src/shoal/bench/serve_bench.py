@@ -191,7 +191,6 @@ def run_serve_bench(config: ServeBenchConfig) -> dict[str, Any]:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     task = load_task(config.data)
     labels = _label_names(config)
-    target_s = config.latency_target_ms / 1000
     low = build_workload(
         WorkloadConfig(
             kind="poisson",
@@ -212,68 +211,95 @@ def run_serve_bench(config: ServeBenchConfig) -> dict[str, Any]:
         cmd = server_command(system, config, port)
         entry: dict[str, Any] = {"command": " ".join(cmd), "sweep": []}
         print(f"[bench] {system}: starting", flush=True)
-        with running(cmd, port, out / "logs" / f"{system}.log") as url:
-            run_load_sync(
-                url,
-                build_workload(
-                    WorkloadConfig(
-                        kind="poisson",
-                        rate=config.low_rate,
-                        duration_s=3.0,
-                        data=config.data,
-                        split=config.split,
-                        seed=config.seed + 99,
-                    ),
-                    task=task,
-                ),
-                labels=labels,
-                timeout_s=30,
-            )  # warm-up, not recorded
-            res = run_load_sync(url, low, labels=labels, timeout_s=30)
-            entry["low_load"] = report.summarize(
-                res.records, target_s, timeline=res.timeline, duration_s=res.offered_duration_s
+        try:
+            _bench_system(
+                system, cmd, port, config, task, labels, low, entry, runs_low, load_points, out
             )
-            runs_low[system] = res.records
-            print(
-                f"[bench] {system}: low load p50 {entry['low_load'].get('p50_ms')} ms", flush=True
-            )
-            sustained = 0.0
-            for rate in config.burst_rates:
-                wl = build_workload(
-                    WorkloadConfig(
-                        kind="on_off",
-                        rate=config.base_rate,
-                        burst_rate=rate,
-                        period_s=config.period_s,
-                        burst_s=config.burst_s,
-                        duration_s=config.sweep_duration_s,
-                        data=config.data,
-                        split=config.split,
-                        seed=config.seed + int(rate),
-                    ),
-                    task=task,
-                )
-                res = run_load_sync(url, wl, labels=labels, timeout_s=max(5.0, 20 * target_s))
-                s = report.summarize(
-                    res.records, target_s, timeline=res.timeline, duration_s=res.offered_duration_s
-                )
-                s["burst_rate"] = rate
-                entry["sweep"].append(s)
-                load_points.setdefault(system, []).append(report.load_point(s))
-                ok = (s.get("slo_attainment") or 0) >= config.sustain_fraction
-                print(
-                    f"[bench] {system}: burst {rate}/s within-target "
-                    f"{s.get('slo_attainment')} k {s.get('mean_students_used')}",
-                    flush=True,
-                )
-                if system == "shoal":
-                    timeline_run = res  # the last (hardest) burst Shoal was given
-                if not ok:
-                    break
-                sustained = rate
-            entry["sustained_burst_rate"] = sustained
+        except RuntimeError as e:  # a server that fails to start is reported, not fatal
+            print(f"[bench] {system}: FAILED: {e}", flush=True)
+            entry["error"] = str(e)
+            results["systems"][system] = entry
+            continue
+        if system == "shoal":
+            timeline_run = entry.pop("_last_run")
+        else:
+            entry.pop("_last_run", None)
         results["systems"][system] = entry
         report.write_json(results, out / "bench.json")
+    _write_report(config, results, runs_low, load_points, timeline_run, out)
+    return results
+
+
+def _bench_system(
+    system, cmd, port, config, task, labels, low, entry, runs_low, load_points, out
+) -> None:
+    """Low load, then the burst sweep, against one running server; fills ``entry``."""
+    target_s = config.latency_target_ms / 1000
+    last = None
+    with running(cmd, port, out / "logs" / f"{system}.log") as url:
+        run_load_sync(
+            url,
+            build_workload(
+                WorkloadConfig(
+                    kind="poisson",
+                    rate=config.low_rate,
+                    duration_s=3.0,
+                    data=config.data,
+                    split=config.split,
+                    seed=config.seed + 99,
+                ),
+                task=task,
+            ),
+            labels=labels,
+            timeout_s=30,
+        )  # warm-up, not recorded
+        res = run_load_sync(url, low, labels=labels, timeout_s=30)
+        entry["low_load"] = report.summarize(
+            res.records, target_s, timeline=res.timeline, duration_s=res.offered_duration_s
+        )
+        runs_low[system] = res.records
+        print(f"[bench] {system}: low load p50 {entry['low_load'].get('p50_ms')} ms", flush=True)
+        sustained = 0.0
+        for rate in config.burst_rates:
+            wl = build_workload(
+                WorkloadConfig(
+                    kind="on_off",
+                    rate=config.base_rate,
+                    burst_rate=rate,
+                    period_s=config.period_s,
+                    burst_s=config.burst_s,
+                    duration_s=config.sweep_duration_s,
+                    data=config.data,
+                    split=config.split,
+                    seed=config.seed + int(rate),
+                ),
+                task=task,
+            )
+            res = run_load_sync(url, wl, labels=labels, timeout_s=max(5.0, 20 * target_s))
+            s = report.summarize(
+                res.records, target_s, timeline=res.timeline, duration_s=res.offered_duration_s
+            )
+            s["burst_rate"] = rate
+            entry["sweep"].append(s)
+            load_points.setdefault(system, []).append(report.load_point(s))
+            ok = (s.get("slo_attainment") or 0) >= config.sustain_fraction
+            print(
+                f"[bench] {system}: burst {rate}/s within-target "
+                f"{s.get('slo_attainment')} k {s.get('mean_students_used')}",
+                flush=True,
+            )
+            last = res  # the last (hardest) burst this system was given
+            if not ok:
+                break
+            sustained = rate
+        entry["sustained_burst_rate"] = sustained
+        entry["_last_run"] = last
+
+
+def _write_report(config, results, runs_low, load_points, timeline_run, out) -> None:
+    """Plots and the markdown report from whatever systems completed."""
+    target_s = config.latency_target_ms / 1000
+    done = {k: v for k, v in results["systems"].items() if "low_load" in v}
     plots = {
         "Latency CDF at low load": report.plot_latency_cdf(
             runs_low, out / "latency_cdf.png", target_s
@@ -282,8 +308,7 @@ def run_serve_bench(config: ServeBenchConfig) -> dict[str, Any]:
             load_points, out / "latency_vs_load.png", target_s
         ),
         "Accuracy vs latency (low load)": report.plot_accuracy_vs_latency(
-            {k: v["low_load"] for k, v in results["systems"].items()},
-            out / "accuracy_vs_latency.png",
+            {k: v["low_load"] for k, v in done.items()}, out / "accuracy_vs_latency.png"
         ),
     }
     if timeline_run is not None:
@@ -292,7 +317,7 @@ def run_serve_bench(config: ServeBenchConfig) -> dict[str, Any]:
         )
     table = {
         name: {**v["low_load"], "sustained_burst_rate": v["sustained_burst_rate"]}
-        for name, v in results["systems"].items()
+        for name, v in done.items()
     }
     command = "shoal bench serve " + " ".join(sys.argv[3:]) if len(sys.argv) > 2 else ""
     report.write_markdown(
@@ -304,7 +329,6 @@ def run_serve_bench(config: ServeBenchConfig) -> dict[str, Any]:
         title=f"Serving benchmark on {Path(config.data).name}",
     )
     report.write_json(results, out / "bench.json")
-    return results
 
 
 def machine() -> dict[str, Any]:
