@@ -29,6 +29,9 @@ def finetune(
     out: Path = typer.Option(Path("runs/teacher"), help="Output folder."),
     epochs: float = typer.Option(2.0),
     lr: float = typer.Option(5e-5),
+    warmup: float = typer.Option(
+        0.06, help="Fraction of steps warming up; 0 when continuing a fine-tuned checkpoint."
+    ),
     batch_size: int = typer.Option(32),
     max_length: int = typer.Option(128),
     max_train: int = typer.Option(0, help="Cap on training examples (0: all)."),
@@ -54,6 +57,7 @@ def finetune(
             train=TrainConfig(
                 epochs=epochs,
                 lr=lr,
+                warmup=warmup,
                 batch_size=batch_size,
                 evals_per_epoch=evals_per_epoch,
                 seed=seed,
@@ -90,6 +94,10 @@ def distill(
     boost_on: str = typer.Option("tokens", help="Rows alpha is fitted on: tokens | cls."),
     w_cls: float = typer.Option(0.0, help="Extra weight of the first token's residual."),
     cache_dir: str = typer.Option("", help="Shared teacher-output cache (default OUT/cache)."),
+    joint_epochs: float = typer.Option(
+        0.0, help="Epochs of joint training of all students on every prefix's loss, after boosting."
+    ),
+    joint_lr: float = typer.Option(0.0, help="Peak lr of the joint phase (0: --lr)."),
     min_gain: float = typer.Option(
         -1.0, help="Stop adding students below this dev gain (accuracy points; negative: never)."
     ),
@@ -128,6 +136,8 @@ def distill(
             boost_on=boost_on,
             w_cls=w_cls,
             cache_dir=cache_dir or None,
+            joint_epochs=joint_epochs,
+            joint_lr=joint_lr or None,
             min_gain=min_gain / 100 if min_gain >= 0 else None,
             max_length=max_length,
             max_train=max_train or None,

@@ -11,11 +11,20 @@ import pytest
 from shoal.bench.baselines import BaselineConfig, TeacherClassifier, fastapi_app, parse_inputs
 
 
-def test_parse_inputs_shapes():
-    assert parse_inputs({"inputs": "hi"}) == ([("hi", None)], False)
-    assert parse_inputs({"inputs": ["a", "b"]}) == ([("a", "b")], False)
+def test_parse_inputs_shapes_agree_with_the_server():
+    from shoal.serve.api.schemas import PredictRequest, parse_predict_inputs
+
+    good = (
+        {"inputs": "hi"},
+        {"inputs": ["a"]},
+        {"inputs": ["a", "b"]},
+        {"inputs": [["a"], ["b", "c"]]},
+    )
+    for body in good:
+        assert parse_inputs(body) == parse_predict_inputs(PredictRequest(**body).inputs)
+    assert parse_inputs({"inputs": ["a"]}) == ([("a", None)], False)
     assert parse_inputs({"inputs": [["a"], ["b", "c"]]}) == ([("a", None), ("b", "c")], True)
-    for bad in ({"inputs": 3}, {"inputs": ["a"]}, {}, {"inputs": [["a", "b", "c"]]}):
+    for bad in ({"inputs": 3}, {"inputs": []}, {}, {"inputs": [["a", "b", "c"]]}, [1]):
         with pytest.raises(ValueError):
             parse_inputs(bad)
 

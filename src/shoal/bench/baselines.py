@@ -124,22 +124,14 @@ class TeacherClassifier:
 
 
 def parse_inputs(body: Any) -> tuple[list[tuple[str, str | None]], bool]:
-    """TEI /predict inputs -> [(text, pair)], and whether the request was a batch."""
-    inputs = body.get("inputs") if isinstance(body, dict) else None
-    if isinstance(inputs, str):
-        return [(inputs, None)], False
-    if isinstance(inputs, list) and inputs and all(isinstance(x, str) for x in inputs):
-        if len(inputs) != 2:
-            raise ValueError("a list of strings must be a [text, pair] of two")
-        return [(inputs[0], inputs[1])], False
-    if isinstance(inputs, list) and inputs and all(isinstance(x, list) for x in inputs):
-        out = []
-        for x in inputs:
-            if not 1 <= len(x) <= 2 or not all(isinstance(t, str) for t in x):
-                raise ValueError("each batch entry must be [text] or [text, pair]")
-            out.append((x[0], x[1] if len(x) == 2 else None))
-        return out, True
-    raise ValueError("'inputs' must be a string, a [text, pair] or a list of those")
+    """TEI /predict inputs -> [(text, pair)], and whether the request was a batch.
+
+    The same schema and rules as Shoal's server, so every system answers the same requests;
+    raises ``ValueError`` (pydantic's ``ValidationError`` is one) on a malformed body.
+    """
+    from shoal.serve.api.schemas import PredictRequest, parse_predict_inputs
+
+    return parse_predict_inputs(PredictRequest.model_validate(body).inputs)
 
 
 def fastapi_app(config: BaselineConfig):

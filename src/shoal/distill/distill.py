@@ -70,6 +70,12 @@ class DistillConfig:
     'cls' (the first token, the only state the head reads)."""
     w_cls: float = 0.0
     """Extra weight of the first token's residual MSE (the state the head reads)."""
+    joint_epochs: float = 0.0
+    """After boosting, train all students together for this many epochs on the loss of every
+    prefix (``mean_k L(b_k)``), so later students learn what earlier ones leave out; 0 keeps
+    pure stagewise boosting (METHOD.md)."""
+    joint_lr: float | None = None
+    """Peak learning rate of the joint phase (default: the students' lr)."""
     min_gain: float | None = None
     """Offline pruning: stop adding students once one gains less dev accuracy (0..1)."""
     max_length: int = 128
@@ -98,6 +104,8 @@ class DistillConfig:
             raise ConfigError(f"space={self.space!r} must be 'hidden' or 'logits'")
         if self.boost_on not in ("tokens", "cls"):
             raise ConfigError(f"boost_on={self.boost_on!r} must be 'tokens' or 'cls'")
+        if self.joint_epochs < 0:
+            raise ConfigError(f"joint_epochs={self.joint_epochs} must be >= 0 (0 turns it off)")
         if self.shrinkage < 0.5:
             raise ConfigError(
                 f"shrinkage={self.shrinkage} < 0.5 can increase the loss; "
@@ -167,26 +175,34 @@ def add_student(
 ) -> float:
     """Compute alpha_k (Theorem 1) and update the cached ensemble in place; return alpha_k.
 
+    One pass over the training set: the student's outputs are kept while alpha's sums are
+    accumulated, then ``b_k = b_{k-1} + alpha_k * s_k`` is one addition over the whole store.
     In hidden space the boosting loss is over every real token (``boost_on='tokens'``) or the
     first token only ('cls'); in logit space it is over the logits.
     """
-    if config.method == "average":  # every student counts 1 (divided by k at use)
-        alpha = 1.0
-    else:
-        acc = boosting.AlphaAccumulator()
-        for idx, mask, s in student_outputs(model, k, enc, pad_id):
-            if config.space == "logits":
-                r = boosting.residual(cache.logits[idx], ensemble.logits[idx])
-                acc.add(r, model.student_logits(s[None, :, 0], [k])[0])
-                continue
-            real = mask.bool()
-            if config.boost_on == "cls":
-                real = torch.zeros_like(real)
-                real[:, 0] = True
-            r = boosting.residual(cache.final.gather(idx), ensemble.hidden.gather(idx))
-            acc.add(r[real], s[real])
-        alpha = acc.alpha(config.shrinkage)
-    _accumulate(model, k, enc, ensemble, pad_id, alpha)
+    outputs = TokenStore(enc.lengths(), model.config.hidden_size)
+    own_logits = torch.zeros_like(ensemble.logits)
+    acc = boosting.AlphaAccumulator()
+    for idx, mask, s in student_outputs(model, k, enc, pad_id):
+        outputs.set_(idx, s)
+        if model.config.head_per_student:
+            own_logits[idx] = model.student_logits(s[None, :, 0], [k])[0]
+        if config.method == "average":
+            continue
+        if config.space == "logits":
+            r = boosting.residual(cache.logits[idx], ensemble.logits[idx])
+            acc.add(r, own_logits[idx])
+            continue
+        real = mask.bool()
+        if config.boost_on == "cls":
+            real = torch.zeros_like(real)
+            real[:, 0] = True
+        r = boosting.residual(cache.final.gather(idx), ensemble.hidden.gather(idx))
+        acc.add(r[real], s[real])
+    # Averaged students each count 1 (ShoalModel divides by k at use).
+    alpha = 1.0 if config.method == "average" else acc.alpha(config.shrinkage)
+    ensemble.hidden.data += alpha * outputs.data
+    ensemble.logits += alpha * own_logits
     model.alpha[k] = alpha
     return alpha
 
@@ -202,29 +218,40 @@ def _accumulate(
             ensemble.logits[idx] += alpha * model.student_logits(s[None, :, 0], [k])[0]
 
 
-def evaluate_prefixes(
-    model: ShoalModel, enc: dict[str, Encoded], pad_id: int, upto: int
-) -> list[dict]:
-    """Accuracy (and F1) of every prefix k = 1..upto on each evaluation split."""
-    model.eval()
-    rows = [{"k": k} for k in range(1, upto + 1)]
-    for split in ("dev", "test"):
-        if split not in enc:
-            continue
-        parts = []
-        for b in iterate(enc[split], 256, shuffle=False, pad_id=pad_id):
-            logits = model.prefix_logits(b["input_ids"], b["attention_mask"], b["token_type_ids"])[
-                :upto
-            ]
-            parts.append((b["index"], logits))
-        idx = torch.cat([i for i, _ in parts])
-        allp = torch.cat([x for _, x in parts], dim=1)
-        ordered = torch.empty_like(allp)
-        ordered[:, idx] = allp
-        for k in range(upto):
-            for name, value in score(ordered[k], enc[split].labels).items():
-                rows[k][f"{split}_{name}"] = value
-    return rows
+class PrefixEvaluator:
+    """Scores every prefix k = 1..K on dev/test, running each student over them only once.
+
+    The first-token state of every finished student is kept per split (n x H each), so adding
+    student k costs one 2-layer pass instead of a whole-cohort pass per prefix.
+    """
+
+    def __init__(self, model: ShoalModel, enc: dict[str, Encoded], pad_id: int) -> None:
+        self.model, self.pad_id = model, pad_id
+        self.enc = {s: enc[s] for s in ("dev", "test") if s in enc}
+        self.states: dict[str, list[torch.Tensor]] = {s: [] for s in self.enc}
+
+    @torch.inference_mode()
+    def add(self, k: int) -> None:
+        """Run student k over the evaluation splits and keep its first-token states."""
+        for split, data in self.enc.items():
+            first = torch.zeros(len(data), self.model.config.hidden_size)
+            for idx, _, s in student_outputs(self.model, k, data, self.pad_id, batch_size=256):
+                first[idx] = s[:, 0]
+            self.states[split].append(first)
+
+    @torch.inference_mode()
+    def table(self) -> list[dict]:
+        """Accuracy (and F1) of every prefix of the students added so far."""
+        self.model.eval()
+        upto = min(len(v) for v in self.states.values()) if self.states else 0
+        rows = [{"k": k} for k in range(1, upto + 1)]
+        for split, data in self.enc.items():
+            states = torch.stack(self.states[split][:upto])  # (K, n, H)
+            for k in range(1, upto + 1):
+                logits = self.model.finish(self.model.partial(states[:k], list(range(k)), k))
+                for name, value in score(logits, data.labels).items():
+                    rows[k - 1][f"{split}_{name}"] = value
+        return rows
 
 
 def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
@@ -279,6 +306,9 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     state = _resume(out, model, enc["train"], ensemble, pad)
     table: list[dict] = state["table"]
     seconds: list[float] = state["seconds"]
+    evaluator = PrefixEvaluator(model, enc, pad)
+    for k in range(state["done"]):
+        evaluator.add(k)
     for k in range(state["done"], config.n_students):
         if stop_after is not None and k - state["done"] >= stop_after:
             return {"stopped_after": k, "table": table}
@@ -286,7 +316,8 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
         _train_student(model, k, enc["train"], cache, ensemble, pad, config)
         alpha = add_student(model, k, enc["train"], cache, ensemble, pad, config)
         seconds.append(time.perf_counter() - t1)
-        table = evaluate_prefixes(model, enc, pad, k + 1)
+        evaluator.add(k)
+        table = evaluator.table()
         log.info("student %d: alpha %.4f, prefix table %s", k + 1, alpha, table[-1])
         _print_table(table)
         torch.save(
@@ -299,6 +330,29 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
                 log.info("student %d gains %.4f < min_gain; keeping %d students", k + 1, gain, k)
                 model, table = _truncate(model, k), table[:k]
                 break
+    joint_seconds = 0.0
+    if config.joint_epochs > 0 and not state.get("joint_done"):
+        t1 = time.perf_counter()
+        _train_jointly(model, enc["train"], cache, pad, config)
+        joint_seconds = time.perf_counter() - t1
+        evaluator = PrefixEvaluator(model, enc, pad)
+        for k in range(model.n_students):
+            evaluator.add(k)
+        table = evaluator.table()
+        log.info("after joint training: prefix table %s", table)
+        _print_table(table)
+        torch.save(
+            {
+                "state": model.state_dict(),
+                "table": table,
+                "seconds": seconds,
+                "done": model.n_students,
+                "joint_done": True,
+                "joint_seconds": joint_seconds,
+            },
+            out / "checkpoints" / "latest.pt",
+        )
+    joint_seconds = state.get("joint_seconds", joint_seconds)
     model.meta.update(
         {
             "prefix_accuracy": table,
@@ -310,7 +364,8 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
             "train_seconds": {
                 "teacher_cache": round(teacher_seconds, 1),
                 "students": [round(s, 1) for s in seconds],
-                "total": round(teacher_seconds + sum(seconds), 1),
+                "joint": round(joint_seconds, 1),
+                "total": round(teacher_seconds + sum(seconds) + joint_seconds, 1),
             },
         }
     )
@@ -443,6 +498,72 @@ def _train_student(
     )
 
 
+def _train_jointly(
+    model: ShoalModel, enc: Encoded, cache: TeacherCache, pad: int, config: DistillConfig
+) -> None:
+    """Train every student at once on the mean over k of prefix k's loss.
+
+    Prefix k's loss is the boosting loss of ``b_k`` against the teacher's states (or logits,
+    with a head per student) plus the KD / label terms through the head; alphas, embeddings
+    and the shared head stay fixed, so each prefix remains the model the server runs.
+    """
+    n = model.n_students
+    logit_space = model.config.head_per_student
+    model.embeddings.eval()
+    for head in model.heads if logit_space else [model.head]:
+        head.eval()  # no dropout on the states the prefixes are scored on
+    weights = [model.weights(k).detach().clone() for k in range(1, n + 1)]
+
+    def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        idx, mask = b["index"].tolist(), b["attention_mask"]
+        with torch.no_grad():
+            x, amask = model.embed(b["input_ids"], mask, b["token_type_ids"])
+        outs = [model.students[i](x, amask)[-1] for i in range(n)]
+        t_logits = cache.logits[b["index"]]
+        teacher_states = None if logit_space else cache.final.gather(idx)
+        own = [model.heads[i](o[:, 0]) for i, o in enumerate(outs)] if logit_space else []
+        loss = torch.zeros(())
+        for k in range(1, n + 1):
+            w = weights[k - 1]
+            if logit_space:
+                logits = sum(w[i] * own[i] for i in range(k))
+                assert isinstance(logits, torch.Tensor)
+                term = config.w_res * losses.residual_loss(
+                    logits[:, None], t_logits[:, None], mask[:, :1]
+                )
+            else:
+                b_k = sum(w[i] * outs[i] for i in range(k))
+                assert isinstance(b_k, torch.Tensor) and teacher_states is not None
+                term = config.w_res * losses.residual_loss(b_k, teacher_states, mask)
+                logits = model.head(b_k[:, 0])
+            if config.w_kd > 0:
+                term = term + config.w_kd * losses.kd_loss(logits, t_logits, config.temperature)
+            if config.w_ce > 0:
+                term = term + config.w_ce * losses.label_loss(logits, b["labels"])
+            loss = loss + term / n
+        return loss
+
+    named = [(f"students.{n_}", p) for n_, p in model.students.named_parameters()]
+    if logit_space:
+        named += [(f"heads.{n_}", p) for n_, p in model.heads.named_parameters()]
+    train(
+        named,
+        step,
+        lambda e: list(
+            iterate(
+                enc,
+                config.train.batch_size,
+                shuffle=True,
+                seed=config.train.seed + 7919 + e,
+                pad_id=pad,
+            )
+        ),
+        replace(config.train, epochs=config.joint_epochs, lr=config.joint_lr or config.train.lr),
+        set_train=model.students.train,
+        desc="joint",
+    )
+
+
 @torch.inference_mode()
 def _initial_scale(
     model: ShoalModel,
@@ -474,26 +595,24 @@ def _initial_scale(
     return (r2 / s2) ** 0.5 if s2 > 0 else 1.0
 
 
-def _with_config(model: ShoalModel, **changes) -> ShoalModel:
-    """A copy of the model with some config fields changed (weights kept)."""
+def _with_config(model: ShoalModel, state: dict | None = None, **changes) -> ShoalModel:
+    """A copy of the model with some config fields changed, loading ``state`` (default: the
+    model's own weights)."""
     new = ShoalModel(replace(model.config, **changes))
-    new.load_state_dict(model.state_dict(), strict=False)
+    new.load_state_dict(model.state_dict() if state is None else state)
     new.meta = dict(model.meta)
     return new
 
 
 def _truncate(model: ShoalModel, k: int) -> ShoalModel:
     """Keep the first k students."""
-    new = ShoalModel(replace(model.config, n_students=k))
     state = {
         n: v
         for n, v in model.state_dict().items()
-        if not n.startswith("students.") or int(n.split(".")[1]) < k
+        if not n.startswith(("students.", "heads.")) or int(n.split(".")[1]) < k
     }
     state["alpha"] = model.alpha[:k].clone()
-    new.load_state_dict(state)
-    new.meta = dict(model.meta)
-    return new
+    return _with_config(model, state, n_students=k)
 
 
 def _print_table(table: list[dict]) -> None:

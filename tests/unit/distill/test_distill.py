@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from shoal.distill import boosting
@@ -151,3 +152,129 @@ def test_logit_space_boosting_lowers_the_logit_residual(tmp_path, tiny_data):
         )
     errors = [boosting.boost_loss(teacher_logits, prefix[k]) for k in range(3)]
     assert errors[0] >= errors[1] - 1e-6 >= errors[2] - 2e-6
+
+
+def _scores_from_prefix_logits(model: ShoalModel, folder, data) -> dict[str, list[float]]:
+    """Per-split accuracy of every prefix, computed by the serving model's own forward."""
+    from transformers import AutoTokenizer
+
+    from shoal.data import encode, iterate, load_task
+    from shoal.distill.evaluate import score
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    task = load_task(data)
+    out = {}
+    for split in ("dev", "test"):
+        enc = encode(tok, task.splits[split], 32)
+        prefix = torch.zeros(model.n_students, len(enc), model.config.num_labels)
+        for b in iterate(enc, 64, shuffle=False):
+            prefix[:, b["index"]] = model.prefix_logits(
+                b["input_ids"], b["attention_mask"], b["token_type_ids"]
+            )
+        out[split] = [score(prefix[k], enc.labels)["accuracy"] for k in range(model.n_students)]
+    return out
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"space": "logits"},
+        {"method": "average"},
+        {"joint_epochs": 1.0},
+        {"joint_epochs": 1.0, "space": "logits"},
+    ],
+    ids=["hidden", "logits", "average", "joint", "joint-logits"],
+)
+def test_stored_prefix_table_matches_the_saved_cohort(tmp_path, tiny_data, kw):
+    # The table is built incrementally (each student run once over dev/test); it must agree
+    # with what `shoal eval` computes from the saved cohort in one fused pass.
+    teacher = _deep_teacher(tmp_path)
+    report = distill(_config(teacher, tiny_data, tmp_path / "c", **kw))
+    model = ShoalModel.from_pretrained(tmp_path / "c")
+    expected = _scores_from_prefix_logits(model, tmp_path / "c", tiny_data)
+    for split in ("dev", "test"):
+        stored = [row[f"{split}_accuracy"] for row in report["prefix_accuracy"]]
+        assert stored == pytest.approx(expected[split], abs=1e-9), split
+
+
+def test_one_pass_update_equals_the_two_pass_reference(tmp_path, tiny_data, monkeypatch):
+    # add_student computes alpha and b_k from one pass; the reference recomputes the
+    # student's outputs for alpha and again for the update.
+    teacher = _deep_teacher(tmp_path)
+    captured = {}
+    real_add = distill_mod.add_student
+
+    def spy(model, k, enc, cache, ensemble, pad, config):
+        before = distill_mod.Ensemble(
+            distill_mod.TokenStore(enc.lengths(), model.config.hidden_size),
+            ensemble.logits.clone(),
+        )
+        before.hidden.data.copy_(ensemble.hidden.data)
+        alpha = real_add(model, k, enc, cache, ensemble, pad, config)
+        acc = boosting.AlphaAccumulator()
+        for idx, mask, s in student_outputs(model, k, enc, pad):
+            r = boosting.residual(cache.final.gather(idx), before.hidden.gather(idx))
+            acc.add(r[mask.bool()], s[mask.bool()])
+        distill_mod._accumulate(model, k, enc, before, pad, acc.alpha())
+        captured[k] = (alpha, acc.alpha(), ensemble.hidden.data.clone(), before.hidden.data)
+        return alpha
+
+    monkeypatch.setattr(distill_mod, "add_student", spy)
+    distill(_config(teacher, tiny_data, tmp_path / "c", n_students=2))
+    assert set(captured) == {0, 1}
+    for alpha, ref_alpha, one_pass, two_pass in captured.values():
+        assert alpha == pytest.approx(ref_alpha, rel=1e-9)
+        torch.testing.assert_close(one_pass, two_pass, rtol=0, atol=1e-6)
+
+
+def _prefix_boost_losses(model: ShoalModel, folder, data) -> list[float]:
+    """L_boost(T, b_k) on the training set for every prefix k."""
+    from transformers import AutoTokenizer
+
+    from shoal.data import encode, load_task
+    from shoal.distill.cache import TokenStore
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    enc = encode(tok, load_task(data).splits["train"], 32)
+    final = TokenStore.load(next((folder / "cache").glob("depth*")), "final")
+    store = TokenStore(enc.lengths(), model.config.hidden_size)
+    out = []
+    for k in range(model.n_students):
+        for idx, _, s in student_outputs(model, k, enc, 0):
+            store.add_(idx, s, float(model.alpha[k]))
+        out.append(boosting.boost_loss(final.data, store.data))
+    return out
+
+
+def test_joint_phase_lowers_every_prefix_loss_and_keeps_shared_parts(tmp_path, tiny_data):
+    teacher = _deep_teacher(tmp_path)
+    distill(_config(teacher, tiny_data, tmp_path / "boost", w_kd=0.0, method="boost"))
+    distill(
+        _config(teacher, tiny_data, tmp_path / "joint", w_kd=0.0, method="boost", joint_epochs=3.0)
+    )
+    boosted = ShoalModel.from_pretrained(tmp_path / "boost")
+    joint = ShoalModel.from_pretrained(tmp_path / "joint")
+    before = _prefix_boost_losses(boosted, tmp_path / "boost", tiny_data)
+    after = _prefix_boost_losses(joint, tmp_path / "joint", tiny_data)
+    assert sum(after) < sum(before)
+    assert after[-1] < before[-1]
+    a, b = boosted.state_dict(), joint.state_dict()
+    for name in a:
+        if not name.startswith("students."):
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    assert any(not torch.equal(a[n], b[n]) for n in a if n.startswith("students."))
+    times = joint.meta["train_seconds"]
+    assert times["joint"] > 0 and len(times["students"]) == 3
+
+
+@pytest.mark.parametrize("space", ["hidden", "logits"])
+def test_min_gain_keeps_only_students_that_pay(tmp_path, tiny_data, space):
+    # No student can gain a whole accuracy unit, so offline pruning stops after the first.
+    teacher = _deep_teacher(tmp_path)
+    report = distill(_config(teacher, tiny_data, tmp_path / "p", min_gain=1.0, space=space))
+    model = ShoalModel.from_pretrained(tmp_path / "p")
+    assert model.n_students == 1 and model.alpha.shape == (1,)
+    assert [row["k"] for row in report["prefix_accuracy"]] == [1]
+    if space == "logits":
+        assert len(model.heads) == 1
