@@ -209,6 +209,7 @@ def bench_serve(
         ",".join(
             (
                 "shoal",
+                "shoal-bf16",
                 "shoal-no-pruning",
                 "shoal-fifo",
                 "teacher-torch",

@@ -33,6 +33,7 @@ from shoal.errors import ConfigError
 
 ALL_SYSTEMS = (
     "shoal",
+    "shoal-bf16",
     "shoal-no-pruning",
     "shoal-fifo",
     "deep-student",
@@ -120,6 +121,8 @@ def server_command(system: str, config: ServeBenchConfig, port: int) -> list[str
             cmd.append("--no-pruning")
         if system == "shoal-fifo":
             cmd += ["--no-pruning", "--buffer", "fifo", "--max-wait-ms", "5"]
+        if system == "shoal-bf16":  # bf16 matmuls (CPUs with native bf16, GPUs)
+            cmd += ["--dtype", "bfloat16"]
         return cmd
     backend = {"teacher-torch": "torch", "teacher-onnx": "onnx", "teacher-litserve": "torch"}[
         system
