@@ -483,19 +483,17 @@ def _train_student(
     train(
         named,
         step,
-        lambda e: list(
-            iterate(
-                enc,
-                config.train.batch_size,
-                shuffle=True,
-                seed=config.train.seed + 1000 * k + e,
-                pad_id=pad,
-            )
-        ),
+        _shuffled(enc, config, pad, 1000 * k),
         config.train,
         set_train=student.train,
         desc=f"student {k + 1}/{config.n_students}",
     )
+
+
+def _shuffled(enc: Encoded, config: DistillConfig, pad: int, offset: int):
+    """``batches(epoch)`` for the trainer: a fresh seeded shuffle per epoch."""
+    size, seed = config.train.batch_size, config.train.seed + offset
+    return lambda e: list(iterate(enc, size, shuffle=True, seed=seed + e, pad_id=pad))
 
 
 def _train_jointly(
@@ -549,15 +547,7 @@ def _train_jointly(
     train(
         named,
         step,
-        lambda e: list(
-            iterate(
-                enc,
-                config.train.batch_size,
-                shuffle=True,
-                seed=config.train.seed + 7919 + e,
-                pad_id=pad,
-            )
-        ),
+        _shuffled(enc, config, pad, 7919),
         replace(config.train, epochs=config.joint_epochs, lr=config.joint_lr or config.train.lr),
         set_train=model.students.train,
         desc="joint",
