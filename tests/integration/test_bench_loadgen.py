@@ -15,12 +15,19 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from shoal.bench.loadgen import label_index, parse_prometheus, run_load_sync, top_label
+from shoal.bench.loadgen import (
+    RawHTTPClient,
+    label_index,
+    parse_prometheus,
+    run_load_sync,
+    top_label,
+)
 from shoal.bench.report import summarize
 from shoal.bench.workload import Request as BenchRequest
 from shoal.bench.workload import Workload
 
 NAMES = ["negative", "positive"]
+CLIENTS = ["httpx", "raw"]
 METRICS = """# HELP shoal_active_students Students in use.
 # TYPE shoal_active_students gauge
 shoal_active_students 3
@@ -104,7 +111,8 @@ def _workload(texts: list[str], golds: list[int], pairs: bool = False) -> Worklo
     return Workload(requests=reqs, label_names=NAMES, duration_s=0.002 * len(reqs))
 
 
-def test_every_request_recorded_with_status_headers_and_accuracy() -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+def test_every_request_recorded_with_status_headers_and_accuracy(client: str) -> None:
     release = threading.Event()
     app, seen = _make_app(names=True, metrics=True, release=release)
     texts, golds, expect = [], [], []
@@ -121,6 +129,7 @@ def test_every_request_recorded_with_status_headers_and_accuracy() -> None:
             poll_s=0.05,
             headers={"x-api-key": "k"},
             extra={"truncate": True},
+            client=client,
         )
     recs = result.records
     assert [r.index for r in recs] == list(range(40)) and len(seen) == 40
@@ -145,7 +154,8 @@ def test_every_request_recorded_with_status_headers_and_accuracy() -> None:
     assert s["padding_ratio"] is None  # the fake's counters never move during the run
 
 
-def test_pairs_numeric_labels_timeouts_errors_and_no_metrics() -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+def test_pairs_numeric_labels_timeouts_errors_and_no_metrics(client: str) -> None:
     release = threading.Event()
     app, seen = _make_app(names=False, metrics=False, release=release)
     texts = ["a say=1", "b hang say=1", "c say=0", "d garbage", "e say=1"]
@@ -156,6 +166,7 @@ def test_pairs_numeric_labels_timeouts_errors_and_no_metrics() -> None:
             timeout_s=1.0,
             poll_s=0.05,
             labels=["0", "1"],
+            client=client,
         )
     assert [r.status for r in result.records] == [200, "timeout", 200, "error", 200]
     assert [r.predicted for r in result.records] == [1, None, 0, None, 1]
@@ -169,13 +180,18 @@ def test_pairs_numeric_labels_timeouts_errors_and_no_metrics() -> None:
     assert s["accuracy"] == pytest.approx(1 / 3)
 
 
-def test_run_stops_at_the_drain_deadline() -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+def test_run_stops_at_the_drain_deadline(client: str) -> None:
     release = threading.Event()
     app, _ = _make_app(names=True, metrics=False, release=release)
     with _serve(app, release) as url:
         # The per-request timeout is far away; the run's own bound must end it.
         result = run_load_sync(
-            url, _workload(["x hang say=1", "y say=0"], [1, 0]), timeout_s=60.0, drain_s=1.0
+            url,
+            _workload(["x hang say=1", "y say=0"], [1, 0]),
+            timeout_s=60.0,
+            drain_s=1.0,
+            client=client,
         )
     assert [r.status for r in result.records] == ["timeout", 200]
     assert result.duration_s < 60
@@ -199,3 +215,41 @@ def test_top_label_and_prometheus_parsing() -> None:
         "shoal_padded_tokens_total": 120.0,
         "shoal_real_tokens_total": 880.0,
     }
+
+
+def test_raw_client_reuses_connections_reads_chunked_bodies_and_refuses_https() -> None:
+    import asyncio
+
+    from fastapi.responses import StreamingResponse
+
+    app = FastAPI()
+    peers: list[Any] = []
+
+    @app.post("/echo")
+    async def echo(request: Request) -> Any:
+        peers.append(request.client.port if request.client else None)
+        body = await request.json()
+        if body.get("chunked"):
+            parts = [b'{"n": ', str(body["n"]).encode(), b"}"]
+            return StreamingResponse(iter(parts), media_type="application/json")
+        return JSONResponse({"n": body["n"]}, headers={"x-extra": "yes"})
+
+    async def talk(url: str) -> list[Any]:
+        raw = RawHTTPClient(url, {"x-api-key": "k"})
+        try:
+            out = []
+            for i in range(4):  # one after the other: one connection carries them all
+                resp = await raw.post("/echo", {"n": i, "chunked": i % 2 == 1})
+                out.append((resp.status_code, resp.json(), resp.headers.get("x-extra")))
+            return out
+        finally:
+            await raw.aclose()
+
+    with _serve(app, threading.Event()) as url:
+        answers = asyncio.run(talk(url))
+    assert [a[0] for a in answers] == [200] * 4
+    assert [a[1] for a in answers] == [{"n": i} for i in range(4)]
+    assert [a[2] for a in answers] == ["yes", None, "yes", None]
+    assert len(set(peers)) == 1  # keep-alive: the same client port every time
+    with pytest.raises(ValueError, match="https"):
+        RawHTTPClient("https://127.0.0.1:8443")

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -129,6 +132,102 @@ def top_label(payload: Any) -> str:
     return str(best["label"])
 
 
+@dataclass(frozen=True)
+class RawResponse:
+    """What :class:`RawHTTPClient` read: status, lower-cased headers and the body."""
+
+    status_code: int
+    headers: dict[str, str]
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class RawHTTPClient:
+    """A minimal HTTP/1.1 keep-alive client for ``POST`` with a JSON body, built on asyncio
+    streams, for load generation on the same machine as the server.
+
+    Its cost per request does not grow with the number of requests in flight: an idle
+    connection is popped from a stack, or a new one is opened. (httpx's pool does more work
+    per request as its connection count grows, and on a shared 2-core host that made the
+    load generator, not the server, the bottleneck of the overload runs.) A connection that
+    fails, times out or is cancelled mid-request is closed, never reused. ``http://`` only.
+    """
+
+    def __init__(self, base_url: str, headers: Mapping[str, str] | None = None) -> None:
+        url = urlsplit(base_url)
+        if url.scheme != "http" or not url.hostname:
+            raise ValueError(
+                f"the raw client speaks plain http:// to a host, not {base_url!r}; "
+                f"use client='httpx' for https"
+            )
+        self.host, self.port = url.hostname, url.port or 80
+        self.prefix = url.path.rstrip("/")
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self._head = f"Host: {self.host}:{self.port}\r\n{extra}"
+        self._idle: deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = deque()
+        self._open: set[asyncio.StreamWriter] = set()
+
+    async def post(self, path: str, json_body: Any) -> RawResponse:
+        body = json.dumps(json_body).encode()
+        request = (
+            f"POST {self.prefix}{path} HTTP/1.1\r\n{self._head}"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        if self._idle:
+            reader, writer = self._idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            self._open.add(writer)
+        reusable = False
+        try:
+            writer.write(request)
+            await writer.drain()
+            response, reusable = await _read_response(reader)
+            return response
+        finally:
+            if reusable:
+                self._idle.append((reader, writer))
+            else:
+                self._open.discard(writer)
+                writer.close()
+
+    async def aclose(self) -> None:
+        for writer in self._open:
+            writer.close()
+        self._open.clear()
+        self._idle.clear()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[RawResponse, bool]:
+    """One HTTP/1.1 response; also whether the connection can carry another request."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    status_line, *lines = head.split("\r\n")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
+        raise ValueError(f"not an HTTP/1.x response: {status_line!r:.80}")
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    keep = headers.get("connection", "").lower() != "close"
+    if "content-length" in headers:
+        content = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding", "").lower() == "chunked":
+        chunks = []
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            chunks.append(await reader.readexactly(size))
+            await reader.readexactly(2)
+        while await reader.readuntil(b"\r\n") != b"\r\n":
+            pass  # trailer fields, then the empty line that ends the message
+        content = b"".join(chunks)
+    else:  # delimited by the server closing the connection
+        content, keep = await reader.read(), False
+    return RawResponse(int(parts[1]), headers, content), keep
+
+
 async def run_load(
     url: str,
     workload: Workload,
@@ -140,6 +239,7 @@ async def run_load(
     extra: Mapping[str, Any] | None = None,
     max_connections: int = 256,
     drain_s: float | None = None,
+    client: Literal["httpx", "raw"] = "httpx",
 ) -> RunResult:
     """Send a workload open-loop and record every request; stops by itself.
 
@@ -156,6 +256,9 @@ async def run_load(
             connection, and that wait counts towards their latency and timeout.
         drain_s: how long to wait for answers after the last send; default ``timeout_s + 1``.
             Requests still open then are recorded as timeouts.
+        client: 'httpx' (pooled, at most ``max_connections``), or 'raw'
+            (:class:`RawHTTPClient`: one keep-alive connection per request in flight, a
+            constant cost per request; for overload runs with hundreds in flight).
 
     Returns:
         The run's records (exactly one per request, in workload order) and timeline.
@@ -171,13 +274,19 @@ async def run_load(
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
-    client = httpx.AsyncClient(
-        base_url=base,
-        headers=dict(headers or {}),
-        limits=limits,
-        timeout=httpx.Timeout(timeout_s),
-        trust_env=False,
-    )
+    sender: httpx.AsyncClient | RawHTTPClient
+    if client == "raw":
+        sender = RawHTTPClient(base, headers)
+    elif client == "httpx":
+        sender = httpx.AsyncClient(
+            base_url=base,
+            headers=dict(headers or {}),
+            limits=limits,
+            timeout=httpx.Timeout(timeout_s),
+            trust_env=False,
+        )
+    else:
+        raise ValueError(f"client={client!r} must be 'httpx' or 'raw'")
     # The poller has its own connection so a saturated request pool cannot silence the
     # timeline exactly when it matters (during a burst).
     poller = httpx.AsyncClient(
@@ -198,8 +307,12 @@ async def run_load(
         status: int | str = ERROR
         predicted = queue_ms = inference_ms = students = None
         try:
+            body = request_body(req, extra)
             resp = await asyncio.wait_for(
-                client.post("/predict", json=request_body(req, extra)), timeout_s
+                sender.post("/predict", json=body)
+                if isinstance(sender, httpx.AsyncClient)
+                else sender.post("/predict", body),
+                timeout_s,
             )
             status = resp.status_code
             queue_ms = _float_header(resp.headers, "x-queue-time")
@@ -209,7 +322,15 @@ async def run_load(
                 predicted = label_index(top_label(resp.json()), labels)
         except (asyncio.TimeoutError, httpx.TimeoutException):
             status = TIMEOUT
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        except (
+            httpx.HTTPError,
+            OSError,
+            EOFError,
+            asyncio.LimitOverrunError,
+            ValueError,
+            KeyError,
+            TypeError,
+        ):
             # Connection failures and 200s whose body is not a TEI answer.
             status = ERROR
         end = now()
@@ -268,7 +389,7 @@ async def run_load(
         if metrics_ok:  # a closing scrape so the counters cover the whole run
             await _scrape(poller, now, timeline)
     finally:
-        await client.aclose()
+        await sender.aclose()
         await poller.aclose()
     end = now()
     out = [
@@ -329,13 +450,13 @@ async def _scrape(
     return True
 
 
-def _float_header(headers: httpx.Headers, name: str) -> float | None:
+def _float_header(headers: Mapping[str, str], name: str) -> float | None:
     try:
         return float(headers[name])
     except (KeyError, ValueError):
         return None
 
 
-def _int_header(headers: httpx.Headers, name: str) -> int | None:
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     value = _float_header(headers, name)
     return None if value is None else int(value)

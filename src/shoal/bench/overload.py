@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -81,6 +81,9 @@ class OverloadConfig:
     (root only) shields the measurement from background jobs on a shared machine."""
     extra_flags: tuple[str, ...] = ()
     """More ``shoal.serve.server`` flags for every server started."""
+    client: Literal["raw", "httpx"] = "raw"
+    """Load generator transport: 'raw' (constant cost per request however many are in
+    flight) or 'httpx' (its pool's cost grows with the requests in flight)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -94,6 +97,8 @@ class OverloadConfig:
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be > 0")
+        if self.client not in ("raw", "httpx"):
+            raise ConfigError(f"client={self.client!r} must be 'raw' or 'httpx'")
 
 
 # ------------------------------------------------------------------------------ server
@@ -264,7 +269,12 @@ def overload_run(
         before, hist0 = _scrape(server.url)
         with server.sampling_memory():
             result = run_load_sync(
-                server.url, wl, timeout_s=30.0, poll_s=0.25, max_connections=1024
+                server.url,
+                wl,
+                timeout_s=30.0,
+                poll_s=0.25,
+                max_connections=1024,
+                client=config.client,
             )
         after, hist1 = _scrape(server.url)
     finally:
@@ -404,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nice", type=int, default=0)
+    p.add_argument("--client", choices=("raw", "httpx"), default="raw")
     p.add_argument(
         "--server-flag",
         action="append",
