@@ -76,7 +76,11 @@ def distill(
     out: Path = typer.Option(Path("runs/cohort"), help="Output folder for the cohort."),
     students: int = typer.Option(4, help="Students in the cohort (N)."),
     layers: int = typer.Option(2, help="Layers per student (m)."),
-    method: str = typer.Option("stack", help="stack | boost | average."),
+    method: str = typer.Option(
+        "average",
+        help="average (independent students, averaged; measured best) | stack (boosting + "
+        "virtual stacking, METHOD.md) | boost (boosting only).",
+    ),
     init: str = typer.Option("bottom", help="Teacher layers students copy: bottom | spread."),
     epochs: float = typer.Option(1.0, help="Epochs per student."),
     lr: float = typer.Option(1e-4),

@@ -46,9 +46,10 @@ class DistillConfig:
     """Layers per student (m)."""
     init: str = "bottom"
     """Teacher layers each student copies: 'bottom' or 'spread' (see ShoalModel)."""
-    method: str = "stack"
-    """'stack' (boosting + virtual stacking), 'boost' (no stacking) or 'average'
-    (independently distilled students, averaged)."""
+    method: str = "average"
+    """'average' (independently distilled students, averaged: the default, because it beat
+    METHOD.md's boosting in the SST-2 ablations, see docs/results/distill.md), 'stack'
+    (boosting + virtual stacking, METHOD.md) or 'boost' (boosting without stacking)."""
     w_res: float = 1.0
     """Weight of the residual (boosting) MSE."""
     w_stack: float = 1.0
