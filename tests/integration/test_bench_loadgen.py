@@ -77,15 +77,21 @@ def _make_app(*, names: bool, metrics: bool, release: threading.Event) -> tuple[
 
 
 @contextmanager
-def _serve(app: FastAPI, release: threading.Event) -> Iterator[str]:
+def _serve(app: FastAPI, release: threading.Event, **config: Any) -> Iterator[str]:
     # Bind first so the port is known before the server thread runs.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
-    config = uvicorn.Config(
-        app, log_level="warning", lifespan="off", ws="none", timeout_graceful_shutdown=1
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="off",
+            ws="none",
+            timeout_graceful_shutdown=1,
+            **config,
+        )
     )
-    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     # Wait until the server accepts, so slow start-up on a busy machine never counts against
@@ -253,3 +259,27 @@ def test_raw_client_reuses_connections_reads_chunked_bodies_and_refuses_https() 
     assert len(set(peers)) == 1  # keep-alive: the same client port every time
     with pytest.raises(ValueError, match="https"):
         RawHTTPClient("https://127.0.0.1:8443")
+
+
+def test_raw_client_retries_a_connection_the_server_closed_while_idle() -> None:
+    import asyncio
+
+    app = FastAPI()
+
+    @app.post("/echo")
+    async def echo(request: Request) -> Any:
+        return JSONResponse(await request.json())
+
+    async def talk(url: str) -> list[Any]:
+        raw = RawHTTPClient(url)
+        try:
+            first = await raw.post("/echo", {"n": 1})
+            await asyncio.sleep(0.6)  # the server drops the idle connection meanwhile
+            second = await raw.post("/echo", {"n": 2})
+            return [first.json(), second.json()]
+        finally:
+            await raw.aclose()
+
+    # uvicorn closes a kept-alive connection after timeout_keep_alive seconds of idleness.
+    with _serve(app, threading.Event(), timeout_keep_alive=0.2) as url:
+        assert asyncio.run(talk(url)) == [{"n": 1}, {"n": 2}]

@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -35,12 +36,16 @@ TEXTS = ["good movie", "the plot was very very bad and sad", "a", "not so great 
 PARENT_SPINCOUNT = os.environ.get("GOMP_SPINCOUNT")  # as the test session started
 
 
-def _save_cohort(teacher_dir, folder, head_per_student: bool = False):
+def _save_cohort(teacher_dir, folder, head_per_student: bool = False, combine: str = "sum"):
     teacher = BertForSequenceClassification.from_pretrained(teacher_dir).eval()
     torch.manual_seed(1)
     model = ShoalModel.from_teacher(
         teacher, N, 2, "spread", head_per_student=head_per_student
     ).eval()
+    if combine != "sum":
+        state = model.state_dict()
+        model = ShoalModel(replace(model.config, combine=combine)).eval()
+        model.load_state_dict(state)
     with torch.no_grad():
         model.alpha.copy_(torch.linspace(1.0, 0.3, N))
         for p in model.parameters():
@@ -216,6 +221,18 @@ def test_logit_space_cohort_gives_the_same_logits_on_two_workers(tiny_teacher, t
     """With a head per student, workers return (B, C) contributions instead of (B, H)."""
     folder = _save_cohort(tiny_teacher, tmp_path / "lps", head_per_student=True)
     reference = LocalRunner(ShoalModel.from_pretrained(folder))
+    with WorkerPool(folder, RuntimeConfig(workers=2, threads=1, health_interval_s=0)) as pool:
+        for k in range(1, N + 1):
+            torch.testing.assert_close(
+                pool.run(*batch, k), reference.run(*batch, k), rtol=1e-5, atol=1e-6
+            )
+
+
+def test_averaged_cohort_gives_the_same_logits_on_two_workers(tiny_teacher, tmp_path, batch):
+    """With combine='mean' every worker weighs its students by alpha / k for the active k."""
+    folder = _save_cohort(tiny_teacher, tmp_path / "avg", combine="mean")
+    reference = LocalRunner(ShoalModel.from_pretrained(folder))
+    assert reference.model.config.combine == "mean"
     with WorkerPool(folder, RuntimeConfig(workers=2, threads=1, health_interval_s=0)) as pool:
         for k in range(1, N + 1):
             torch.testing.assert_close(

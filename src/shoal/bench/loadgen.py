@@ -175,29 +175,58 @@ class RawHTTPClient:
             f"POST {self.prefix}{path} HTTP/1.1\r\n{self._head}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
-        if self._idle:
+        while self._idle:  # reuse a kept-alive connection, unless the server has closed it
             reader, writer = self._idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-            self._open.add(writer)
+            if reader.at_eof() or writer.is_closing():
+                self._drop(writer)
+                continue
+            try:
+                return await self._exchange(reader, writer, request, reused=True)
+            except _StaleConnection:
+                continue  # closed by the server while idle, before it read this request
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        self._open.add(writer)
+        return await self._exchange(reader, writer, request, reused=False)
+
+    async def _exchange(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request: bytes,
+        *,
+        reused: bool,
+    ) -> RawResponse:
         reusable = False
         try:
-            writer.write(request)
-            await writer.drain()
-            response, reusable = await _read_response(reader)
+            try:
+                writer.write(request)
+                await writer.drain()
+                response, reusable = await _read_response(reader)
+            except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError) as e:
+                nothing_read = not isinstance(e, asyncio.IncompleteReadError) or not e.partial
+                if reused and nothing_read:
+                    raise _StaleConnection from e
+                raise
             return response
         finally:
             if reusable:
                 self._idle.append((reader, writer))
             else:
-                self._open.discard(writer)
-                writer.close()
+                self._drop(writer)
+
+    def _drop(self, writer: asyncio.StreamWriter) -> None:
+        self._open.discard(writer)
+        writer.close()
 
     async def aclose(self) -> None:
         for writer in self._open:
             writer.close()
         self._open.clear()
         self._idle.clear()
+
+
+class _StaleConnection(Exception):
+    """A kept-alive connection the server had closed; the request was not read."""
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[RawResponse, bool]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,9 +13,13 @@ from shoal.errors import ConfigError, ModelError
 from shoal.models.cohort import ShoalModel, layer_plan
 
 
-def _cohort(teacher_dir, n=3, m=2, init="spread", per_student=False) -> ShoalModel:
+def _cohort(teacher_dir, n=3, m=2, init="spread", per_student=False, combine="sum") -> ShoalModel:
     teacher = BertForSequenceClassification.from_pretrained(teacher_dir).eval()
     model = ShoalModel.from_teacher(teacher, n, m, init, head_per_student=per_student).eval()
+    if combine != "sum":
+        state = model.state_dict()
+        model = ShoalModel(replace(model.config, combine=combine)).eval()
+        model.load_state_dict(state)
     with torch.no_grad():  # distinct alphas and perturbed students, as after distillation
         model.alpha.copy_(torch.tensor([1.0, 0.6, 0.3][:n]))
         for s in model.students:
@@ -39,10 +44,11 @@ def _naive_logits(model: ShoalModel, batch, k: int) -> torch.Tensor:
 TEXTS = ["good movie", "the plot was very very bad and sad", "a", "not so great but fine film"]
 
 
+@pytest.mark.parametrize("combine", ["sum", "mean"])
 @pytest.mark.parametrize("per_student", [False, True])
 @pytest.mark.parametrize("pairs", [None, ["the film", "bad", "good good good good", "so"]])
-def test_fused_matches_one_by_one_for_every_k(tiny_teacher, pairs, per_student):
-    model = _cohort(tiny_teacher, per_student=per_student)
+def test_fused_matches_one_by_one_for_every_k(tiny_teacher, pairs, per_student, combine):
+    model = _cohort(tiny_teacher, per_student=per_student, combine=combine)
     batch = _batch(tiny_teacher, TEXTS, pairs)
     assert batch["attention_mask"].min() == 0  # padding present
     with torch.no_grad():
@@ -59,9 +65,10 @@ def test_fused_matches_one_by_one_for_every_k(tiny_teacher, pairs, per_student):
             )
 
 
-def test_partial_sums_of_disjoint_groups_add_up(tiny_teacher):
+@pytest.mark.parametrize("combine", ["sum", "mean"])
+def test_partial_sums_of_disjoint_groups_add_up(tiny_teacher, combine):
     for per_student in (False, True):
-        model = _cohort(tiny_teacher, per_student=per_student)
+        model = _cohort(tiny_teacher, per_student=per_student, combine=combine)
         batch = _batch(tiny_teacher, TEXTS)
         with torch.no_grad():
             x, mask = model.embed(
@@ -73,6 +80,22 @@ def test_partial_sums_of_disjoint_groups_add_up(tiny_teacher):
                 model.partial(states[:1], [0], 3) + model.partial(states[1:], [1, 2], 3)
             )
         torch.testing.assert_close(whole, split, atol=1e-5, rtol=1e-5)
+
+
+def test_mean_combine_reads_the_average_of_the_first_k_students(tiny_teacher):
+    model = _cohort(tiny_teacher, combine="mean")
+    batch = _batch(tiny_teacher, TEXTS)
+    with torch.no_grad():
+        out = model(**batch, return_students=True)
+        assert out.students is not None
+        first = [s[-1][:, 0] for s in out.students]  # each student's first-token state
+        for k in range(1, 4):
+            a = model.alpha[:k]
+            expected = model.head(sum(a[i] * first[i] for i in range(k)) / k)
+            torch.testing.assert_close(model(**batch, k=k).logits, expected)
+            torch.testing.assert_close(
+                model(**batch, k=k, fused=True).logits, expected, atol=1e-5, rtol=1e-4
+            )
 
 
 def test_padding_does_not_change_a_row(tiny_teacher):
