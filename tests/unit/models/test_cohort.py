@@ -87,8 +87,8 @@ def test_mean_combine_reads_the_average_of_the_first_k_students(tiny_teacher):
     batch = _batch(tiny_teacher, TEXTS)
     with torch.no_grad():
         out = model(**batch, return_students=True)
-        assert out.students is not None
-        first = [s[-1][:, 0] for s in out.students]  # each student's first-token state
+        assert out.student_states is not None
+        first = [s[-1][:, 0] for s in out.student_states]  # each student's first-token state
         for k in range(1, 4):
             a = model.alpha[:k]
             expected = model.head(sum(a[i] * first[i] for i in range(k)) / k)
