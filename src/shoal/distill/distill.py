@@ -179,8 +179,13 @@ def add_student(
     One pass over the training set: the student's outputs are kept while alpha's sums are
     accumulated, then ``b_k = b_{k-1} + alpha_k * s_k`` is one addition over the whole store.
     In hidden space the boosting loss is over every real token (``boost_on='tokens'``) or the
-    first token only ('cls'); in logit space it is over the logits.
+    first token only ('cls'); in logit space it is over the logits. Averaged students
+    (``method='average'``) count 1 each (ShoalModel divides by k at use) and never read the
+    ensemble, so for them nothing is computed.
     """
+    if config.method == "average":
+        model.alpha[k] = 1.0
+        return 1.0
     outputs = TokenStore(enc.lengths(), model.config.hidden_size)
     own_logits = torch.zeros_like(ensemble.logits)
     acc = boosting.AlphaAccumulator()
@@ -188,8 +193,6 @@ def add_student(
         outputs.set_(idx, s)
         if model.config.head_per_student:
             own_logits[idx] = model.student_logits(s[None, :, 0], [k])[0]
-        if config.method == "average":
-            continue
         if config.space == "logits":
             r = boosting.residual(cache.logits[idx], ensemble.logits[idx])
             acc.add(r, own_logits[idx])
@@ -200,8 +203,7 @@ def add_student(
             real[:, 0] = True
         r = boosting.residual(cache.final.gather(idx), ensemble.hidden.gather(idx))
         acc.add(r[real], s[real])
-    # Averaged students each count 1 (ShoalModel divides by k at use).
-    alpha = 1.0 if config.method == "average" else acc.alpha(config.shrinkage)
+    alpha = acc.alpha(config.shrinkage)
     ensemble.hidden.data += alpha * outputs.data
     ensemble.logits += alpha * own_logits
     model.alpha[k] = alpha
@@ -304,7 +306,7 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
         TokenStore(enc["train"].lengths(), model.config.hidden_size),
         torch.zeros(len(enc["train"]), model.config.num_labels),
     )
-    state = _resume(out, model, enc["train"], ensemble, pad)
+    state = _resume(out, model, enc["train"], ensemble if config.method != "average" else None, pad)
     table: list[dict] = state["table"]
     seconds: list[float] = state["seconds"]
     evaluator = PrefixEvaluator(model, enc, pad)
@@ -399,14 +401,17 @@ def _teacher_cache(folder: Path, teacher, enc: Encoded, depth: int, pad: int) ->
     return cache
 
 
-def _resume(out: Path, model: ShoalModel, enc: Encoded, ensemble: Ensemble, pad: int) -> dict:
-    """Restore finished students and rebuild the ensemble cache from them."""
+def _resume(
+    out: Path, model: ShoalModel, enc: Encoded, ensemble: Ensemble | None, pad: int
+) -> dict:
+    """Restore finished students and rebuild the ensemble cache from them (boosting only:
+    ``ensemble`` is None for averaged students, which never read it)."""
     ckpt = out / "checkpoints" / "latest.pt"
     if not ckpt.is_file():
         return {"done": 0, "table": [], "seconds": []}
     saved = torch.load(ckpt)
     model.load_state_dict(saved["state"])
-    for k in range(saved["done"]):
+    for k in range(saved["done"] if ensemble is not None else 0):
         _accumulate(model, k, enc, ensemble, pad, float(model.alpha[k]))
     log.info("resumed after %d students", saved["done"])
     return saved

@@ -99,12 +99,15 @@ def test_stacking_targets_are_the_frozen_previous_students(tmp_path, tiny_data, 
     assert len(nonzero) == len(captured["targets"])
 
 
-def test_resume_after_interruption_gives_the_same_cohort(tmp_path, tiny_data):
+@pytest.mark.parametrize("method", ["stack", "average"])
+def test_resume_after_interruption_gives_the_same_cohort(tmp_path, tiny_data, method):
     teacher = _deep_teacher(tmp_path)
-    distill(_config(teacher, tiny_data, tmp_path / "full"))
-    partial = distill(_config(teacher, tiny_data, tmp_path / "resumed"), stop_after=1)
+    distill(_config(teacher, tiny_data, tmp_path / "full", method=method))
+    partial = distill(
+        _config(teacher, tiny_data, tmp_path / "resumed", method=method), stop_after=1
+    )
     assert partial["stopped_after"] == 1
-    distill(_config(teacher, tiny_data, tmp_path / "resumed"))
+    distill(_config(teacher, tiny_data, tmp_path / "resumed", method=method))
     a = ShoalModel.from_pretrained(tmp_path / "full").state_dict()
     b = ShoalModel.from_pretrained(tmp_path / "resumed").state_dict()
     for name in a:
