@@ -152,7 +152,10 @@ class RawHTTPClient:
     connection is popped from a stack, or a new one is opened. (httpx's pool does more work
     per request as its connection count grows, and on a shared 2-core host that made the
     load generator, not the server, the bottleneck of the overload runs.) A connection that
-    fails, times out or is cancelled mid-request is closed, never reused. ``http://`` only.
+    fails, times out or is cancelled mid-request is closed, never reused; a kept-alive one the
+    server closed while it was idle is replaced and the request sent on a new one. Responses
+    must carry a body delimited by Content-Length, chunking or the connection's close, as
+    every JSON answer does. ``http://`` only.
     """
 
     def __init__(self, base_url: str, headers: Mapping[str, str] | None = None) -> None:
