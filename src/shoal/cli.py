@@ -232,6 +232,9 @@ def bench_serve(
     max_length: int = typer.Option(128),
     threads: int = typer.Option(0),
     seed: int = typer.Option(0),
+    client: str = typer.Option(
+        "httpx", help="Load generator transport: httpx, or raw (flat cost per request in flight)."
+    ),
 ) -> None:
     """Shoal and the baselines under the same seeded workloads, side by side."""
     from shoal.bench.serve_bench import ServeBenchConfig, run_serve_bench
@@ -254,6 +257,7 @@ def bench_serve(
             max_length=max_length,
             threads=threads,
             seed=seed,
+            client=client,  # type: ignore[arg-type]
         )
         run_serve_bench(cfg)
     except ShoalError as e:

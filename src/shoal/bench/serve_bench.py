@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -79,8 +79,13 @@ class ServeBenchConfig:
     port: int = 0
     """First port to use (0: pick free ones)."""
     extra_shoal_flags: tuple[str, ...] = field(default_factory=tuple)
+    client: Literal["httpx", "raw"] = "httpx"
+    """Load generator transport (``shoal.bench.loadgen``): 'raw' keeps its cost per request
+    flat with hundreds of requests in flight, for rates near the machine's limit."""
 
     def __post_init__(self) -> None:
+        if self.client not in ("httpx", "raw"):
+            raise ConfigError(f"client={self.client!r} must be 'httpx' or 'raw'")
         unknown = set(self.systems) - set(ALL_SYSTEMS)
         if unknown:
             raise ConfigError(f"unknown systems {sorted(unknown)}; choose from {ALL_SYSTEMS}")
@@ -255,8 +260,9 @@ def _bench_system(
             ),
             labels=labels,
             timeout_s=30,
+            client=config.client,
         )  # warm-up, not recorded
-        res = run_load_sync(url, low, labels=labels, timeout_s=30)
+        res = run_load_sync(url, low, labels=labels, timeout_s=30, client=config.client)
         entry["low_load"] = report.summarize(
             res.records, target_s, timeline=res.timeline, duration_s=res.offered_duration_s
         )
@@ -278,7 +284,13 @@ def _bench_system(
                 ),
                 task=task,
             )
-            res = run_load_sync(url, wl, labels=labels, timeout_s=max(5.0, 20 * target_s))
+            res = run_load_sync(
+                url,
+                wl,
+                labels=labels,
+                timeout_s=max(5.0, 20 * target_s),
+                client=config.client,
+            )
             s = report.summarize(
                 res.records, target_s, timeline=res.timeline, duration_s=res.offered_duration_s
             )

@@ -39,3 +39,10 @@ def test_every_system_has_a_command():
     for system in ALL_SYSTEMS:
         cmd = server_command(system, CONFIG, 8000)
         assert "--port" in cmd and cmd[cmd.index("--port") + 1] == "8000"
+
+
+def test_unknown_load_generator_transport_is_refused():
+    from shoal.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="client='curl'"):
+        ServeBenchConfig(cohort="c", teacher="t", data="d", client="curl")  # type: ignore[arg-type]
