@@ -245,7 +245,7 @@ def test_raw_client_reuses_connections_reads_chunked_bodies_and_refuses_https() 
         try:
             out = []
             for i in range(4):  # one after the other: one connection carries them all
-                resp = await raw.post("/echo", {"n": i, "chunked": i % 2 == 1})
+                resp = await raw.post("/echo", json={"n": i, "chunked": i % 2 == 1})
                 out.append((resp.status_code, resp.json(), resp.headers.get("x-extra")))
             return out
         finally:
@@ -273,9 +273,9 @@ def test_raw_client_retries_a_connection_the_server_closed_while_idle() -> None:
     async def talk(url: str) -> list[Any]:
         raw = RawHTTPClient(url)
         try:
-            first = await raw.post("/echo", {"n": 1})
+            first = await raw.post("/echo", json={"n": 1})
             await asyncio.sleep(0.6)  # the server drops the idle connection meanwhile
-            second = await raw.post("/echo", {"n": 2})
+            second = await raw.post("/echo", json={"n": 2})
             return [first.json(), second.json()]
         finally:
             await raw.aclose()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import json as _json
 import re
 import time
 from collections import deque
@@ -30,6 +30,10 @@ QUEUE_DEPTH = "shoal_queue_depth"
 PADDED_TOKENS = "shoal_padded_tokens_total"
 REAL_TOKENS = "shoal_real_tokens_total"
 METRIC_NAMES = (ACTIVE_STUDENTS, QUEUE_DEPTH, PADDED_TOKENS, REAL_TOKENS)
+
+Client = Literal["httpx", "raw"]
+CLIENTS: tuple[Client, ...] = ("httpx", "raw")
+"""Load generator transports: httpx's pooled client, or :class:`RawHTTPClient`."""
 
 TIMEOUT = "timeout"
 ERROR = "error"
@@ -141,7 +145,7 @@ class RawResponse:
     content: bytes
 
     def json(self) -> Any:
-        return json.loads(self.content)
+        return _json.loads(self.content)
 
 
 class RawHTTPClient:
@@ -172,8 +176,9 @@ class RawHTTPClient:
         self._idle: deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = deque()
         self._open: set[asyncio.StreamWriter] = set()
 
-    async def post(self, path: str, json_body: Any) -> RawResponse:
-        body = json.dumps(json_body).encode()
+    async def post(self, path: str, *, json: Any) -> RawResponse:
+        """POST ``json`` (httpx's keyword) to ``path``; the whole response, body read."""
+        body = _json.dumps(json).encode()
         request = (
             f"POST {self.prefix}{path} HTTP/1.1\r\n{self._head}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -271,7 +276,7 @@ async def run_load(
     extra: Mapping[str, Any] | None = None,
     max_connections: int = 256,
     drain_s: float | None = None,
-    client: Literal["httpx", "raw"] = "httpx",
+    client: Client = "httpx",
 ) -> RunResult:
     """Send a workload open-loop and record every request; stops by itself.
 
@@ -318,7 +323,7 @@ async def run_load(
             trust_env=False,
         )
     else:
-        raise ValueError(f"client={client!r} must be 'httpx' or 'raw'")
+        raise ValueError(f"client={client!r} must be one of {CLIENTS}")
     # The poller has its own connection so a saturated request pool cannot silence the
     # timeline exactly when it matters (during a burst).
     poller = httpx.AsyncClient(
@@ -339,12 +344,8 @@ async def run_load(
         status: int | str = ERROR
         predicted = queue_ms = inference_ms = students = None
         try:
-            body = request_body(req, extra)
             resp = await asyncio.wait_for(
-                sender.post("/predict", json=body)
-                if isinstance(sender, httpx.AsyncClient)
-                else sender.post("/predict", body),
-                timeout_s,
+                sender.post("/predict", json=request_body(req, extra)), timeout_s
             )
             status = resp.status_code
             queue_ms = _float_header(resp.headers, "x-queue-time")

@@ -32,11 +32,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
-from shoal.bench.loadgen import request_body, run_load_sync
+from shoal.bench.loadgen import CLIENTS, Client, request_body, run_load_sync
 from shoal.bench.report import plot_timeline, summarize, write_json
 from shoal.bench.workload import Workload, WorkloadConfig, build_workload
 from shoal.errors import ConfigError
@@ -81,7 +81,7 @@ class OverloadConfig:
     (root only) shields the measurement from background jobs on a shared machine."""
     extra_flags: tuple[str, ...] = ()
     """More ``shoal.serve.server`` flags for every server started."""
-    client: Literal["raw", "httpx"] = "raw"
+    client: Client = "raw"
     """Load generator transport: 'raw' (constant cost per request however many are in
     flight) or 'httpx' (its pool's cost grows with the requests in flight)."""
 
@@ -97,8 +97,8 @@ class OverloadConfig:
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be > 0")
-        if self.client not in ("raw", "httpx"):
-            raise ConfigError(f"client={self.client!r} must be 'raw' or 'httpx'")
+        if self.client not in CLIENTS:
+            raise ConfigError(f"client={self.client!r} must be one of {CLIENTS}")
 
 
 # ------------------------------------------------------------------------------ server
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nice", type=int, default=0)
-    p.add_argument("--client", choices=("raw", "httpx"), default="raw")
+    p.add_argument("--client", choices=CLIENTS, default="raw")
     p.add_argument(
         "--server-flag",
         action="append",

@@ -22,12 +22,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
 from shoal.bench import report
-from shoal.bench.loadgen import run_load_sync
+from shoal.bench.loadgen import CLIENTS, Client, run_load_sync
 from shoal.bench.workload import WorkloadConfig, build_workload
 from shoal.errors import ConfigError
 
@@ -79,13 +79,13 @@ class ServeBenchConfig:
     port: int = 0
     """First port to use (0: pick free ones)."""
     extra_shoal_flags: tuple[str, ...] = field(default_factory=tuple)
-    client: Literal["httpx", "raw"] = "httpx"
+    client: Client = "httpx"
     """Load generator transport (``shoal.bench.loadgen``): 'raw' keeps its cost per request
     flat with hundreds of requests in flight, for rates near the machine's limit."""
 
     def __post_init__(self) -> None:
-        if self.client not in ("httpx", "raw"):
-            raise ConfigError(f"client={self.client!r} must be 'httpx' or 'raw'")
+        if self.client not in CLIENTS:
+            raise ConfigError(f"client={self.client!r} must be one of {CLIENTS}")
         unknown = set(self.systems) - set(ALL_SYSTEMS)
         if unknown:
             raise ConfigError(f"unknown systems {sorted(unknown)}; choose from {ALL_SYSTEMS}")
@@ -220,7 +220,7 @@ def run_serve_bench(config: ServeBenchConfig) -> dict[str, Any]:
         entry: dict[str, Any] = {"command": " ".join(cmd), "sweep": []}
         print(f"[bench] {system}: starting", flush=True)
         try:
-            _bench_system(
+            last = _bench_system(
                 system, cmd, port, config, task, labels, low, entry, runs_low, load_points, out
             )
         except RuntimeError as e:  # a server that fails to start is reported, not fatal
@@ -229,9 +229,7 @@ def run_serve_bench(config: ServeBenchConfig) -> dict[str, Any]:
             results["systems"][system] = entry
             continue
         if system == "shoal":
-            timeline_run = entry.pop("_last_run")
-        else:
-            entry.pop("_last_run", None)
+            timeline_run = last
         results["systems"][system] = entry
         report.write_json(results, out / "bench.json")
     _write_report(config, results, runs_low, load_points, timeline_run, out)
@@ -240,8 +238,9 @@ def run_serve_bench(config: ServeBenchConfig) -> dict[str, Any]:
 
 def _bench_system(
     system, cmd, port, config, task, labels, low, entry, runs_low, load_points, out
-) -> None:
-    """Low load, then the burst sweep, against one running server; fills ``entry``."""
+) -> Any:
+    """Low load, then the burst sweep, against one running server; fills ``entry`` and
+    returns the run of the last (hardest) burst this system was given."""
     target_s = config.latency_target_ms / 1000
     last = None
     with running(cmd, port, out / "logs" / f"{system}.log") as url:
@@ -308,7 +307,7 @@ def _bench_system(
                 break
             sustained = rate
         entry["sustained_burst_rate"] = sustained
-        entry["_last_run"] = last
+    return last
 
 
 def _write_report(config, results, runs_low, load_points, timeline_run, out) -> None:

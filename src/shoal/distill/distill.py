@@ -322,11 +322,7 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
         evaluator.add(k)
         table = evaluator.table()
         log.info("student %d: alpha %.4f, prefix table %s", k + 1, alpha, table[-1])
-        _print_table(table)
-        torch.save(
-            {"state": model.state_dict(), "table": table, "seconds": seconds, "done": k + 1},
-            out / "checkpoints" / "latest.pt",
-        )
+        _checkpoint(out, model, table, seconds, done=k + 1)
         if config.min_gain is not None and k > 0 and "dev_accuracy" in table[k]:
             gain = table[k]["dev_accuracy"] - table[k - 1]["dev_accuracy"]
             if gain < config.min_gain:
@@ -343,17 +339,14 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
             evaluator.add(k)
         table = evaluator.table()
         log.info("after joint training: prefix table %s", table)
-        _print_table(table)
-        torch.save(
-            {
-                "state": model.state_dict(),
-                "table": table,
-                "seconds": seconds,
-                "done": model.n_students,
-                "joint_done": True,
-                "joint_seconds": joint_seconds,
-            },
-            out / "checkpoints" / "latest.pt",
+        _checkpoint(
+            out,
+            model,
+            table,
+            seconds,
+            done=model.n_students,
+            joint_done=True,
+            joint_seconds=joint_seconds,
         )
     joint_seconds = state.get("joint_seconds", joint_seconds)
     model.meta.update(
@@ -399,6 +392,17 @@ def _teacher_cache(folder: Path, teacher, enc: Encoded, depth: int, pad: int) ->
     torch.save(cache.logits, folder / "logits.pt")
     meta.write_text(json.dumps(key))
     return cache
+
+
+def _checkpoint(
+    out: Path, model: ShoalModel, table: list[dict], seconds: list[float], **progress
+) -> None:
+    """Print the prefix table and save what ``_resume`` needs to continue from here."""
+    _print_table(table)
+    torch.save(
+        {"state": model.state_dict(), "table": table, "seconds": seconds, **progress},
+        out / "checkpoints" / "latest.pt",
+    )
 
 
 def _resume(
