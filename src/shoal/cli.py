@@ -39,6 +39,9 @@ def finetune(
     evals_per_epoch: int = typer.Option(2),
     seed: int = typer.Option(0),
     threads: int = typer.Option(0),
+    select_min_words: int = typer.Option(
+        0, help="Select the best checkpoint on dev examples of at least this many words (0: all)."
+    ),
 ) -> None:
     """Fine-tune a teacher classifier; keep the best dev checkpoint."""
     from shoal.distill.finetune import FinetuneConfig
@@ -54,6 +57,7 @@ def finetune(
             max_train=max_train or None,
             max_eval=max_eval or None,
             threads=threads,
+            select_min_words=select_min_words,
             train=TrainConfig(
                 epochs=epochs,
                 lr=lr,
@@ -105,6 +109,12 @@ def distill(
     min_gain: float = typer.Option(
         -1.0, help="Stop adding students below this dev gain (accuracy points; negative: never)."
     ),
+    augment: int = typer.Option(
+        0,
+        help="Word-replaced copies of each training example, labelled by the teacher "
+        "(TinyBERT-style augmentation; 0: none).",
+    ),
+    augment_p: float = typer.Option(0.4, help="Chance that a copy replaces a word."),
     max_train: int = typer.Option(0),
     max_eval: int = typer.Option(0),
     seed: int = typer.Option(0),
@@ -143,6 +153,8 @@ def distill(
             joint_epochs=joint_epochs,
             joint_lr=joint_lr or None,
             min_gain=min_gain / 100 if min_gain >= 0 else None,
+            augment=augment,
+            augment_p=augment_p,
             max_length=max_length,
             max_train=max_train or None,
             max_eval=max_eval or None,
@@ -214,6 +226,7 @@ def bench_serve(
             (
                 "shoal",
                 "shoal-bf16",
+                "shoal-onnx",
                 "shoal-no-pruning",
                 "shoal-fifo",
                 "teacher-torch",

@@ -26,6 +26,19 @@ class TextDataset:
         pairs = None if self.text_pairs is None else self.text_pairs[:n]
         return TextDataset(self.texts[:n], self.labels[:n], pairs, self.num_labels)
 
+    def min_words(self, n: int) -> TextDataset:
+        """The examples whose text (both sides of a pair together) has at least ``n`` words."""
+
+        def words(i: int) -> int:
+            extra = 0 if self.text_pairs is None else len(self.text_pairs[i].split())
+            return len(self.texts[i].split()) + extra
+
+        keep = [i for i in range(len(self)) if words(i) >= n]
+        pairs = None if self.text_pairs is None else [self.text_pairs[i] for i in keep]
+        return TextDataset(
+            [self.texts[i] for i in keep], [self.labels[i] for i in keep], pairs, self.num_labels
+        )
+
 
 @dataclass(frozen=True)
 class Task:

@@ -238,3 +238,15 @@ def test_averaged_cohort_gives_the_same_logits_on_two_workers(tiny_teacher, tmp_
             torch.testing.assert_close(
                 pool.run(*batch, k), reference.run(*batch, k), rtol=1e-5, atol=1e-6
             )
+
+
+def test_onnxruntime_workers_give_the_same_logits(tiny_teacher, tmp_path, batch):
+    """Workers that run their students on ONNX Runtime agree with the in-process torch path."""
+    folder = _save_cohort(tiny_teacher, tmp_path / "ort")
+    reference = LocalRunner(ShoalModel.from_pretrained(folder))
+    config = RuntimeConfig(workers=2, threads=1, health_interval_s=0, backend="onnxruntime")
+    with WorkerPool(folder, config) as pool:
+        for k in range(1, N + 1):
+            torch.testing.assert_close(
+                pool.run(*batch, k), reference.run(*batch, k), rtol=1e-4, atol=1e-5
+            )

@@ -3,6 +3,7 @@
 Cases, at batch 1 and at a large batch of SST-2-length inputs (sentences of the median SST-2
 length, no padding):
 - cohort *fused* (``LocalRunner``, every k; bf16 too where the CPU has native bf16),
+- cohort on *ONNX Runtime* (``LocalRunner(backend='onnxruntime')``: a graph per student, every k),
 - cohort *one-by-one* (the reference path: each student in turn, every token in every layer),
 - cohort *threaded* (one Python thread per student, 1 intra-op thread each),
 - cohort *multi-process* (``WorkerPool``: 2 workers x 1 pinned core vs 1 worker x 2 cores),
@@ -387,6 +388,7 @@ def _in_process_cases(
     fused = LocalRunner(model)
     fused_bf16 = LocalRunner(model, dtype="bfloat16") if bf16 else None
     sess = ort_session(onnx_path, t) if onnx_path is not None else None
+    cohort_ort = LocalRunner(model, backend="onnxruntime") if onnx_path is not None else None
     cases = []
     for b in (1, large):
         for k in range(1, n + 1):
@@ -410,6 +412,18 @@ def _in_process_cases(
                         t,
                         cohort_flops(ccfg, k, b, length),
                         lambda x, k=k, r=fused_bf16: r.run(*_args(x), k),
+                    )
+                )
+        if cohort_ort is not None:
+            for k in range(1, n + 1):
+                cases.append(
+                    Case(
+                        "cohort ONNX Runtime",
+                        b,
+                        k,
+                        t,
+                        cohort_flops(ccfg, k, b, length),
+                        lambda x, k=k, r=cohort_ort: r.run(*_args(x), k),
                     )
                 )
         cases.append(
@@ -563,6 +577,19 @@ def summarize(
             row["bf16_speedup_vs_hf_eager"] = hf["p50_ms"] / bf["p50_ms"]
         if bf and ort:
             row["bf16_speedup_vs_onnxruntime"] = ort["p50_ms"] / bf["p50_ms"]
+        ort_full = _find(cases, "cohort ONNX Runtime", 1, n, t)
+        ort_one = _find(cases, "cohort ONNX Runtime", 1, 1, t)
+        if ort_full and ort_one:
+            over_full = ort_full["p50_ms"] - 1e3 * ort_full["flops"] / (peak * 1e9)
+            over_one = ort_one["p50_ms"] - 1e3 * ort_one["flops"] / (peak * 1e9)
+            row["ort_overhead_ratio"] = over_full / over_one if over_one > 0 else None
+        if ort_full and hf:
+            row["ort_speedup_vs_hf_eager"] = hf["p50_ms"] / ort_full["p50_ms"]
+        if ort_full and ort:
+            row["ort_speedup_vs_onnxruntime"] = ort["p50_ms"] / ort_full["p50_ms"]
+        ort_big = _find(cases, "cohort ONNX Runtime", large, n, t)
+        if ort_big:
+            row["ort_large_batch_peak_frac"] = ort_big["gflops"] / peak
         out[f"threads_{t}"] = row
     procs = [c for c in cases if " proc x " in c["system"]]
     out["multiprocess"] = {
@@ -618,7 +645,8 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
         shown = [
             c
             for c in cases
-            if c["batch"] == batch and (c["system"] != "cohort fused" or c["k"] in (1, n))
+            if c["batch"] == batch
+            and (c["system"] not in ("cohort fused", "cohort ONNX Runtime") or c["k"] in (1, n))
         ]
         ax.barh(
             range(len(shown)),
@@ -642,6 +670,22 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
         )
         ks = [c["k"] for c in fused]
         ax2.plot(ks, [c["p50_ms"] for c in fused], "o-", color=f"C{i}", label=f"fused, {t} thr")
+        on_ort = sorted(
+            (
+                c
+                for c in cases
+                if c["system"] == "cohort ONNX Runtime" and c["batch"] == 1 and c["threads"] == t
+            ),
+            key=lambda c: c["k"],
+        )
+        if on_ort:
+            ax2.plot(
+                [c["k"] for c in on_ort],
+                [c["p50_ms"] for c in on_ort],
+                "s:",
+                color=f"C{i}",
+                label=f"ONNX Runtime, {t} thr",
+            )
         ax2.plot(
             ks,
             [1e3 * c["flops"] / (peak * 1e9) for c in fused],
@@ -662,7 +706,7 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
     ax2.set_xlabel("active students k")
     ax2.set_ylabel("ms")
     ax2.set_xticks(range(1, n + 1))
-    ax2.set_title("batch 1: fused latency and its compute floor")
+    ax2.set_title("batch 1: cohort latency and its compute floor")
     ax2.legend(fontsize=8)
     ax3.set_xlabel("achieved GFLOP/s at p50")
     ax3.set_title(f"batch {large}, {result['inputs']['length']} tokens")

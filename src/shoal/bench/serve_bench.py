@@ -34,6 +34,7 @@ from shoal.errors import ConfigError
 ALL_SYSTEMS = (
     "shoal",
     "shoal-bf16",
+    "shoal-onnx",
     "shoal-no-pruning",
     "shoal-fifo",
     "deep-student",
@@ -128,6 +129,8 @@ def server_command(system: str, config: ServeBenchConfig, port: int) -> list[str
             cmd += ["--no-pruning", "--buffer", "fifo", "--max-wait-ms", "5"]
         if system == "shoal-bf16":  # bf16 matmuls (CPUs with native bf16, GPUs)
             cmd += ["--dtype", "bfloat16"]
+        if system == "shoal-onnx":  # students on ONNX Runtime (CPU)
+            cmd += ["--backend", "onnxruntime"]
         return cmd
     backend = {"teacher-torch": "torch", "teacher-onnx": "onnx", "teacher-litserve": "torch"}[
         system

@@ -19,6 +19,7 @@ from torch import nn
 
 from shoal.data import Encoded, encode, iterate, load_task, with_dev_split
 from shoal.distill import boosting, losses
+from shoal.distill.augment import augment, corpus_words, word_neighbours
 from shoal.distill.cache import TokenStore
 from shoal.distill.evaluate import score
 from shoal.distill.trainer import TrainConfig, train
@@ -79,10 +80,17 @@ class DistillConfig:
     """Peak learning rate of the joint phase (default: the students' lr)."""
     min_gain: float | None = None
     """Offline pruning: stop adding students once one gains less dev accuracy (0..1)."""
+    augment: int = 0
+    """Word-replaced copies of every training example to add (``shoal.distill.augment``,
+    TinyBERT-style; the teacher labels them); 0 trains on the labelled set alone."""
+    augment_p: float = 0.4
+    """Probability that an augmented copy replaces a word."""
+    augment_candidates: int = 15
+    """Nearest neighbours (in the teacher's word embeddings) a replacement is drawn from."""
     max_length: int = 128
     """Tokens per example after truncation."""
     max_train: int | None = None
-    """Use at most this many training examples."""
+    """Use at most this many training examples (before augmentation)."""
     max_eval: int | None = None
     """Use at most this many dev/test examples."""
     threads: int = 0
@@ -107,6 +115,17 @@ class DistillConfig:
             raise ConfigError(f"boost_on={self.boost_on!r} must be 'tokens' or 'cls'")
         if self.joint_epochs < 0:
             raise ConfigError(f"joint_epochs={self.joint_epochs} must be >= 0 (0 turns it off)")
+        if self.augment < 0 or not 0.0 < self.augment_p <= 1.0 or self.augment_candidates < 1:
+            raise ConfigError(
+                f"augment={self.augment}, augment_p={self.augment_p}, augment_candidates="
+                f"{self.augment_candidates}: use augment >= 0, 0 < augment_p <= 1 and "
+                "augment_candidates >= 1"
+            )
+        if self.augment and self.w_ce:
+            raise ConfigError(
+                "augmented copies have no gold label, so w_ce > 0 cannot be combined with "
+                "augment; use w_ce=0 (the teacher's outputs label the copies)"
+            )
         if self.shrinkage < 0.5:
             raise ConfigError(
                 f"shrinkage={self.shrinkage} < 0.5 can increase the loss; "
@@ -274,6 +293,18 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     teacher, tok = load_teacher(config.teacher, task.num_labels)
     pad = tok.pad_token_id or 0
     train_set = task.splits["train"].subset(config.max_train or len(task.splits["train"]))
+    if config.augment:
+        near = word_neighbours(
+            tok.get_vocab(),
+            teacher.get_input_embeddings().weight,
+            corpus_words(train_set),
+            config.augment_candidates,
+        )
+        n_source = len(train_set)
+        train_set = augment(
+            train_set, near, config.augment, config.augment_p, seed=config.train.seed
+        )
+        log.info("augmented %d training examples to %d", n_source, len(train_set))
     enc = {"train": encode(tok, train_set, config.max_length)}
     for s in ("dev", "test"):
         if s in task.splits:
@@ -288,6 +319,9 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
         enc["train"],
         depth,
         pad,
+        augment=[config.augment, config.augment_p, config.augment_candidates, config.train.seed]
+        if config.augment
+        else None,
     )
     teacher_seconds = time.perf_counter() - t0
 
@@ -369,7 +403,9 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     return {"out": str(out), **model.meta}
 
 
-def _teacher_cache(folder: Path, teacher, enc: Encoded, depth: int, pad: int) -> TeacherCache:
+def _teacher_cache(
+    folder: Path, teacher, enc: Encoded, depth: int, pad: int, augment: list | None = None
+) -> TeacherCache:
     """Load the cached teacher outputs, or run the teacher once and save them."""
     key = {
         "n": len(enc),
@@ -377,6 +413,8 @@ def _teacher_cache(folder: Path, teacher, enc: Encoded, depth: int, pad: int) ->
         "depth": depth,
         "teacher": str(teacher.name_or_path),
     }
+    if augment:
+        key["augment"] = augment
     folder = folder / f"depth{depth}"
     meta = folder / "teacher.json"
     if meta.is_file() and json.loads(meta.read_text()) == key:

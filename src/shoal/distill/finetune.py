@@ -34,12 +34,17 @@ class FinetuneConfig:
     """Use at most this many dev/test examples (quick runs)."""
     threads: int = 0
     """torch intra-op threads; 0 keeps torch's default."""
+    select_min_words: int = 0
+    """Select the checkpoint on dev examples of at least this many words only (0: all of dev).
+    SST-2's dev split is mostly short phrases while its test set is whole sentences."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-5, epochs=2.0))
     """Optimiser and schedule."""
 
     def __post_init__(self) -> None:
         if self.max_length < 8:
             raise ConfigError(f"max_length={self.max_length} is too short; use 64 or more")
+        if self.select_min_words < 0:
+            raise ConfigError(f"select_min_words={self.select_min_words} must be 0 or more")
 
 
 def finetune(config: FinetuneConfig) -> dict:
@@ -59,6 +64,15 @@ def finetune(config: FinetuneConfig) -> dict:
         if s in task.splits:
             d = task.splits[s]
             enc[s] = encode(tok, d.subset(config.max_eval or len(d)), config.max_length)
+    select = enc[dev_name]
+    if config.select_min_words:
+        long_dev = task.splits[dev_name].min_words(config.select_min_words)
+        if not len(long_dev):
+            raise DataError(
+                f"no {dev_name} example has {config.select_min_words} or more words; "
+                "lower --select-min-words or use 0 to select on the whole split"
+            )
+        select = encode(tok, long_dev.subset(config.max_eval or len(long_dev)), config.max_length)
     pad = tok.pad_token_id or 0
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,9 +88,7 @@ def finetune(config: FinetuneConfig) -> dict:
         return torch.nn.functional.cross_entropy(forward(b), b["labels"])
 
     def evaluate() -> float:
-        return score(predict_logits(forward, enc[dev_name], pad_id=pad), enc[dev_name].labels)[
-            "accuracy"
-        ]
+        return score(predict_logits(forward, select, pad_id=pad), select.labels)["accuracy"]
 
     def save(_: float) -> None:
         model.save_pretrained(out)
@@ -117,6 +129,11 @@ def finetune(config: FinetuneConfig) -> dict:
     for s in ("dev", "test"):
         if s in enc:
             report[s] = score(predict_logits(forward, enc[s], pad_id=pad), enc[s].labels)
+    if config.select_min_words:
+        report["selection"] = {
+            "examples": len(select.labels),
+            **score(predict_logits(forward, select, pad_id=pad), select.labels),
+        }
     report["total_seconds"] = round(time.perf_counter() - t0, 1)
     (out / "shoal_finetune.json").write_text(
         json.dumps({"config": asdict(config), "report": report}, indent=2)

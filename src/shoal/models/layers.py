@@ -71,23 +71,30 @@ class Layer(nn.Module):
         self.ffn_norm = nn.LayerNorm(hidden, eps=eps)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, L, H) and additive (B, 1, 1, L) mask -> (B, L, H)."""
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, *, first_only: bool = False
+    ) -> torch.Tensor:
+        """(B, L, H) and additive (B, 1, 1, L) mask -> (B, L, H).
+
+        With ``first_only`` only the first token is computed (its keys and values still cover
+        every token): (B, L, H) -> (B, 1, H), what a head that reads [CLS] needs of a last layer.
+        """
         b, n, h = x.shape
         d = h // self.heads
+        rows = x[:, :1] if first_only else x
 
-        def split(t: torch.Tensor) -> torch.Tensor:  # (B, L, H) -> (B, heads, L, d)
-            return t.view(b, n, self.heads, d).transpose(1, 2)
+        def split(t: torch.Tensor) -> torch.Tensor:  # (B, R, H) -> (B, heads, R, d)
+            return t.view(b, -1, self.heads, d).transpose(1, 2)
 
         att = F.scaled_dot_product_attention(
-            split(self.query(x)),
+            split(self.query(rows)),
             split(self.key(x)),
             split(self.value(x)),
             attn_mask=mask,
             dropout_p=self.dropout.p if self.training else 0.0,
         )
-        att = att.transpose(1, 2).reshape(b, n, h)
-        x = self.attn_norm(x + self.dropout(self.attn_out(att)))
+        att = att.transpose(1, 2).reshape(b, rows.shape[1], h)
+        x = self.attn_norm(rows + self.dropout(self.attn_out(att)))
         y = self.ffn_out(F.gelu(self.ffn_in(x)))
         return self.ffn_norm(x + self.dropout(y))
 
@@ -133,3 +140,9 @@ class Student(nn.Module):
             x = layer(x, mask)
             states.append(x)
         return states
+
+    def first_token(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L, H) -> (B, H): the output's first token, the last layer computing only it."""
+        for layer in self.layers[:-1]:
+            x = layer(x, mask)
+        return self.layers[-1](x, mask, first_only=True)[:, 0]

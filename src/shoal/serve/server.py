@@ -91,6 +91,9 @@ class ServeConfig:
     """Intra-op threads (per worker); None: the runtime's default."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Precision of the students' matmuls."""
+    backend: Literal["torch", "onnxruntime"] = "torch"
+    """What runs the students: 'torch' (fused eager path) or 'onnxruntime' (CPU, float32;
+    prepacked weights, faster at small batches)."""
     profile_cache: str | None = None
     """Folder of cached cost profiles; None: the runtime's default (~/.cache/shoal/profiles)."""
     refresh_profile: bool = False
@@ -208,7 +211,11 @@ def start_runtime(cohort_dir: str | Path, config: ServeConfig) -> Any:
     from shoal.serve.runtime import Runtime, RuntimeConfig
 
     rc = RuntimeConfig(
-        device=config.device, workers=config.workers, threads=config.threads, dtype=config.dtype
+        device=config.device,
+        workers=config.workers,
+        threads=config.threads,
+        dtype=config.dtype,
+        backend=config.backend,
     )
     return Runtime.start(
         cohort_dir, rc, cache_dir=config.profile_cache, refresh_profile=config.refresh_profile

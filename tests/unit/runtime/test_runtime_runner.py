@@ -119,3 +119,45 @@ def test_runtime_in_process_profiles_once_and_caches(cohort, batch, tmp_path):
     files[0].write_text(json.dumps(record))
     with Runtime.start(tmp_path / "cohort", RuntimeConfig(), profile=grid, cache_dir=cache) as rt:
         assert rt.cost_model is not None and rt.cost_model.cost(2, 1, 4) == 0.5
+
+
+def test_onnxruntime_backend_equals_the_reference_for_every_k(cohort, batch):
+    runner = LocalRunner(cohort, backend="onnxruntime")
+    for k in range(1, cohort.n_students + 1):
+        ref = _reference(cohort, batch, k)
+        with torch.no_grad():
+            naive = cohort(*_args(batch), k).logits.double()
+        out = runner.run(*_args(batch), k)
+        assert out.dtype == torch.float32 and out.shape == (4, 2)
+        tol = 4 * (naive - ref).abs().max().item() + 1e-5
+        assert (out.double() - ref).abs().max().item() <= tol, k
+    # other batch sizes and lengths than the export's sample (dynamic axes)
+    one = {name: t[:1, :3] for name, t in batch.items()}
+    torch.testing.assert_close(
+        runner.run(*_args(one), 2), LocalRunner(cohort).run(*_args(one), 2), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_onnxruntime_partial_sums_add_up(cohort, batch):
+    runner = LocalRunner(cohort, backend="onnxruntime")
+    plan = workers_for(4, allocate(cohort.n_students, 2))
+    total = sum(runner.partial(*_args(batch), students, 4) for students in plan.values())
+    torch.testing.assert_close(
+        runner.finish(total), LocalRunner(cohort).run(*_args(batch), 4), rtol=1e-4, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"backend": "tvm"}, "backend='tvm' is unknown"),
+        ({"backend": "onnxruntime", "dtype": "bfloat16"}, "runs float32 on the CPU"),
+    ],
+)
+def test_bad_backends_are_refused(cohort, kw, match):
+    if kw.get("dtype") == "bfloat16" and not bf16_cpu_supported():
+        pytest.skip("this CPU has no native bf16")
+    with pytest.raises(ConfigError, match=match):
+        LocalRunner(cohort, **kw)
+    with pytest.raises(ConfigError, match=match.replace("runs float32 on the CPU", "runs float32")):
+        RuntimeConfig(**kw)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from shoal.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16")
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,6 +25,10 @@ class RuntimeConfig:
     dtype: str = "float32"
     """'float32', or 'bfloat16' for the students' matmuls (GPUs, and CPUs with native bf16);
     embeddings, the sum over students and the head stay float32."""
+    backend: str = "torch"
+    """What runs the students: 'torch' (the fused eager path, CPU and CUDA) or 'onnxruntime'
+    (each student an ONNX graph with prepacked weights; CPU and float32 only; faster at small
+    batches, see docs/results/kernels.md)."""
     replicate: bool = False
     """False: spread the students over the workers (lowest latency per batch). True: each
     worker holds as many students as memory allows, copies of the cohort serve batches side by
@@ -58,6 +63,13 @@ class RuntimeConfig:
             raise ConfigError(f"threads={self.threads} must be >= 1 or None")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} is unknown; use one of {DTYPES}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend={self.backend!r} is unknown; use one of {BACKENDS}")
+        if self.backend == "onnxruntime" and (self.device != "cpu" or self.dtype != "float32"):
+            raise ConfigError(
+                f"backend='onnxruntime' runs float32 on the CPU, not dtype={self.dtype!r} on "
+                f"device={self.device!r}; use backend='torch' for GPUs and bfloat16"
+            )
         if self.procs_per_gpu < 1:
             raise ConfigError(f"procs_per_gpu={self.procs_per_gpu} must be >= 1")
         if self.max_students_per_worker is not None and self.max_students_per_worker < 1:

@@ -190,7 +190,14 @@ class WorkerPool:
         proc = self._ctx.Process(
             target=worker_main,
             name=f"shoal-worker-{w.slot.index}",
-            args=(child, self.cohort_dir, w.slot, self.config.dtype, w.students),
+            args=(
+                child,
+                self.cohort_dir,
+                w.slot,
+                self.config.dtype,
+                w.students,
+                self.config.backend,
+            ),
             daemon=True,
         )
         # OpenMP reads these when torch loads, before the worker's own code runs.

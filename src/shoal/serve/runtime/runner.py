@@ -16,6 +16,8 @@ import torch
 from shoal.errors import ConfigError
 from shoal.models.cohort import ShoalModel
 from shoal.models.fused import FusedStudents
+from shoal.serve.runtime.config import BACKENDS
+from shoal.serve.runtime.ort import OrtStudents
 
 ArrayLike = Any
 """A (B, L) integer ``torch.Tensor`` or ``numpy.ndarray``."""
@@ -63,6 +65,7 @@ class LocalRunner:
         model: the cohort; moved to ``device`` and put in eval mode.
         dtype: precision of the students' matmuls ('float32' or 'bfloat16').
         threads: intra-op threads (``torch.set_num_threads``, process-wide); None leaves it.
+        backend: 'torch' (``FusedStudents``) or 'onnxruntime' (``OrtStudents``: CPU, float32).
     """
 
     def __init__(
@@ -71,13 +74,22 @@ class LocalRunner:
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = "float32",
         threads: int | None = None,
+        backend: str = "torch",
     ) -> None:
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend={backend!r} is unknown; use one of {BACKENDS}")
+        if backend == "onnxruntime" and (self.device.type != "cpu" or self.dtype != torch.float32):
+            raise ConfigError(
+                f"backend='onnxruntime' runs float32 on the CPU, not {self.dtype} on "
+                f"{self.device}; use backend='torch'"
+            )
+        self.backend = backend
         if threads is not None:
             torch.set_num_threads(threads)
         self.model = model.to(self.device).eval()
-        self._stacks: dict[tuple[int, ...], FusedStudents] = {}
+        self._stacks: dict[tuple[int, ...], FusedStudents | OrtStudents] = {}
 
     @property
     def n_students(self) -> int:
@@ -87,7 +99,7 @@ class LocalRunner:
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
 
-    def stack(self, students: Sequence[int]) -> tuple[FusedStudents, int]:
+    def stack(self, students: Sequence[int]) -> tuple[FusedStudents | OrtStudents, int]:
         """A fused stack whose first ``len(students)`` entries are ``students``, and that count.
 
         A stack built for a block serves every prefix of the block, so a worker builds one.
@@ -101,7 +113,12 @@ class LocalRunner:
             raise ConfigError(
                 f"students {list(want)} must be distinct, ascending ids in 0..{self.n_students - 1}"
             )
-        fused = FusedStudents([self.model.students[i] for i in want], self.dtype)
+        chosen = [self.model.students[i] for i in want]
+        fused: FusedStudents | OrtStudents
+        if self.backend == "onnxruntime":
+            fused = OrtStudents(chosen, torch.get_num_threads())
+        else:
+            fused = FusedStudents(chosen, self.dtype)
         self._stacks[want] = fused.to(self.device)
         return self._stacks[want], len(want)
 

@@ -62,7 +62,7 @@ class Runtime:
         if config.workers == 0:
             device = "cuda:0" if config.device == "cuda" else config.device
             model = ShoalModel.from_pretrained(cohort_dir, device)
-            backend = LocalRunner(model, device, config.dtype, config.threads)
+            backend = LocalRunner(model, device, config.dtype, config.threads, config.backend)
             backend.warmup()
         else:
             backend = WorkerPool(cohort_dir, config)

@@ -45,7 +45,12 @@ def pin(slot: Slot) -> None:
 
 
 def worker_main(
-    conn: Connection, cohort_dir: str, slot: Slot, dtype: str, students: tuple[int, ...]
+    conn: Connection,
+    cohort_dir: str,
+    slot: Slot,
+    dtype: str,
+    students: tuple[int, ...],
+    backend: str = "torch",
 ) -> None:
     """Entry point of a worker process; returns when told to stop or the parent goes away."""
     pin(slot)
@@ -58,7 +63,7 @@ def worker_main(
     if slot.device.startswith("cuda"):
         torch.cuda.set_device(torch.device(slot.device))
     model = ShoalModel.from_pretrained(Path(cohort_dir), slot.device)
-    runner = LocalRunner(model, slot.device, dtype)
+    runner = LocalRunner(model, slot.device, dtype, backend=backend)
     runner.warmup(students)
     conn.send(
         (

@@ -1,0 +1,114 @@
+"""Training-data augmentation for distillation: word replacement, as in TinyBERT, offline.
+
+A 2-layer student is short of data long before it is short of capacity (``distill.md``), and
+the teacher can label any text, so distillation may train on more text than the labelled set.
+Each augmented copy of an example replaces every word, with probability ``p``, by one of its
+``k`` nearest neighbours in the teacher's own word-embedding table (cosine similarity). That
+table stands in for TinyBERT's GloVe and masked-LM candidates and needs nothing beyond the
+teacher. Neighbours are often antonyms ("good" -> "bad"): the copies have no gold label, and
+distillation reads only the teacher's outputs on them.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable
+
+import torch
+
+from shoal.types import TextDataset
+
+_WORD = re.compile(r"[a-z]{2,}")
+
+
+def _is_word(token: str) -> bool:
+    return bool(_WORD.fullmatch(token))
+
+
+@torch.no_grad()
+def word_neighbours(
+    vocab: dict[str, int], embeddings: torch.Tensor, words: Iterable[str], k: int = 15
+) -> dict[str, list[str]]:
+    """The ``k`` nearest whole-word vocabulary entries of each word, by embedding cosine.
+
+    Args:
+        vocab: token -> row of ``embeddings`` (a WordPiece vocabulary).
+        embeddings: (V, H) input word embeddings of the teacher.
+        words: the words to find neighbours for; words that are not a single lowercase
+            vocabulary entry of two or more letters get none.
+    Returns:
+        word -> neighbours, nearest first (the word itself excluded).
+    """
+    candidates = sorted(t for t in vocab if _is_word(t))
+    rows = torch.tensor([vocab[t] for t in candidates])
+    table = torch.nn.functional.normalize(embeddings.detach().float()[rows], dim=-1)
+    wanted = sorted({w for w in words if _is_word(w) and w in vocab})
+    where = {t: i for i, t in enumerate(candidates)}
+    out: dict[str, list[str]] = {}
+    for start in range(0, len(wanted), 1024):
+        chunk = wanted[start : start + 1024]
+        sims = table[[where[w] for w in chunk]] @ table.T
+        sims[torch.arange(len(chunk)), [where[w] for w in chunk]] = -2.0  # not the word itself
+        top = sims.topk(min(k, len(candidates) - 1), dim=-1).indices.tolist()
+        out.update({w: [candidates[j] for j in row] for w, row in zip(chunk, top, strict=True)})
+    return out
+
+
+def replace_words(text: str, neighbours: dict[str, list[str]], p: float, rng: random.Random) -> str:
+    """``text`` with each known word replaced, with probability ``p``, by a random neighbour.
+
+    Words are split on whitespace; a word keeps its capitalisation style (Title or UPPER) and
+    anything else (punctuation, numbers, unknown words) is left as it is.
+    """
+    out = []
+    for word in text.split(" "):
+        near = neighbours.get(word.lower())
+        if near and rng.random() < p:
+            new = rng.choice(near)
+            new = new.title() if word.istitle() else new.upper() if word.isupper() else new
+            out.append(new)
+        else:
+            out.append(word)
+    return " ".join(out)
+
+
+def augment(
+    data: TextDataset,
+    neighbours: dict[str, list[str]],
+    copies: int,
+    p: float = 0.4,
+    seed: int = 0,
+) -> TextDataset:
+    """``data`` followed by up to ``copies`` word-replaced variants of every example.
+
+    Variants identical to their source (no word replaced) are dropped. A variant keeps its
+    source's label, which is not a gold label: train on the teacher's outputs, not on it.
+    Deterministic for a given ``seed``.
+    """
+    rng = random.Random(seed)
+    texts, labels = list(data.texts), list(data.labels)
+    sources = data.text_pairs if data.text_pairs is not None else [None] * len(data)
+    pairs: list[str | None] = list(sources)
+    for text, pair, label in zip(data.texts, sources, data.labels, strict=True):
+        seen = {(text, pair)}
+        for _ in range(copies):
+            new = replace_words(text, neighbours, p, rng)
+            new_pair = None if pair is None else replace_words(pair, neighbours, p, rng)
+            if (new, new_pair) in seen:
+                continue
+            seen.add((new, new_pair))
+            texts.append(new)
+            labels.append(label)
+            pairs.append(new_pair)
+    kept = None if data.text_pairs is None else [x or "" for x in pairs]
+    return TextDataset(texts, labels, kept, data.num_labels)
+
+
+def corpus_words(data: TextDataset) -> set[str]:
+    """Every lowercased whitespace-separated word of a split (both sides of pairs)."""
+    words: set[str] = set()
+    for texts in (data.texts, data.text_pairs or []):
+        for text in texts:
+            words.update(w.lower() for w in text.split(" "))
+    return words

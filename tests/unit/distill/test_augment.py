@@ -1,0 +1,88 @@
+"""Word-replacement augmentation: neighbours, copies, determinism, and its use in distill."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from shoal.data import load_task
+from shoal.distill.augment import augment, corpus_words, replace_words, word_neighbours
+from shoal.distill.distill import DistillConfig, distill
+from shoal.distill.trainer import TrainConfig
+from shoal.errors import ConfigError
+from shoal.models.cohort import ShoalModel
+from shoal.types import TextDataset
+
+VOCAB = {"[PAD]": 0, "good": 1, "great": 2, "bad": 3, "film": 4, "movie": 5, "##s": 6, "a": 7}
+
+
+def _embeddings() -> torch.Tensor:
+    e = torch.zeros(len(VOCAB), 3)
+    e[VOCAB["good"]] = torch.tensor([1.0, 0.1, 0.0])
+    e[VOCAB["great"]] = torch.tensor([1.0, 0.0, 0.0])
+    e[VOCAB["bad"]] = torch.tensor([0.6, 0.8, 0.0])
+    e[VOCAB["film"]] = torch.tensor([0.0, 0.0, 1.0])
+    e[VOCAB["movie"]] = torch.tensor([0.0, 0.1, 1.0])
+    e[VOCAB["##s"]] = torch.tensor([1.0, 0.1, 0.0])  # a word piece: never a candidate
+    return e
+
+
+def test_neighbours_are_nearest_whole_words_by_cosine():
+    near = word_neighbours(VOCAB, _embeddings(), ["good", "film", "unknown", "a", "##s"], k=2)
+    assert near == {"good": ["great", "bad"], "film": ["movie", "good"]}
+
+
+def test_replace_words_keeps_unknown_words_and_capitalisation():
+    near = {"good": ["great"], "film": ["movie"]}
+    rng = random.Random(0)
+    assert replace_words("A Good film , 10 / 10", near, 1.0, rng) == "A Great movie , 10 / 10"
+    assert replace_words("GOOD film", near, 1.0, rng) == "GREAT movie"
+    assert replace_words("good film", near, 0.0, rng) == "good film"
+
+
+def test_augment_appends_distinct_copies_deterministically():
+    data = TextDataset(["good film", "a"], [1, 0])
+    near = {"good": ["great", "bad"], "film": ["movie"]}
+    out = augment(data, near, copies=5, p=0.5, seed=1)
+    assert out.texts[:2] == data.texts and out.labels[:2] == data.labels
+    extra = out.texts[2:]
+    assert extra and len(set(extra)) == len(extra) and "good film" not in extra
+    assert "a" not in extra  # nothing to replace: no copy
+    assert set(out.labels[2:]) == {1}
+    assert augment(data, near, copies=5, p=0.5, seed=1) == out
+    assert corpus_words(data) == {"good", "film", "a"}
+
+
+def test_augment_replaces_both_sides_of_pairs():
+    data = TextDataset(["good"], [1], ["film"])
+    out = augment(data, {"good": ["great"], "film": ["movie"]}, copies=3, p=1.0)
+    assert out.texts == ["good", "great"] and out.text_pairs == ["film", "movie"]
+
+
+def test_distill_with_augmentation_trains_on_more_examples(tmp_path, tiny_data, tiny_teacher):
+    cfg = DistillConfig(
+        teacher=str(tiny_teacher),
+        data=str(tiny_data),
+        out=str(tmp_path / "aug"),
+        n_students=1,
+        max_length=32,
+        augment=2,
+        train=TrainConfig(epochs=1, lr=1e-3, batch_size=32, seed=0),
+    )
+    distill(cfg)
+    key = json.loads(next((tmp_path / "aug" / "cache").glob("depth*/teacher.json")).read_text())
+    n_train = len(load_task(str(tiny_data)).splits["train"])
+    assert key["augment"] == [2, 0.4, 15, 0]
+    assert n_train < key["n"] <= 3 * n_train  # the teacher labelled the copies too
+    assert ShoalModel.from_pretrained(tmp_path / "aug").n_students == 1
+
+
+@pytest.mark.parametrize(
+    "kw", [{"augment": -1}, {"augment": 1, "augment_p": 0.0}, {"augment": 1, "w_ce": 0.5}]
+)
+def test_bad_augmentation_settings_are_refused(kw):
+    with pytest.raises(ConfigError, match="augment"):
+        DistillConfig(teacher="t", **kw)
