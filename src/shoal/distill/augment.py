@@ -20,6 +20,7 @@ import torch
 from shoal.types import TextDataset
 
 _WORD = re.compile(r"[a-z]{2,}")
+_LETTERS = re.compile(r"[A-Za-z]+")
 
 
 def _is_word(token: str) -> bool:
@@ -58,19 +59,19 @@ def word_neighbours(
 def replace_words(text: str, neighbours: dict[str, list[str]], p: float, rng: random.Random) -> str:
     """``text`` with each known word replaced, with probability ``p``, by a random neighbour.
 
-    Words are split on whitespace; a word keeps its capitalisation style (Title or UPPER) and
-    anything else (punctuation, numbers, unknown words) is left as it is.
+    Words are runs of letters, so punctuation, numbers and spacing stay as they are; a word
+    keeps its capitalisation style (Title or UPPER); words without neighbours are kept.
     """
-    out = []
-    for word in text.split(" "):
+
+    def swap(match: re.Match[str]) -> str:
+        word = match.group(0)
         near = neighbours.get(word.lower())
-        if near and rng.random() < p:
-            new = rng.choice(near)
-            new = new.title() if word.istitle() else new.upper() if word.isupper() else new
-            out.append(new)
-        else:
-            out.append(word)
-    return " ".join(out)
+        if not near or rng.random() >= p:
+            return word
+        new = rng.choice(near)
+        return new.title() if word.istitle() else new.upper() if word.isupper() else new
+
+    return _LETTERS.sub(swap, text)
 
 
 def augment(
@@ -106,9 +107,9 @@ def augment(
 
 
 def corpus_words(data: TextDataset) -> set[str]:
-    """Every lowercased whitespace-separated word of a split (both sides of pairs)."""
+    """Every lowercased word (run of letters) of a split, both sides of pairs."""
     words: set[str] = set()
     for texts in (data.texts, data.text_pairs or []):
         for text in texts:
-            words.update(w.lower() for w in text.split(" "))
+            words.update(w.lower() for w in _LETTERS.findall(text))
     return words

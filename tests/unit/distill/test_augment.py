@@ -39,7 +39,8 @@ def test_replace_words_keeps_unknown_words_and_capitalisation():
     near = {"good": ["great"], "film": ["movie"]}
     rng = random.Random(0)
     assert replace_words("A Good film , 10 / 10", near, 1.0, rng) == "A Great movie , 10 / 10"
-    assert replace_words("GOOD film", near, 1.0, rng) == "GREAT movie"
+    assert replace_words("GOOD film.", near, 1.0, rng) == "GREAT movie."
+    assert replace_words("(good)  films", near, 1.0, rng) == "(great)  films"
     assert replace_words("good film", near, 0.0, rng) == "good film"
 
 
@@ -54,6 +55,7 @@ def test_augment_appends_distinct_copies_deterministically():
     assert set(out.labels[2:]) == {1}
     assert augment(data, near, copies=5, p=0.5, seed=1) == out
     assert corpus_words(data) == {"good", "film", "a"}
+    assert corpus_words(TextDataset(["Good, (film)!"], [1])) == {"good", "film"}
 
 
 def test_augment_replaces_both_sides_of_pairs():
