@@ -189,7 +189,7 @@ def add_student(
     k: int,
     enc: Encoded,
     cache: TeacherCache,
-    ensemble: Ensemble,
+    ensemble: Ensemble | None,
     pad_id: int,
     config: DistillConfig,
 ) -> float:
@@ -202,7 +202,7 @@ def add_student(
     (``method='average'``) count 1 each (ShoalModel divides by k at use) and never read the
     ensemble, so for them nothing is computed.
     """
-    if config.method == "average":
+    if config.method == "average" or ensemble is None:
         model.alpha[k] = 1.0
         return 1.0
     outputs = TokenStore(enc.lengths(), model.config.hidden_size)
@@ -336,11 +336,16 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     shared += [] if config.space == "logits" else [*model.head.parameters()]
     for p in shared:
         p.requires_grad_(False)  # shared by all students: frozen so cached outputs stay valid
-    ensemble = Ensemble(
-        TokenStore(enc["train"].lengths(), model.config.hidden_size),
-        torch.zeros(len(enc["train"]), model.config.num_labels),
+    # Averaged students never read the running ensemble: no (n_tokens, H) store for them.
+    ensemble = (
+        None
+        if config.method == "average"
+        else Ensemble(
+            TokenStore(enc["train"].lengths(), model.config.hidden_size),
+            torch.zeros(len(enc["train"]), model.config.num_labels),
+        )
     )
-    state = _resume(out, model, enc["train"], ensemble if config.method != "average" else None, pad)
+    state = _resume(out, model, enc["train"], ensemble, pad)
     table: list[dict] = state["table"]
     seconds: list[float] = state["seconds"]
     evaluator = PrefixEvaluator(model, enc, pad)
@@ -464,18 +469,19 @@ def _train_student(
     k: int,
     enc: Encoded,
     cache: TeacherCache,
-    ensemble: Ensemble,
+    ensemble: Ensemble | None,
     pad: int,
     config: DistillConfig,
 ) -> None:
-    """Train student k against the residual and the stacking target; others stay frozen."""
+    """Train student k against the residual and the stacking target; others stay frozen.
+    ``ensemble`` is None for averaged students (they fit the teacher itself)."""
     student = model.students[k]
     hidden = model.config.hidden_size
     proj = nn.Linear(hidden, hidden)  # maps the intermediate state onto b_{k-1}; discarded
     with torch.no_grad():
         proj.weight.copy_(torch.eye(hidden))
         proj.bias.zero_()
-    boost = config.method != "average"
+    boost = ensemble is not None
     stack = config.method != "boost" and config.w_stack > 0 and config.student_layers > 1
     logit_space = config.space == "logits"
     head = model.heads[k] if logit_space else model.head
@@ -484,7 +490,7 @@ def _train_student(
     torch.manual_seed(config.train.seed + k)
     # Post-LN students emit unit-scale states while later residuals are small: a learned
     # scalar c lets student k fit r_k as c * s_k (alpha_k replaces c once it is trained).
-    c = nn.Parameter(torch.tensor(_initial_scale(model, k, enc, cache, ensemble, pad, boost)))
+    c = nn.Parameter(torch.tensor(_initial_scale(model, k, enc, cache, ensemble, pad)))
 
     def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
         idx, mask = b["index"].tolist(), b["attention_mask"]
@@ -492,10 +498,18 @@ def _train_student(
             x, amask = model.embed(b["input_ids"], mask, b["token_type_ids"])
         states = student(x, amask)
         teacher_states = cache.final.gather(idx)
-        prev = ensemble.hidden.gather(idx) if boost and k > 0 else torch.zeros_like(teacher_states)
+        prev = (
+            ensemble.hidden.gather(idx)
+            if ensemble is not None and k > 0
+            else torch.zeros_like(teacher_states)
+        )
         if logit_space:  # own head: the residual is in logits
             z = c * head(states[-1][:, 0])
-            prev_logits = ensemble.logits[b["index"]] if boost and k > 0 else torch.zeros_like(z)
+            prev_logits = (
+                ensemble.logits[b["index"]]
+                if ensemble is not None and k > 0
+                else torch.zeros_like(z)
+            )
             t_logits = cache.logits[b["index"]]
             loss = config.w_res * losses.residual_loss(
                 z[:, None], (t_logits - prev_logits)[:, None], mask[:, :1]
@@ -608,14 +622,13 @@ def _initial_scale(
     k: int,
     enc: Encoded,
     cache: TeacherCache,
-    ensemble: Ensemble,
+    ensemble: Ensemble | None,
     pad: int,
-    boost: bool,
     batches: int = 4,
 ) -> float:
     """RMS ratio of the residual to the untrained student's output on a few batches (hidden
-    states, or logits with a head per student)."""
-    if not boost or k == 0:
+    states, or logits with a head per student); 1 without boosting (``ensemble`` None)."""
+    if ensemble is None or k == 0:
         return 1.0
     r2 = s2 = 0.0
     for i, (idx, mask, s) in enumerate(student_outputs(model, k, enc, pad)):
