@@ -288,7 +288,7 @@ def bench_kernels(
     ),
     iters: int = typer.Option(50, help="Timed iterations per case."),
 ) -> None:
-    """Micro-benchmark the cohort (fused, ONNX Runtime, one-by-one, threaded, multi-process) vs the teacher."""
+    """Micro-benchmark the cohort (fused, ONNX Runtime, threaded, workers) against the teacher."""
     from shoal.bench.kernels import kernels_command
 
     try:

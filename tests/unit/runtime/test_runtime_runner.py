@@ -151,7 +151,7 @@ def test_onnxruntime_partial_sums_add_up(cohort, batch):
     "kw, match",
     [
         ({"backend": "tvm"}, "backend='tvm' is unknown"),
-        ({"backend": "onnxruntime", "dtype": "bfloat16"}, "runs float32 on the CPU"),
+        ({"backend": "onnxruntime", "dtype": "bfloat16"}, "runs float32 on the CPU, not"),
     ],
 )
 def test_bad_backends_are_refused(cohort, kw, match):
@@ -159,5 +159,5 @@ def test_bad_backends_are_refused(cohort, kw, match):
         pytest.skip("this CPU has no native bf16")
     with pytest.raises(ConfigError, match=match):
         LocalRunner(cohort, **kw)
-    with pytest.raises(ConfigError, match=match.replace("runs float32 on the CPU", "runs float32")):
+    with pytest.raises(ConfigError, match=match):
         RuntimeConfig(**kw)

@@ -10,6 +10,17 @@ DTYPES = ("float32", "bfloat16")
 BACKENDS = ("torch", "onnxruntime")
 
 
+def check_backend(backend: str, device: str, dtype: str) -> None:
+    """Refuse an unknown backend, and what ONNX Runtime cannot run here (GPUs, bfloat16)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend={backend!r} is unknown; use one of {BACKENDS}")
+    if backend == "onnxruntime" and (device != "cpu" or dtype != "float32"):
+        raise ConfigError(
+            f"backend='onnxruntime' runs float32 on the CPU, not dtype={dtype!r} on "
+            f"device={device!r}; use backend='torch' for GPUs and bfloat16"
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class RuntimeConfig:
     """How the cohort is laid out on this machine."""
@@ -63,13 +74,7 @@ class RuntimeConfig:
             raise ConfigError(f"threads={self.threads} must be >= 1 or None")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} is unknown; use one of {DTYPES}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend={self.backend!r} is unknown; use one of {BACKENDS}")
-        if self.backend == "onnxruntime" and (self.device != "cpu" or self.dtype != "float32"):
-            raise ConfigError(
-                f"backend='onnxruntime' runs float32 on the CPU, not dtype={self.dtype!r} on "
-                f"device={self.device!r}; use backend='torch' for GPUs and bfloat16"
-            )
+        check_backend(self.backend, self.device, self.dtype)
         if self.procs_per_gpu < 1:
             raise ConfigError(f"procs_per_gpu={self.procs_per_gpu} must be >= 1")
         if self.max_students_per_worker is not None and self.max_students_per_worker < 1:

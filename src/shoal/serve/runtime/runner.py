@@ -16,7 +16,7 @@ import torch
 from shoal.errors import ConfigError
 from shoal.models.cohort import ShoalModel
 from shoal.models.fused import FusedStudents
-from shoal.serve.runtime.config import BACKENDS
+from shoal.serve.runtime.config import check_backend
 from shoal.serve.runtime.ort import OrtStudents
 
 ArrayLike = Any
@@ -78,13 +78,7 @@ class LocalRunner:
     ) -> None:
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        if backend not in BACKENDS:
-            raise ConfigError(f"backend={backend!r} is unknown; use one of {BACKENDS}")
-        if backend == "onnxruntime" and (self.device.type != "cpu" or self.dtype != torch.float32):
-            raise ConfigError(
-                f"backend='onnxruntime' runs float32 on the CPU, not {self.dtype} on "
-                f"{self.device}; use backend='torch'"
-            )
+        check_backend(backend, self.device.type, str(self.dtype).removeprefix("torch."))
         self.backend = backend
         if threads is not None:
             torch.set_num_threads(threads)
