@@ -176,3 +176,17 @@ def test_burst_beyond_capacity_gets_429_never_a_hang(start_server):
         assert c.get("/health").status_code == 200
     assert f'shoal_requests_total{{status="429"}} {statuses.count(429)}.0' in metrics
     assert srv.terminate() == 0
+
+
+def test_onnxruntime_backend_serves_the_same_answers(server, start_server):
+    """`--backend onnxruntime` runs the students on ONNX Runtime: same scores, same routes."""
+    ort = start_server("--backend", "onnxruntime")
+    texts = ["a good movie", "bad plot , awful", "good"]
+    with http(server) as c, httpx.Client(base_url=ort.url, timeout=30, trust_env=False) as o:
+        want = c.post("/v1/classify", json={"texts": texts, "min_k": 3}).json()["results"]
+        got = o.post("/v1/classify", json={"texts": texts, "min_k": 3}).json()["results"]
+        info = o.get("/info").json()
+    assert info["config"]["backend"] == "onnxruntime"
+    for a, b in zip(want, got, strict=True):
+        assert a["label"] == b["label"] and a["students_used"] == b["students_used"] == 3
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-4)
