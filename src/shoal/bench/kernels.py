@@ -385,47 +385,35 @@ def _in_process_cases(
     large: int,
 ) -> list[Case]:
     n, ccfg, tcfg = model.n_students, model.config, teacher.config
-    fused = LocalRunner(model)
-    fused_bf16 = LocalRunner(model, dtype="bfloat16") if bf16 else None
     sess = ort_session(onnx_path, t) if onnx_path is not None else None
-    cohort_ort = LocalRunner(model, backend="onnxruntime") if onnx_path is not None else None
+    # (case name, runner, the k it is timed at)
+    runners: list[tuple[str, LocalRunner, list[int]]] = [
+        ("cohort fused", LocalRunner(model), list(range(1, n + 1)))
+    ]
+    if bf16:
+        runners.append(("cohort fused bf16", LocalRunner(model, dtype="bfloat16"), sorted({1, n})))
+    if onnx_path is not None:
+        runners.append(
+            (
+                "cohort ONNX Runtime",
+                LocalRunner(model, backend="onnxruntime"),
+                list(range(1, n + 1)),
+            )
+        )
     cases = []
     for b in (1, large):
-        for k in range(1, n + 1):
-            cases.append(
+        for name, runner, ks in runners:
+            cases.extend(
                 Case(
-                    "cohort fused",
+                    name,
                     b,
                     k,
                     t,
                     cohort_flops(ccfg, k, b, length),
-                    lambda x, k=k, r=fused: r.run(*_args(x), k),
+                    lambda x, k=k, r=runner: r.run(*_args(x), k),
                 )
+                for k in ks
             )
-        if fused_bf16 is not None:
-            for k in sorted({1, n}):
-                cases.append(
-                    Case(
-                        "cohort fused bf16",
-                        b,
-                        k,
-                        t,
-                        cohort_flops(ccfg, k, b, length),
-                        lambda x, k=k, r=fused_bf16: r.run(*_args(x), k),
-                    )
-                )
-        if cohort_ort is not None:
-            for k in range(1, n + 1):
-                cases.append(
-                    Case(
-                        "cohort ONNX Runtime",
-                        b,
-                        k,
-                        t,
-                        cohort_flops(ccfg, k, b, length),
-                        lambda x, k=k, r=cohort_ort: r.run(*_args(x), k),
-                    )
-                )
         cases.append(
             Case(
                 "cohort one-by-one",
