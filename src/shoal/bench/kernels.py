@@ -526,6 +526,38 @@ def _find(
     return None
 
 
+def _family_ratios(
+    cases: list[dict[str, Any]],
+    system: str,
+    prefix: str,
+    t: int,
+    n: int,
+    large: int,
+    peak: float,
+    hf: dict[str, Any] | None,
+    ort: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """One cohort implementation's ratios: overhead above the compute floor (full cohort
+    against one student), speedups over both teachers at batch 1, share of the peak at the
+    large batch. Keys carry ``prefix``."""
+    full, one = _find(cases, system, 1, n, t), _find(cases, system, 1, 1, t)
+    big = _find(cases, system, large, n, t)
+    row: dict[str, Any] = {}
+    if full and one:
+        over_full = full["p50_ms"] - 1e3 * full["flops"] / (peak * 1e9)
+        over_one = one["p50_ms"] - 1e3 * one["flops"] / (peak * 1e9)
+        row["overhead_ms_full"], row["overhead_ms_one"] = over_full, over_one
+        row["overhead_ratio"] = over_full / over_one if over_one > 0 else None
+    if full and hf:
+        row["speedup_vs_hf_eager"] = hf["p50_ms"] / full["p50_ms"]
+    if full and ort:
+        row["speedup_vs_onnxruntime"] = ort["p50_ms"] / full["p50_ms"]
+    if big:
+        row["large_batch_gflops"] = big["gflops"]
+        row["large_batch_peak_frac"] = big["gflops"] / peak
+    return {prefix + key: value for key, value in row.items()}
+
+
 def summarize(
     cases: list[dict[str, Any]], peaks: dict[str, float], n: int, large: int
 ) -> dict[str, Any]:
@@ -535,49 +567,16 @@ def summarize(
         if not key.startswith("fp32_t"):
             continue
         t = int(key.removeprefix("fp32_t"))
-        full, one = _find(cases, "cohort fused", 1, n, t), _find(cases, "cohort fused", 1, 1, t)
-        hf, ort = (
-            _find(cases, "teacher HF eager", 1, None, t),
-            _find(cases, "teacher ONNX Runtime", 1, None, t),
-        )
-        big = _find(cases, "cohort fused", large, n, t)
+        hf = _find(cases, "teacher HF eager", 1, None, t)
+        ort = _find(cases, "teacher ONNX Runtime", 1, None, t)
         row: dict[str, Any] = {"peak_gflops": peak}
-        if full and one:
-            over_full = full["p50_ms"] - 1e3 * full["flops"] / (peak * 1e9)
-            over_one = one["p50_ms"] - 1e3 * one["flops"] / (peak * 1e9)
-            row["overhead_ms_full"], row["overhead_ms_one"] = over_full, over_one
-            row["overhead_ratio"] = over_full / over_one if over_one > 0 else None
-        if full and hf:
-            row["speedup_vs_hf_eager"] = hf["p50_ms"] / full["p50_ms"]
-        if full and ort:
-            row["speedup_vs_onnxruntime"] = ort["p50_ms"] / full["p50_ms"]
-        if big:
-            row["large_batch_gflops"] = big["gflops"]
-            row["large_batch_peak_frac"] = big["gflops"] / peak
-        bf = _find(cases, "cohort fused bf16", 1, n, t)
-        bf_one = _find(cases, "cohort fused bf16", 1, 1, t)
-        bf_peak = peaks.get(f"bf16_t{t}")
-        if bf and bf_one and bf_peak:
-            over_full = bf["p50_ms"] - 1e3 * bf["flops"] / (bf_peak * 1e9)
-            over_one = bf_one["p50_ms"] - 1e3 * bf_one["flops"] / (bf_peak * 1e9)
-            row["bf16_overhead_ratio"] = over_full / over_one if over_one > 0 else None
-        if bf and hf:
-            row["bf16_speedup_vs_hf_eager"] = hf["p50_ms"] / bf["p50_ms"]
-        if bf and ort:
-            row["bf16_speedup_vs_onnxruntime"] = ort["p50_ms"] / bf["p50_ms"]
-        ort_full = _find(cases, "cohort ONNX Runtime", 1, n, t)
-        ort_one = _find(cases, "cohort ONNX Runtime", 1, 1, t)
-        if ort_full and ort_one:
-            over_full = ort_full["p50_ms"] - 1e3 * ort_full["flops"] / (peak * 1e9)
-            over_one = ort_one["p50_ms"] - 1e3 * ort_one["flops"] / (peak * 1e9)
-            row["ort_overhead_ratio"] = over_full / over_one if over_one > 0 else None
-        if ort_full and hf:
-            row["ort_speedup_vs_hf_eager"] = hf["p50_ms"] / ort_full["p50_ms"]
-        if ort_full and ort:
-            row["ort_speedup_vs_onnxruntime"] = ort["p50_ms"] / ort_full["p50_ms"]
-        ort_big = _find(cases, "cohort ONNX Runtime", large, n, t)
-        if ort_big:
-            row["ort_large_batch_peak_frac"] = ort_big["gflops"] / peak
+        for prefix, system, family_peak in (
+            ("", "cohort fused", peak),
+            ("bf16_", "cohort fused bf16", peaks.get(f"bf16_t{t}")),
+            ("ort_", "cohort ONNX Runtime", peak),
+        ):
+            if family_peak:
+                row |= _family_ratios(cases, system, prefix, t, n, large, family_peak, hf, ort)
         out[f"threads_{t}"] = row
     procs = [c for c in cases if " proc x " in c["system"]]
     out["multiprocess"] = {
