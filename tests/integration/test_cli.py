@@ -89,3 +89,16 @@ def test_errors_are_one_line_messages(tmp_path, tiny_teacher, tiny_data):
         ],
     )
     assert r.exit_code == 2 and "method='magic' is unknown" in r.output
+
+
+def test_finetune_selects_on_long_dev_examples(tmp_path, tiny_teacher, tiny_data):
+    common = ["finetune", "--model", str(tiny_teacher), "--data", str(tiny_data)]
+    common += ["--epochs", "1", "--lr", "1e-3", "--max-length", "32", "--evals-per-epoch", "1"]
+    r = runner.invoke(app, [*common, "--out", str(tmp_path / "t"), "--select-min-words", "6"])
+    assert r.exit_code == 0, r.output
+    selection = _json_tail(r.stdout)["selection"]
+    dev = (tiny_data / "dev.tsv").read_text().splitlines()[1:]
+    long_dev = [row for row in dev if len(row.split("\t")[0].split()) >= 6]
+    assert selection["examples"] == len(long_dev) > 0
+    r = runner.invoke(app, [*common, "--out", str(tmp_path / "u"), "--select-min-words", "99"])
+    assert r.exit_code == 2 and "no dev example has 99 or more words" in r.output

@@ -111,3 +111,13 @@ def test_dev_is_carved_from_train_when_missing(tmp_path, tiny_data):
     assert len(task.splits["dev"]) == 20 and len(task.splits["train"]) == 180
     assert set(task.splits["dev"].texts) <= set(load_task(folder).splits["train"].texts)
     assert with_dev_split(load_task(tiny_data)).splits["dev"] is not None
+
+
+def test_min_words_keeps_long_examples_of_both_kinds():
+    from shoal.types import TextDataset
+
+    single = TextDataset(["a b c", "a", "a b"], [1, 0, 1])
+    assert single.min_words(2) == TextDataset(["a b c", "a b"], [1, 1])
+    pairs = TextDataset(["a", "a b"], [0, 1], ["b c", "c"])
+    assert pairs.min_words(3) == TextDataset(["a", "a b"], [0, 1], ["b c", "c"])
+    assert len(pairs.min_words(4)) == 0
