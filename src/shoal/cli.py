@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -248,6 +249,9 @@ def bench_serve(
     client: str = typer.Option(
         "httpx", help="Load generator transport: httpx, or raw (flat cost per request in flight)."
     ),
+    shoal_flags: str = typer.Option(
+        "", help="Extra `shoal serve` flags for every Shoal system, e.g. '--headroom 0.5'."
+    ),
 ) -> None:
     """Shoal and the baselines under the same seeded workloads, side by side."""
     from shoal.bench.serve_bench import ServeBenchConfig, run_serve_bench
@@ -271,6 +275,7 @@ def bench_serve(
             threads=threads,
             seed=seed,
             client=client,  # type: ignore[arg-type]
+            extra_shoal_flags=tuple(shlex.split(shoal_flags)),
         )
         run_serve_bench(cfg)
     except ShoalError as e:

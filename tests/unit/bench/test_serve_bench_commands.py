@@ -47,3 +47,12 @@ def test_unknown_load_generator_transport_is_refused():
 
     with pytest.raises(ConfigError, match="client='curl'"):
         ServeBenchConfig(cohort="c", teacher="t", data="d", client="curl")  # type: ignore[arg-type]
+
+
+def test_extra_flags_reach_every_shoal_server_and_no_teacher():
+    config = ServeBenchConfig(
+        cohort="c", teacher="t", data="d", deep="deep", extra_shoal_flags=("--headroom", "0.5")
+    )
+    _, served = _serve_config(server_command("shoal-onnx", config, 8000))
+    assert served.headroom == 0.5 and served.backend == "onnxruntime"
+    assert "--headroom" not in server_command("teacher-torch", config, 8000)
