@@ -200,9 +200,9 @@ def add_student(
     In hidden space the boosting loss is over every real token (``boost_on='tokens'``) or the
     first token only ('cls'); in logit space it is over the logits. Averaged students
     (``method='average'``) count 1 each (ShoalModel divides by k at use) and never read the
-    ensemble, so for them nothing is computed.
+    ensemble, which is None for them, so nothing is computed.
     """
-    if config.method == "average" or ensemble is None:
+    if ensemble is None:
         model.alpha[k] = 1.0
         return 1.0
     outputs = TokenStore(enc.lengths(), model.config.hidden_size)
