@@ -55,6 +55,7 @@ def test_every_route_answers(server):
         "shoal_batch_size",
         "shoal_queue_depth",
         "shoal_active_students",
+        "shoal_cost_scale",
         "shoal_requests_total",
         "shoal_rejected_total",
         "shoal_padded_tokens_total",

@@ -335,6 +335,9 @@ async def test_info_health_and_metrics(cohort_dir):
         if line.startswith("shoal_") and " " in line
     }
     assert samples["shoal_real_tokens_total"] > 0
+    # The fake's profile predicts microseconds; one real batch takes far longer, so the
+    # calibration took one clipped step up, and /info and /metrics report the same value.
+    assert info["cost_scale"] == samples["shoal_cost_scale"] == pytest.approx(4 ** (2 / 17))
     assert samples["shoal_padded_tokens_total"] == (
         samples["shoal_real_tokens_total"] + samples["shoal_padding_tokens_total"]
     )

@@ -36,6 +36,7 @@ shoal_queue_depth{device="cpu0"} 2
 shoal_queue_depth{device="cpu1"} 5
 shoal_padded_tokens_total 120.0
 shoal_real_tokens_total 880.0
+shoal_cost_scale 1.25
 """
 
 
@@ -156,7 +157,8 @@ def test_every_request_recorded_with_status_headers_and_accuracy(client: str) ->
     # A scrape before the first send and one after the last answer, whatever happens between.
     assert result.metrics_available and len(result.timeline) >= 2
     first = result.timeline[0]
-    assert (first.active_students, first.queue_depth) == (3, 7)
+    assert (first.active_students, first.queue_depth, first.cost_scale) == (3, 7, 1.25)
+    assert s["max_cost_scale"] == 1.25
     assert s["padding_ratio"] is None  # the fake's counters never move during the run
 
 
@@ -220,6 +222,7 @@ def test_top_label_and_prometheus_parsing() -> None:
         "shoal_queue_depth": 7.0,
         "shoal_padded_tokens_total": 120.0,
         "shoal_real_tokens_total": 880.0,
+        "shoal_cost_scale": 1.25,
     }
 
 

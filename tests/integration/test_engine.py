@@ -316,3 +316,39 @@ async def test_long_requests_tokenise_off_the_loop_with_the_same_result(cohort_d
     assert threaded == inline and inline[0].truncated
     assert encoder.tokenizer.truncation_side == "right"  # restored after the left cut
     encoder.close()
+
+
+@pytest.mark.parametrize("calibrate", [True, False])
+async def test_batches_slower_than_profiled_make_the_policy_prune_earlier(cohort_dir, calibrate):
+    # Every batch takes 3x what the cost model says. The backlog fits the drain budget at k=3
+    # by the profile, so only a calibrated scheduler sees that it does not.
+    clock = ManualClock()
+    rt = FakeRuntime.load(
+        cohort_dir, cost_model=linear_costs(per_token_s=1.4e-4), clock=clock, slowdown=3.0
+    )
+    engine, encoder, _ = make_engine(cohort_dir, rt, clock=clock, calibrate=calibrate)
+    await engine.start()
+    try:
+        for i in range(30):  # light load: one request at a time, every answer at k=3
+            (pred,) = await engine.predict(await encoder.encode_all([(SHORT[i % 6], None)]))
+            assert pred.k == 3
+            clock.advance(1.0)
+        scale = engine.cost_scale
+        gate = rt.hold()
+        first = engine.enqueue(await encoder.encode_all([(SHORT[0], None)]))
+        await entered(rt)
+        backlog = engine.enqueue(await encoder.encode_all([(SHORT[i % 6], None)] * 40))
+        gate.set()
+        await first.wait()
+        preds = await backlog.wait()
+    finally:
+        await engine.stop()
+    budget = 0.8 * 0.1
+    predicted = rt.cost_model.cost(3, 40, rt.calls[-1].length)
+    assert predicted < budget < 3 * predicted  # the profile says k=3 fits; the truth does not
+    if calibrate:
+        assert scale == pytest.approx(3.0, rel=0.05)
+        assert {p.k for p in preds} == {1}
+    else:
+        assert scale == 1.0
+        assert {p.k for p in preds} == {3}

@@ -69,6 +69,8 @@ class FakeRuntime:
 
     ``gate``: when set to an unset event, each ``execute`` waits for it (set it to release).
     ``entered``: set as soon as an ``execute`` starts. ``fail``: raise instead of computing.
+    ``clock`` with ``slowdown``: each ``execute`` advances the manual clock by ``slowdown`` times
+    what the cost model predicts for the batch (a machine slower than its profile).
     """
 
     model: ShoalModel
@@ -78,6 +80,8 @@ class FakeRuntime:
     fail: bool = False
     calls: list[Call] = field(default_factory=list)
     closed: bool = False
+    clock: ManualClock | None = None
+    slowdown: float = 1.0
 
     @classmethod
     def load(cls, cohort: Path, **kwargs) -> FakeRuntime:
@@ -96,6 +100,9 @@ class FakeRuntime:
             raise TimeoutError("test gate never released")
         if self.fail:
             raise RuntimeError("injected failure")
+        if self.clock is not None:
+            batch, length = input_ids.shape
+            self.clock.advance(self.slowdown * self.cost_model.cost(k, batch, length))
         with torch.inference_mode():
             return self.model(
                 input_ids, attention_mask, token_type_ids, k=k, fused=True
@@ -138,6 +145,7 @@ def make_engine(
     up_hold_s: float = 1.0,
     deadline_s: float | None = None,
     truncate: bool = True,
+    calibrate: bool = True,
 ):
     """An engine over the fake runtime and the cohort's tokenizer: ``(engine, encoder, rt)``."""
     import time
@@ -158,7 +166,8 @@ def make_engine(
         up_hold_s=up_hold_s,
     )
     scheduler = Scheduler(
-        SchedulerConfig(policy=policy, buffer=BufferConfig(capacity=capacity)), rt.cost_model
+        SchedulerConfig(policy=policy, buffer=BufferConfig(capacity=capacity), calibrate=calibrate),
+        rt.cost_model,
     )
     encoder = TextEncoder(
         AutoTokenizer.from_pretrained(cohort), 32, truncate=truncate, max_chars=2000

@@ -29,7 +29,8 @@ ACTIVE_STUDENTS = "shoal_active_students"
 QUEUE_DEPTH = "shoal_queue_depth"
 PADDED_TOKENS = "shoal_padded_tokens_total"
 REAL_TOKENS = "shoal_real_tokens_total"
-METRIC_NAMES = (ACTIVE_STUDENTS, QUEUE_DEPTH, PADDED_TOKENS, REAL_TOKENS)
+COST_SCALE = "shoal_cost_scale"
+METRIC_NAMES = (ACTIVE_STUDENTS, QUEUE_DEPTH, PADDED_TOKENS, REAL_TOKENS, COST_SCALE)
 
 Client = Literal["httpx", "raw"]
 CLIENTS: tuple[Client, ...] = ("httpx", "raw")
@@ -76,6 +77,8 @@ class MetricSample:
     queue_depth: float | None
     padded_tokens: float | None
     real_tokens: float | None
+    cost_scale: float | None = None
+    """Measured over profiled batch time (the pruning policy's calibration)."""
 
 
 @dataclass(frozen=True)
@@ -478,6 +481,7 @@ async def _scrape(
             queue_depth=values.get(QUEUE_DEPTH),
             padded_tokens=values.get(PADDED_TOKENS),
             real_tokens=values.get(REAL_TOKENS),
+            cost_scale=values.get(COST_SCALE),
         )
     )
     return True

@@ -84,6 +84,9 @@ def summarize(
         "mean_inference_ms": _mean(r.inference_ms for r in ok),
         "padding_ratio": padding_ratio(timeline),
         "mean_active_students": _mean(s.active_students for s in timeline),
+        "max_cost_scale": max(
+            (float(s.cost_scale) for s in timeline if s.cost_scale is not None), default=None
+        ),
         "max_queue_depth": max(
             (float(s.queue_depth) for s in timeline if s.queue_depth is not None), default=None
         ),
@@ -210,7 +213,8 @@ def plot_timeline(
             label="k per answer",
         )
     _step(ax_k, timeline, "active_students", "active k (/metrics)")
-    ax_k.set(ylabel="students k")
+    _step(ax_k, timeline, "cost_scale", "measured / profiled batch time")
+    ax_k.set(ylabel="students k; cost scale")
     ax_k.legend(loc="upper left", fontsize="small")
 
     if not _step(ax_q, timeline, "queue_depth", "queue depth"):

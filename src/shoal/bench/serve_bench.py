@@ -5,7 +5,8 @@ load generator sends the same seeded workloads to each in turn:
 1. low load (Poisson) -> p50/p99 and served accuracy;
 2. a sweep of burst rates (on/off arrivals) -> the highest burst rate each system sustains
    within the latency target (at least ``sustain_fraction`` of all requests answered within it);
-3. one burst timeline of Shoal with pruning -> k and queue over time.
+3. for each Shoal system with pruning, a timeline of its hardest burst -> latency, k and queue
+   over time (``timeline_SYSTEM.png``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ ALL_SYSTEMS = (
     "teacher-onnx",
     "teacher-litserve",
 )
+PRUNING_SYSTEMS = ("shoal", "shoal-bf16", "shoal-onnx")
+"""The systems whose number of students follows the load: each gets a burst timeline plot."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,7 +219,7 @@ def run_serve_bench(config: ServeBenchConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"config": asdict(config), "machine": machine(), "systems": {}}
     runs_low: dict[str, list] = {}
     load_points: dict[str, list] = {}
-    timeline_run = None
+    timeline_runs: dict[str, Any] = {}
     for system in config.systems:
         port = config.port or _free_port()
         cmd = server_command(system, config, port)
@@ -231,11 +234,11 @@ def run_serve_bench(config: ServeBenchConfig) -> dict[str, Any]:
             entry["error"] = str(e)
             results["systems"][system] = entry
             continue
-        if system == "shoal":
-            timeline_run = last
+        if system in PRUNING_SYSTEMS and last is not None:
+            timeline_runs[system] = last
         results["systems"][system] = entry
         report.write_json(results, out / "bench.json")
-    _write_report(config, results, runs_low, load_points, timeline_run, out)
+    _write_report(config, results, runs_low, load_points, timeline_runs, out)
     return results
 
 
@@ -313,7 +316,7 @@ def _bench_system(
     return last
 
 
-def _write_report(config, results, runs_low, load_points, timeline_run, out) -> None:
+def _write_report(config, results, runs_low, load_points, timeline_runs, out) -> None:
     """Plots and the markdown report from whatever systems completed."""
     target_s = config.latency_target_ms / 1000
     done = {k: v for k, v in results["systems"].items() if "low_load" in v}
@@ -328,9 +331,9 @@ def _write_report(config, results, runs_low, load_points, timeline_run, out) -> 
             {k: v["low_load"] for k, v in done.items()}, out / "accuracy_vs_latency.png"
         ),
     }
-    if timeline_run is not None:
-        plots["Shoal through its hardest burst: latency, k and queue"] = report.plot_timeline(
-            timeline_run.timeline, timeline_run.records, out / "timeline.png"
+    for system, run in timeline_runs.items():
+        plots[f"{system} through its hardest burst: latency, k and queue"] = report.plot_timeline(
+            run.timeline, run.records, out / f"timeline_{system}.png"
         )
     table = {
         name: {**v["low_load"], "sustained_burst_rate": v["sustained_burst_rate"]}

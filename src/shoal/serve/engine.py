@@ -517,6 +517,7 @@ class Engine:
                         truncated=_encoded(it).truncated,
                     )
                 )
+            self.scheduler.observe(plan, seconds)
             record = BatchRecord(
                 len(plan.items), plan.k, plan.padded_length, plan.real_tokens, seconds
             )
@@ -577,3 +578,8 @@ class Engine:
     def current_k(self) -> int:
         """Students the policy chose at its last decision."""
         return self.scheduler.current_k
+
+    @property
+    def cost_scale(self) -> float:
+        """Measured over profiled batch time of recent batches (the policy's calibration)."""
+        return self.scheduler.cost_scale

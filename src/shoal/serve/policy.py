@@ -2,7 +2,8 @@
 
 ``decide(snapshot, state, config, cost) -> (k, state)`` is built from small helpers: the bounds
 (operator floor, accuracy floor, per-request minimum), the target (the largest k whose drain
-time fits the latency budget by the cost model) and hysteresis (raise k only after the load has
+time fits the latency budget by the cost model, scaled by how much slower than profiled the
+batches run now) and hysteresis (raise k only after the load has
 allowed it for ``up_hold_s``; drop at once). No clock reads: the snapshot carries ``now``.
 """
 
@@ -38,6 +39,9 @@ class LoadSnapshot:
     """Most requests per batch (the buffer's ``max_element_size``)."""
     element_tokens: int = 4096
     """Most padded tokens per batch (the buffer's ``max_element_tokens``)."""
+    cost_scale: float = 1.0
+    """How much slower batches run now than the cost model predicts (online calibration; 1:
+    as profiled). The drain time is multiplied by it."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,7 @@ def drain_time(k: int, snapshot: LoadSnapshot, config: PolicyConfig, cost: CostM
         length = s.mean_tokens or pending_mean or 1.0
         b = _batch_size(length, s)
         arrivals = expected / b * cost.cost(k, b, length)
-    return (pending + arrivals) / config.concurrency
+    return (pending + arrivals) * s.cost_scale / config.concurrency
 
 
 def target_k(

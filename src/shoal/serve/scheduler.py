@@ -1,12 +1,19 @@
 """The scheduler: buffer + pruning policy + arrival-rate estimate, driven by the caller's clock.
 
 The engine loop is: ``expire(now)`` (answer timed-out requests), ``next_plan(now)`` (a batch and
-the number of students to run it with), execute, repeat; ``submit(item, now)`` as requests come.
+the number of students to run it with), execute, ``observe(plan, seconds)``, repeat;
+``submit(item, now)`` as requests come.
+
+Online calibration: the cost model is measured on an idle machine at start-up, but under load
+batches can run slower (a load generator or other processes on the same cores, a profile that
+missed per-batch overheads). ``observe`` keeps a running estimate of measured over predicted
+batch time, and the policy scales its drain-time estimates by it.
 No clock reads and no threads here: the engine serialises calls.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -40,10 +47,24 @@ class SchedulerConfig:
     """The paper's tail-merge buffer, or the FIFO dynamic-batching baseline."""
     rate_window_s: float = 2.0
     """Sliding window over which the arrival rate and mean length are measured, seconds."""
+    calibrate: bool = True
+    """Scale the cost model by the measured/predicted time of recent batches (see module)."""
+    calibration_batches: int = 16
+    """Span of the running estimate, batches: each batch moves it by 2/(span+1) in log space."""
+    calibration_clip: float = 4.0
+    """One batch's ratio is clipped to [1/clip, clip] before it counts, so a single stall (a
+    page fault, a first-call warm-up) cannot swing the policy; the estimate stays in the same
+    range."""
 
     def __post_init__(self) -> None:
         if not self.rate_window_s > 0:
             raise ConfigError(f"rate_window_s={self.rate_window_s} must be > 0 seconds")
+        if self.calibration_batches < 1:
+            raise ConfigError(f"calibration_batches={self.calibration_batches} must be at least 1")
+        if not (math.isfinite(self.calibration_clip) and self.calibration_clip >= 1):
+            raise ConfigError(
+                f"calibration_clip={self.calibration_clip} must be >= 1 (1 turns calibration off)"
+            )
         if self.buffer_kind not in ("length_aware", "fifo"):
             raise ConfigError(f"buffer_kind={self.buffer_kind!r} must be 'length_aware' or 'fifo'")
 
@@ -80,6 +101,8 @@ class SchedulerStats:
     expired: int = 0
     cancelled: int = 0
     k_changes: int = 0
+    observed: int = 0
+    """Batches whose time went into the calibration."""
 
 
 def make_buffer(kind: str, config: BufferConfig) -> Buffer:
@@ -100,6 +123,7 @@ class Scheduler:
         self._arrivals: deque[tuple[float, int]] = deque()  # (time, n_tokens) in the window
         self._window_tokens = 0
         self._stats = SchedulerStats()
+        self._log_scale = 0.0  # log of measured / predicted batch time
 
     def _count(self, **increments: int) -> None:
         s = self._stats
@@ -148,6 +172,7 @@ class Scheduler:
             pending_elements=tuple(self.buffer.shapes()),
             element_size=cfg.max_element_size,
             element_tokens=cfg.max_element_tokens,
+            cost_scale=self.cost_scale,
         )
 
     def decide(self, now: float) -> int:
@@ -181,6 +206,24 @@ class Scheduler:
             real_tokens=plan.real_tokens,
         )
         return plan
+
+    def observe(self, plan: Plan, seconds: float) -> None:
+        """Fold the measured time of an executed plan into the cost calibration."""
+        cfg = self.config
+        length = plan.padded_length if self.cost.padded else plan.real_tokens / len(plan.items)
+        predicted = self.cost.cost(plan.k, len(plan.items), length)
+        if not cfg.calibrate or predicted <= 0 or not (math.isfinite(seconds) and seconds > 0):
+            return
+        bound = math.log(cfg.calibration_clip)
+        ratio = min(max(math.log(seconds / predicted), -bound), bound)
+        weight = 2.0 / (cfg.calibration_batches + 1)
+        self._log_scale += weight * (ratio - self._log_scale)
+        self._count(observed=1)
+
+    @property
+    def cost_scale(self) -> float:
+        """Measured over predicted batch time, recent batches (1 until a batch is observed)."""
+        return math.exp(self._log_scale)
 
     def expire(self, now: float) -> list[Item]:
         """Remove and return the pending requests whose deadline has passed."""

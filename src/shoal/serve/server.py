@@ -54,6 +54,9 @@ class ServeConfig:
     """Hysteresis: seconds the load must allow more students before k rises."""
     headroom: float = 0.8
     """Fraction of the latency target the queued work may take to drain."""
+    calibrate: bool = True
+    """Scale the start-up cost profile by how much slower than profiled recent batches ran
+    (other load on the cores, overheads the profile missed); off: trust the profile."""
     # -- buffer
     buffer: Literal["length_aware", "fifo"] = "length_aware"
     """The paper's length-aware tail-merge buffer, or plain FIFO dynamic batching."""
@@ -271,6 +274,7 @@ def build_app(cohort_dir: str | Path, config: ServeConfig, runner: Any = None) -
             capacity=config.queue_capacity,
             max_wait_s=config.max_wait_ms / 1e3,
         ),
+        calibrate=config.calibrate,
     )
     tokenizer = load_tokenizer(cohort_dir)
     if runner is None:

@@ -155,3 +155,22 @@ def test_plots_and_markdown_are_written(tmp_path, records, timeline) -> None:
     assert "shoal bench serve" in md and "test box" in md
     row = next(line for line in md.splitlines() if line.startswith("| shoal"))
     assert "80.00%" in row and "| 1 | 1 | 1 |" in row
+
+
+def test_serve_report_plots_a_timeline_for_every_pruning_system(tmp_path, records, timeline):
+    from types import SimpleNamespace
+
+    from shoal.bench.loadgen import RunResult
+    from shoal.bench.serve_bench import PRUNING_SYSTEMS, _write_report
+
+    names = ("shoal-onnx", "shoal-bf16")
+    s = summarize(records, 0.05, timeline=timeline)
+    results = {"systems": {n: {"low_load": s, "sustained_burst_rate": 90.0} for n in names}}
+    run = RunResult("http://x", "now", 1.0, 1.0, records, timeline, metrics_available=True)
+    config = SimpleNamespace(latency_target_ms=50.0, data="d/sst2")
+    _write_report(config, results, {"shoal-onnx": records}, {}, dict.fromkeys(names, run), tmp_path)
+    assert set(names) <= set(PRUNING_SYSTEMS)
+    for name in names:
+        assert (tmp_path / f"timeline_{name}.png").read_bytes().startswith(PNG_MAGIC)
+        assert f"timeline_{name}.png" in (tmp_path / "bench.md").read_text()
+    assert not (tmp_path / "timeline_shoal.png").exists()

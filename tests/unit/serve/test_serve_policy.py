@@ -51,6 +51,10 @@ CASES = [
     ("idle keeps the full cohort", IDLE, FULL, {}, FULL),
     ("heavy backlog drops k at once", HEAVY, FULL, {}, LOW),
     ("medium backlog drops less", MEDIUM, FULL, {}, PolicyState(k=2)),
+    # Calibration: batches running 2x slower than profiled turn the medium backlog heavy; 2x
+    # faster make the heavy one medium.
+    ("slow machine drops further", at(MEDIUM, 10.0, cost_scale=2.0), FULL, {}, LOW),
+    ("fast machine drops less", at(HEAVY, 10.0, cost_scale=0.5), FULL, {}, PolicyState(k=2)),
     (
         "backlog estimated without element shapes",
         LoadSnapshot(now=10.0, pending_requests=1280, pending_tokens=1280 * 32),
@@ -170,6 +174,8 @@ def test_drain_time_grows_with_k_and_load() -> None:
     assert drain_time(4, IDLE, BASE, COST) == 0.0
     assert drain_time(1, HEAVY, BASE, COST) == pytest.approx(20 * seconds(1, 64, 32))
     assert drain_time(2, HEAVY, BASE, COST) > drain_time(1, HEAVY, BASE, COST)
+    slow = replace(HEAVY, cost_scale=1.5)
+    assert drain_time(2, slow, BASE, COST) == pytest.approx(1.5 * drain_time(2, HEAVY, BASE, COST))
     two_workers = replace(BASE, concurrency=2)
     assert drain_time(2, HEAVY, two_workers, COST) == pytest.approx(
         drain_time(2, HEAVY, BASE, COST) / 2

@@ -154,9 +154,59 @@ def test_k_drops_under_backlog_then_recovers_after_hold() -> None:
     assert s.stats.k_changes == 2
 
 
+def _observed(s: Scheduler, ratio: float, times: int = 1) -> Plan:
+    plan = Plan(items=(Item(0, 32, 0.0),) * 8, k=2, padded_length=32, bin=1)
+    for _ in range(times):
+        s.observe(plan, ratio * COST.cost(2, 8, 32))
+    return plan
+
+
+def test_calibration_follows_measured_over_predicted_time() -> None:
+    s = scheduler()
+    assert s.cost_scale == 1.0 and s.snapshot(0.0).cost_scale == 1.0
+    _observed(s, 2.5, times=200)
+    assert s.cost_scale == pytest.approx(2.5)
+    assert s.snapshot(0.0).cost_scale == s.cost_scale
+    assert s.stats.observed == 200
+    _observed(s, 0.5, times=200)  # the other load went away: back below the profile
+    assert s.cost_scale == pytest.approx(0.5)
+
+
+def test_one_stall_moves_the_calibration_by_a_clipped_step() -> None:
+    s = scheduler(calibration_batches=16, calibration_clip=4.0)
+    _observed(s, 1000.0)
+    assert s.cost_scale == pytest.approx(4.0 ** (2 / 17))
+    s = scheduler(calibration_batches=1)  # span 1: the last batch alone, still clipped
+    _observed(s, 1000.0)
+    assert s.cost_scale == pytest.approx(4.0)
+
+
+def test_calibration_off_or_unusable_times_leave_the_profile_alone() -> None:
+    s = scheduler(calibrate=False)
+    _observed(s, 3.0, times=10)
+    assert s.cost_scale == 1.0 and s.stats.observed == 0
+    s = scheduler()
+    for seconds in (0.0, -1.0, float("nan"), float("inf")):
+        s.observe(_observed(scheduler(), 1.0), seconds)
+    assert s.cost_scale == 1.0 and s.stats.observed == 0
+
+
+def test_slow_batches_lower_k_for_the_same_backlog() -> None:
+    s = scheduler(buffer=BufferConfig(bin_width=16))
+    for i in range(64):
+        s.submit(Item(i, 100, 0.0), 0.0)
+    profiled = s.decide(0.0)
+    _observed(s, 4.0, times=100)
+    assert s.decide(0.0) < profiled
+
+
 def test_config_validation() -> None:
     policy = PolicyConfig(n_students=2)
     with pytest.raises(ConfigError, match="rate_window_s=0"):
         SchedulerConfig(policy=policy, rate_window_s=0)
     with pytest.raises(ConfigError, match="buffer_kind='lifo'"):
         SchedulerConfig(policy=policy, buffer_kind="lifo")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="calibration_batches=0"):
+        SchedulerConfig(policy=policy, calibration_batches=0)
+    with pytest.raises(ConfigError, match="calibration_clip=0.5"):
+        SchedulerConfig(policy=policy, calibration_clip=0.5)

@@ -245,6 +245,7 @@ def create_app(
             "max_input_length": encoder.max_length,
             "max_client_batch_size": limits.max_client_batch_size,
             "current_k": engine.current_k,
+            "cost_scale": engine.cost_scale,
             "queue_depth": engine.queue_depth,
             "prefix_accuracy": info.prefix_accuracy,
             "config": info.config,

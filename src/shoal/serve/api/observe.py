@@ -115,6 +115,13 @@ class ServeMetrics:
         depth.set_function(lambda: engine.queue_depth)
         active = Gauge("shoal_active_students", "Students the pruning policy uses now.", registry=r)
         active.set_function(lambda: engine.current_k)
+        scale = Gauge(
+            "shoal_cost_scale",
+            "Measured over profiled batch time of recent batches (1: as profiled); the pruning "
+            "policy scales its cost model by it.",
+            registry=r,
+        )
+        scale.set_function(lambda: engine.cost_scale)
         engine.subscribe(self.observe_batch)
 
     def observe_batch(self, batch: BatchRecord) -> None:

@@ -124,6 +124,7 @@ class Info(BaseModel):
     max_input_length: int
     max_client_batch_size: int
     current_k: int
+    cost_scale: float
     queue_depth: int
     prefix_accuracy: list[dict[str, Any]]
     config: dict[str, Any]
