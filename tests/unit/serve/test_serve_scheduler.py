@@ -154,11 +154,13 @@ def test_k_drops_under_backlog_then_recovers_after_hold() -> None:
     assert s.stats.k_changes == 2
 
 
-def _observed(s: Scheduler, ratio: float, times: int = 1) -> Plan:
-    plan = Plan(items=(Item(0, 32, 0.0),) * 8, k=2, padded_length=32, bin=1)
+PLAN = Plan(items=(Item(0, 32, 0.0),) * 8, k=2, padded_length=32, bin=1)
+
+
+def _observed(s: Scheduler, ratio: float, times: int = 1) -> None:
+    """Report ``times`` runs of ``PLAN`` that took ``ratio`` x the cost model's prediction."""
     for _ in range(times):
-        s.observe(plan, ratio * COST.cost(2, 8, 32))
-    return plan
+        s.observe(PLAN, ratio * COST.cost(2, 8, 32))
 
 
 def test_calibration_follows_measured_over_predicted_time() -> None:
@@ -187,7 +189,7 @@ def test_calibration_off_or_unusable_times_leave_the_profile_alone() -> None:
     assert s.cost_scale == 1.0 and s.stats.observed == 0
     s = scheduler()
     for seconds in (0.0, -1.0, float("nan"), float("inf")):
-        s.observe(_observed(scheduler(), 1.0), seconds)
+        s.observe(PLAN, seconds)
     assert s.cost_scale == 1.0 and s.stats.observed == 0
 
 
