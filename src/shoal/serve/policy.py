@@ -3,8 +3,8 @@
 ``decide(snapshot, state, config, cost) -> (k, state)`` is built from small helpers: the bounds
 (operator floor, accuracy floor, per-request minimum), the target (the largest k whose drain
 time fits the latency budget by the cost model, scaled by how much slower than profiled the
-batches run now) and hysteresis (raise k only after the load has
-allowed it for ``up_hold_s``; drop at once). No clock reads: the snapshot carries ``now``.
+batches run now) and hysteresis (raise k only after the load has allowed it for ``up_hold_s``;
+drop at once). No clock reads: the snapshot carries ``now``.
 """
 
 from __future__ import annotations

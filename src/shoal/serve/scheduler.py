@@ -8,6 +8,7 @@ Online calibration: the cost model is measured on an idle machine at start-up, b
 batches can run slower (a load generator or other processes on the same cores, a profile that
 missed per-batch overheads). ``observe`` keeps a running estimate of measured over predicted
 batch time, and the policy scales its drain-time estimates by it.
+
 No clock reads and no threads here: the engine serialises calls.
 """
 
@@ -210,9 +211,11 @@ class Scheduler:
     def observe(self, plan: Plan, seconds: float) -> None:
         """Fold the measured time of an executed plan into the cost calibration."""
         cfg = self.config
+        if not cfg.calibrate or not (math.isfinite(seconds) and seconds > 0):
+            return
         length = plan.padded_length if self.cost.padded else plan.real_tokens / len(plan.items)
         predicted = self.cost.cost(plan.k, len(plan.items), length)
-        if not cfg.calibrate or predicted <= 0 or not (math.isfinite(seconds) and seconds > 0):
+        if predicted <= 0:
             return
         bound = math.log(cfg.calibration_clip)
         ratio = min(max(math.log(seconds / predicted), -bound), bound)
