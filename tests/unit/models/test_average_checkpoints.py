@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from tiny_fixtures import make_teacher
+from transformers import AutoModelForSequenceClassification
 
 SCRIPT = Path(__file__).parents[3] / "scripts" / "average_checkpoints.py"
 
@@ -20,7 +20,7 @@ def _run(*args: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_average_is_the_mean_and_loads(tmp_path: Path) -> None:
-    from transformers import AutoModelForSequenceClassification
+    from tiny_fixtures import make_teacher
 
     a, b = tmp_path / "a", tmp_path / "b"
     make_teacher(a, seed=0)
@@ -36,6 +36,8 @@ def test_average_is_the_mean_and_loads(tmp_path: Path) -> None:
 
 
 def test_mismatched_or_missing_checkpoints_are_refused(tmp_path: Path) -> None:
+    from tiny_fixtures import make_teacher
+
     a, deeper = tmp_path / "a", tmp_path / "deeper"
     make_teacher(a)
     make_teacher(deeper, layers=3)
