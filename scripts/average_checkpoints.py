@@ -29,9 +29,9 @@ def average(folders: list[Path]) -> dict[str, torch.Tensor]:
             sys.exit(f"error: {weights} does not exist; give Hugging Face checkpoint folders")
         states.append(load_file(str(weights)))
     first = states[0]
+    first_shapes = {k: tuple(v.shape) for k, v in first.items()}
     for folder, state in zip(folders[1:], states[1:], strict=True):
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
-        if shapes != {k: tuple(v.shape) for k, v in first.items()}:
+        if {k: tuple(v.shape) for k, v in state.items()} != first_shapes:
             sys.exit(
                 f"error: {folder} does not match {folders[0]} (tensor names or shapes differ); "
                 "average fine-tunes of the same model only"
