@@ -116,6 +116,11 @@ def distill(
         "(TinyBERT-style augmentation; 0: none).",
     ),
     augment_p: float = typer.Option(0.4, help="Chance that a copy replaces a word."),
+    augment_by: str = typer.Option(
+        "uniform",
+        help="Share of copies per example: uniform | length (same total, in proportion to "
+        "its words, so long texts get more).",
+    ),
     max_train: int = typer.Option(0),
     max_eval: int = typer.Option(0),
     seed: int = typer.Option(0),
@@ -156,6 +161,7 @@ def distill(
             min_gain=min_gain / 100 if min_gain >= 0 else None,
             augment=augment,
             augment_p=augment_p,
+            augment_by=augment_by,
             max_length=max_length,
             max_train=max_train or None,
             max_eval=max_eval or None,

@@ -74,15 +74,51 @@ def replace_words(text: str, neighbours: dict[str, list[str]], p: float, rng: ra
     return _LETTERS.sub(swap, text)
 
 
+WEIGHTINGS = ("uniform", "length")
+
+
+def copies_per_example(
+    data: TextDataset, copies: int, weighting: str = "uniform", rng: random.Random | None = None
+) -> list[int]:
+    """How many variants each example gets: ``copies`` each, or in proportion to its words.
+
+    ``'length'`` keeps the total near ``copies * len(data)`` but gives an example
+    ``copies * words / mean words`` variants (rounded at random, at most ``4 * copies``), so
+    the copies go to long texts. SST-2 trains on phrases (9 words on average) and is scored on
+    whole sentences (20 words): short phrases have few words to replace and are not what the
+    student gets wrong.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting={weighting!r} must be one of {WEIGHTINGS}")
+    if weighting == "uniform" or not len(data):
+        return [copies] * len(data)
+    rng = rng or random.Random(0)
+    sources = data.text_pairs if data.text_pairs is not None else [""] * len(data)
+    words = [
+        max(1, len(_LETTERS.findall(t)) + len(_LETTERS.findall(q)))
+        for t, q in zip(data.texts, sources, strict=True)
+    ]
+    mean = sum(words) / len(words)
+    out = []
+    for w in words:
+        share = copies * w / mean
+        n = int(share) + (rng.random() < share - int(share))
+        out.append(min(n, 4 * copies))
+    return out
+
+
 def augment(
     data: TextDataset,
     neighbours: dict[str, list[str]],
     copies: int,
     p: float = 0.4,
     seed: int = 0,
+    weighting: str = "uniform",
 ) -> TextDataset:
-    """``data`` followed by up to ``copies`` word-replaced variants of every example.
+    """``data`` followed by word-replaced variants of its examples.
 
+    ``copies`` variants of every example with ``weighting='uniform'``; with ``'length'`` the
+    same total, shared in proportion to each example's words (:func:`copies_per_example`).
     Variants identical to their source (no word replaced) are dropped. A variant keeps its
     source's label, which is not a gold label: train on the teacher's outputs, not on it.
     Deterministic for a given ``seed``.
@@ -91,9 +127,10 @@ def augment(
     texts, labels = list(data.texts), list(data.labels)
     sources = data.text_pairs if data.text_pairs is not None else [None] * len(data)
     pairs: list[str | None] = list(sources)
-    for text, pair, label in zip(data.texts, sources, data.labels, strict=True):
+    counts = copies_per_example(data, copies, weighting, rng)
+    for text, pair, label, n in zip(data.texts, sources, data.labels, counts, strict=True):
         seen = {(text, pair)}
-        for _ in range(copies):
+        for _ in range(n):
             new = replace_words(text, neighbours, p, rng)
             new_pair = None if pair is None else replace_words(pair, neighbours, p, rng)
             if (new, new_pair) in seen:

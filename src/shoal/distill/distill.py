@@ -19,7 +19,7 @@ from torch import nn
 
 from shoal.data import Encoded, encode, iterate, load_task, with_dev_split
 from shoal.distill import boosting, losses
-from shoal.distill.augment import augment, corpus_words, word_neighbours
+from shoal.distill.augment import WEIGHTINGS, augment, corpus_words, word_neighbours
 from shoal.distill.cache import TokenStore
 from shoal.distill.evaluate import score
 from shoal.distill.trainer import TrainConfig, train
@@ -85,6 +85,9 @@ class DistillConfig:
     TinyBERT-style; the teacher labels them); 0 trains on the labelled set alone."""
     augment_p: float = 0.4
     """Probability that an augmented copy replaces a word."""
+    augment_by: str = "uniform"
+    """How copies are shared out: 'uniform' (``augment`` per example) or 'length' (the same
+    total, in proportion to each example's words; ``shoal.distill.augment``)."""
     augment_candidates: int = 15
     """Nearest neighbours (in the teacher's word embeddings) a replacement is drawn from."""
     max_length: int = 128
@@ -121,6 +124,8 @@ class DistillConfig:
                 f"{self.augment_candidates}: use augment >= 0, 0 < augment_p <= 1 and "
                 "augment_candidates >= 1"
             )
+        if self.augment_by not in WEIGHTINGS:
+            raise ConfigError(f"augment_by={self.augment_by!r} is unknown; use one of {WEIGHTINGS}")
         if self.augment and self.w_ce:
             raise ConfigError(
                 "augmented copies have no gold label, so w_ce > 0 cannot be combined with "
@@ -302,7 +307,12 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
         )
         n_source = len(train_set)
         train_set = augment(
-            train_set, near, config.augment, config.augment_p, seed=config.train.seed
+            train_set,
+            near,
+            config.augment,
+            config.augment_p,
+            seed=config.train.seed,
+            weighting=config.augment_by,
         )
         log.info("augmented %d training examples to %d", n_source, len(train_set))
     enc = {"train": encode(tok, train_set, config.max_length)}
@@ -319,7 +329,13 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
         enc["train"],
         depth,
         pad,
-        augment=[config.augment, config.augment_p, config.augment_candidates, config.train.seed]
+        augment=[
+            config.augment,
+            config.augment_p,
+            config.augment_candidates,
+            config.train.seed,
+            *([config.augment_by] if config.augment_by != "uniform" else []),
+        ]
         if config.augment
         else None,
     )

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from shoal.data import load_task
-from shoal.distill.augment import augment, corpus_words, replace_words, word_neighbours
+from shoal.distill.augment import (
+    augment,
+    copies_per_example,
+    corpus_words,
+    replace_words,
+    word_neighbours,
+)
 from shoal.distill.distill import DistillConfig, distill
 from shoal.distill.trainer import TrainConfig
 from shoal.errors import ConfigError
@@ -64,7 +70,35 @@ def test_augment_replaces_both_sides_of_pairs():
     assert out.texts == ["good", "great"] and out.text_pairs == ["film", "movie"]
 
 
-def test_distill_with_augmentation_trains_on_more_examples(tmp_path, tiny_data, tiny_teacher):
+def test_length_weighting_gives_long_texts_more_copies_at_the_same_total():
+    short, long = "good", " ".join(["good film"] * 10)  # 1 word against 20
+    data = TextDataset([short] * 50 + [long] * 50, [0] * 100)
+    counts = copies_per_example(data, 4, "length", random.Random(0))
+    assert copies_per_example(data, 4) == [4] * 100
+    # mean 10.5 words: the short text's share is 4/10.5, the long one's 4*20/10.5 = 7.6
+    assert all(c in (0, 1) for c in counts[:50]) and all(c in (7, 8) for c in counts[50:])
+    assert abs(sum(counts) - 400) <= 20  # the total is kept, up to the random rounding
+    capped = copies_per_example(TextDataset(["a"] * 99 + ["a " * 1000], [0] * 100), 2, "length")
+    assert max(capped) == 8  # at most 4x the uniform count
+    with pytest.raises(ValueError, match="weighting"):
+        copies_per_example(data, 4, "words")
+
+
+def test_augment_by_length_spends_the_copies_on_long_texts():
+    data = TextDataset(["good", "good film good film good film"], [0, 1])
+    near = {"good": ["great", "bad", "fine", "nice"], "film": ["movie", "films", "picture"]}
+    out = augment(data, near, copies=2, p=1.0, seed=0, weighting="length")
+    copies = out.texts[2:]
+    assert len([t for t in copies if " " in t]) >= 3  # the long text gets 3 (of 4) copies
+    assert augment(data, near, copies=2, p=1.0, seed=0, weighting="length") == out
+
+
+@pytest.mark.parametrize(
+    ("augment_by", "key"), [("uniform", [2, 0.4, 15, 0]), ("length", [2, 0.4, 15, 0, "length"])]
+)
+def test_distill_with_augmentation_trains_on_more_examples(
+    tmp_path, tiny_data, tiny_teacher, augment_by, key
+):
     cfg = DistillConfig(
         teacher=str(tiny_teacher),
         data=str(tiny_data),
@@ -72,18 +106,25 @@ def test_distill_with_augmentation_trains_on_more_examples(tmp_path, tiny_data, 
         n_students=1,
         max_length=32,
         augment=2,
+        augment_by=augment_by,
         train=TrainConfig(epochs=1, lr=1e-3, batch_size=32, seed=0),
     )
     distill(cfg)
-    key = json.loads(next((tmp_path / "aug" / "cache").glob("depth*/teacher.json")).read_text())
+    cached = json.loads(next((tmp_path / "aug" / "cache").glob("depth*/teacher.json")).read_text())
     n_train = len(load_task(str(tiny_data)).splits["train"])
-    assert key["augment"] == [2, 0.4, 15, 0]
-    assert n_train < key["n"] <= 3 * n_train  # the teacher labelled the copies too
+    assert cached["augment"] == key  # uniform keeps the key of caches made before the option
+    assert n_train < cached["n"] <= 4 * n_train  # 2 copies each, on average  # the teacher labelled the copies too
     assert ShoalModel.from_pretrained(tmp_path / "aug").n_students == 1
 
 
 @pytest.mark.parametrize(
-    "kw", [{"augment": -1}, {"augment": 1, "augment_p": 0.0}, {"augment": 1, "w_ce": 0.5}]
+    "kw",
+    [
+        {"augment": -1},
+        {"augment": 1, "augment_p": 0.0},
+        {"augment": 1, "w_ce": 0.5},
+        {"augment": 1, "augment_by": "words"},
+    ],
 )
 def test_bad_augmentation_settings_are_refused(kw):
     with pytest.raises(ConfigError, match="augment"):
