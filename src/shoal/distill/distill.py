@@ -284,12 +284,17 @@ class PrefixEvaluator:
 def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     """Run a distillation; resumes from ``out/checkpoints`` when a previous run stopped.
 
+    A run asked for more students than ``out`` holds extends that cohort: its students are
+    kept and the new ones trained (students are seeded by position, so the result is the
+    cohort a single run of the larger size gives). Any other setting must match.
+
     Args:
         stop_after: train at most this many new students, then return (used to test resume).
     """
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.out)
+    _check_same_run(out, config)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     (out / "distill_config.json").write_text(json.dumps(asdict(config), indent=2))
     task = with_dev_split(load_task(config.data))
@@ -464,16 +469,61 @@ def _checkpoint(
     )
 
 
+# Settings that may differ when a run resumes or extends one in the same folder.
+_RESUMABLE = frozenset({"n_students", "min_gain", "threads", "cache_dir"})
+
+
+def _check_same_run(out: Path, config: DistillConfig) -> None:
+    """Refuse to resume a checkpoint in ``out`` that was trained with other settings."""
+    saved_cfg = out / "distill_config.json"
+    if not (out / "checkpoints" / "latest.pt").is_file() or not saved_cfg.is_file():
+        return
+
+    def flat(d: dict) -> dict:
+        out = {k: v for k, v in d.items() if not isinstance(v, dict)}
+        out.update(
+            {f"{k}.{kk}": vv for k, v in d.items() if isinstance(v, dict) for kk, vv in v.items()}
+        )
+        return out
+
+    before = flat(json.loads(saved_cfg.read_text()))
+    now = flat(asdict(config))
+    defaults = flat(asdict(DistillConfig(teacher=config.teacher)))
+    differ = sorted(
+        key for key in now if key not in _RESUMABLE and before.get(key, defaults[key]) != now[key]
+    )
+    if differ:
+        shown = ", ".join(f"{k}: {before.get(k, defaults[k])!r} -> {now[k]!r}" for k in differ)
+        raise ConfigError(
+            f"{out} holds a checkpoint trained with other settings ({shown}); resume it "
+            "with the same settings, or use a new --out"
+        )
+
+
 def _resume(
     out: Path, model: ShoalModel, enc: Encoded, ensemble: Ensemble | None, pad: int
 ) -> dict:
     """Restore finished students and rebuild the ensemble cache from them (boosting only:
-    ``ensemble`` is None for averaged students, which never read it)."""
+    ``ensemble`` is None for averaged students, which never read it). A checkpoint of a
+    smaller cohort fills the first students of ``model``; the rest keep their initial
+    weights and are trained next."""
     ckpt = out / "checkpoints" / "latest.pt"
     if not ckpt.is_file():
         return {"done": 0, "table": [], "seconds": []}
     saved = torch.load(ckpt)
-    model.load_state_dict(saved["state"])
+    done = saved["done"]
+    if done > model.n_students:
+        raise ConfigError(
+            f"{out} already holds {done} trained students; ask for at least {done} "
+            f"(not {model.n_students}) to resume or extend it, or use a new --out"
+        )
+    state = model.state_dict()
+    for key, value in saved["state"].items():
+        if key == "alpha":
+            state[key][:done] = value[:done]
+        elif key in state and state[key].shape == value.shape:
+            state[key] = value
+    model.load_state_dict(state)
     for k in range(saved["done"] if ensemble is not None else 0):
         _accumulate(model, k, enc, ensemble, pad, float(model.alpha[k]))
     log.info("resumed after %d students", saved["done"])

@@ -113,7 +113,9 @@ def test_distill_with_augmentation_trains_on_more_examples(
     cached = json.loads(next((tmp_path / "aug" / "cache").glob("depth*/teacher.json")).read_text())
     n_train = len(load_task(str(tiny_data)).splits["train"])
     assert cached["augment"] == key  # uniform keeps the key of caches made before the option
-    assert n_train < cached["n"] <= 4 * n_train  # 2 copies each, on average  # the teacher labelled the copies too
+    assert (
+        n_train < cached["n"] <= 4 * n_train
+    )  # 2 copies each, on average  # the teacher labelled the copies too
     assert ShoalModel.from_pretrained(tmp_path / "aug").n_students == 1
 
 

@@ -9,6 +9,7 @@ from shoal.distill import boosting
 from shoal.distill import distill as distill_mod
 from shoal.distill.distill import DistillConfig, distill, student_outputs
 from shoal.distill.trainer import TrainConfig
+from shoal.errors import ConfigError
 from shoal.models.cohort import ShoalModel
 
 
@@ -112,6 +113,44 @@ def test_resume_after_interruption_gives_the_same_cohort(tmp_path, tiny_data, me
     b = ShoalModel.from_pretrained(tmp_path / "resumed").state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("method", ["stack", "average"])
+def test_more_students_extend_a_finished_cohort(tmp_path, tiny_data, method):
+    teacher = _deep_teacher(tmp_path)
+    distill(_config(teacher, tiny_data, tmp_path / "full", method=method, n_students=2))
+    distill(_config(teacher, tiny_data, tmp_path / "grown", method=method, n_students=1))
+    first = ShoalModel.from_pretrained(tmp_path / "grown").state_dict()
+    report = distill(_config(teacher, tiny_data, tmp_path / "grown", method=method, n_students=2))
+    assert len(report["prefix_accuracy"]) == 2
+    a = ShoalModel.from_pretrained(tmp_path / "full").state_dict()
+    b = ShoalModel.from_pretrained(tmp_path / "grown").state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    for name, value in first.items():  # the first student was kept, not retrained
+        if name.startswith("students.0."):
+            assert torch.equal(value, b[name]), name
+
+
+def test_resuming_with_other_settings_or_fewer_students_is_refused(tmp_path, tiny_data):
+    teacher = _deep_teacher(tmp_path)
+    out = tmp_path / "c"
+    distill(_config(teacher, tiny_data, out, n_students=2), stop_after=1)
+    with pytest.raises(ConfigError, match=r"lr: 0\.001 -> 0\.002.*new --out"):
+        distill(
+            _config(
+                teacher,
+                tiny_data,
+                out,
+                n_students=2,
+                train=TrainConfig(epochs=1, lr=2e-3, batch_size=32, seed=0),
+            )
+        )
+    with pytest.raises(ConfigError, match="method"):
+        distill(_config(teacher, tiny_data, out, n_students=2, method="boost"))
+    distill(_config(teacher, tiny_data, out, n_students=2))  # the same settings resume
+    with pytest.raises(ConfigError, match="already holds 2 trained students"):
+        distill(_config(teacher, tiny_data, out, n_students=1))
 
 
 def test_average_method_combines_by_mean(tmp_path, tiny_data):
