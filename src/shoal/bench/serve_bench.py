@@ -32,18 +32,18 @@ from shoal.bench.loadgen import CLIENTS, Client, run_load_sync
 from shoal.bench.workload import WorkloadConfig, build_workload
 from shoal.errors import ConfigError
 
-ALL_SYSTEMS = (
-    "shoal",
-    "shoal-bf16",
-    "shoal-onnx",
-    "shoal-no-pruning",
-    "shoal-fifo",
-    "deep-student",
-    "teacher-torch",
-    "teacher-onnx",
-    "teacher-litserve",
-)
-PRUNING_SYSTEMS = ("shoal", "shoal-bf16", "shoal-onnx")
+SHOAL_SYSTEMS: dict[str, tuple[str, ...]] = {
+    "shoal": (),
+    "shoal-bf16": ("--dtype", "bfloat16"),  # bf16 matmuls (CPUs with native bf16, GPUs)
+    "shoal-onnx": ("--backend", "onnxruntime"),  # students on ONNX Runtime (CPU)
+    "shoal-no-pruning": ("--no-pruning",),
+    "shoal-fifo": ("--no-pruning", "--buffer", "fifo", "--max-wait-ms", "5"),
+    "deep-student": ("--no-pruning",),  # a 1-student cohort (--deep)
+}
+"""The systems ``shoal serve`` runs, and the flags each adds to the common ones."""
+TEACHER_SYSTEMS = ("teacher-torch", "teacher-onnx", "teacher-litserve")
+ALL_SYSTEMS = (*SHOAL_SYSTEMS, *TEACHER_SYSTEMS)
+PRUNING_SYSTEMS = tuple(s for s, flags in SHOAL_SYSTEMS.items() if "--no-pruning" not in flags)
 """The systems whose number of students follows the load: each gets a burst timeline plot."""
 
 
@@ -108,7 +108,7 @@ def server_command(system: str, config: ServeBenchConfig, port: int) -> list[str
     py = sys.executable
     target = str(config.latency_target_ms)
     threads = ["--threads", str(config.threads)] if config.threads else []
-    if system.startswith("shoal") or system == "deep-student":
+    if system in SHOAL_SYSTEMS:
         folder = config.deep if system == "deep-student" else config.cohort
         cmd = [
             py,
@@ -125,15 +125,8 @@ def server_command(system: str, config: ServeBenchConfig, port: int) -> list[str
             str(config.max_length),
             *threads,
             *config.extra_shoal_flags,
+            *SHOAL_SYSTEMS[system],
         ]
-        if system in ("shoal-no-pruning", "deep-student"):
-            cmd.append("--no-pruning")
-        if system == "shoal-fifo":
-            cmd += ["--no-pruning", "--buffer", "fifo", "--max-wait-ms", "5"]
-        if system == "shoal-bf16":  # bf16 matmuls (CPUs with native bf16, GPUs)
-            cmd += ["--dtype", "bfloat16"]
-        if system == "shoal-onnx":  # students on ONNX Runtime (CPU)
-            cmd += ["--backend", "onnxruntime"]
         return cmd
     backend = {"teacher-torch": "torch", "teacher-onnx": "onnx", "teacher-litserve": "torch"}[
         system

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.bench.serve_bench import ALL_SYSTEMS, ServeBenchConfig, server_command
+from shoal.bench.serve_bench import (
+    ALL_SYSTEMS,
+    PRUNING_SYSTEMS,
+    ServeBenchConfig,
+    server_command,
+)
 from shoal.serve.server import ServeConfig, _parser
 
 
@@ -34,6 +39,7 @@ def test_shoal_variants_parse_into_the_server_config(system, expected):
     assert config.port == 8123 and config.max_length == 64
     for field, value in expected.items():
         assert getattr(config, field) == value, field
+    assert (system in PRUNING_SYSTEMS) == config.pruning  # those get a burst timeline
 
 
 def test_every_system_has_a_command():
