@@ -192,12 +192,26 @@ def evaluate(
     split: str = typer.Option("test"),
     k: int = typer.Option(0, help="Students to use for a cohort (0: all)."),
     max_length: int = typer.Option(128),
+    backend: str = typer.Option(
+        "torch", help="Cohorts: what runs the students, torch | onnxruntime (as shoal serve)."
+    ),
+    dtype: str = typer.Option(
+        "float32", help="Cohorts: float32 | bfloat16 | int8 (int8: --backend onnxruntime)."
+    ),
 ) -> None:
     """Report accuracy (and F1 for binary tasks) of a model on a split."""
     from shoal.evaluation import evaluate_model
 
     try:
-        result = evaluate_model(model, data, split=split, k=k or None, max_length=max_length)
+        result = evaluate_model(
+            model,
+            data,
+            split=split,
+            k=k or None,
+            max_length=max_length,
+            backend=backend,
+            dtype=dtype,
+        )
     except ShoalError as e:
         _fail(e)
     typer.echo(json.dumps(result, indent=2))

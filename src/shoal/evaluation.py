@@ -9,13 +9,25 @@ import torch
 
 from shoal.data import encode, load_task
 from shoal.distill.evaluate import predict_logits, score
-from shoal.errors import DataError, ModelError
+from shoal.errors import ConfigError, DataError, ModelError
 
 
 def evaluate_model(
-    model_path: str, data: str, *, split: str = "test", k: int | None = None, max_length: int = 128
+    model_path: str,
+    data: str,
+    *,
+    split: str = "test",
+    k: int | None = None,
+    max_length: int = 128,
+    backend: str = "torch",
+    dtype: str = "float32",
 ) -> dict:
-    """Score a model folder on a split; cohorts use their first k students (all if None)."""
+    """Score a model folder on a split; cohorts use their first k students (all if None).
+
+    A cohort runs as the server would run it with the same ``backend`` and ``dtype``
+    (``LocalRunner``), so the accuracy of a quantized or bf16 cohort is measured, not assumed.
+    A teacher runs in transformers, float32.
+    """
     task = load_task(data)
     if split not in task.splits:
         raise DataError(f"{data} has no {split!r} split; it has {sorted(task.splits)}")
@@ -26,17 +38,24 @@ def evaluate_model(
         from transformers import AutoTokenizer
 
         from shoal.models.cohort import ShoalModel
+        from shoal.serve.runtime.config import check_backend
+        from shoal.serve.runtime.runner import LocalRunner
 
+        check_backend(backend, "cpu", dtype)
         model = ShoalModel.from_pretrained(model_path)
         k = model.check_k(k)
         tok = AutoTokenizer.from_pretrained(model_path)
         n_labels = model.config.num_labels
+        runner = LocalRunner(model, dtype=dtype, backend=backend)
 
         def forward(b: dict[str, torch.Tensor]) -> torch.Tensor:
-            return model(
-                b["input_ids"], b["attention_mask"], b["token_type_ids"], k, fused=True
-            ).logits
+            return runner.run(b["input_ids"], b["attention_mask"], b["token_type_ids"], k)
     else:
+        if (backend, dtype) != ("torch", "float32"):
+            raise ConfigError(
+                f"backend={backend!r} and dtype={dtype!r} apply to Shoal cohorts; "
+                f"{model_path} is a teacher, which is scored in transformers (float32)"
+            )
         from shoal.models.teacher import load_teacher
 
         model, tok = load_teacher(model_path)
@@ -62,6 +81,6 @@ def evaluate_model(
         "data": data,
         "split": split,
         "examples": len(dataset),
-        **({"k": k} if is_cohort else {}),
+        **({"k": k, "backend": backend, "dtype": dtype} if is_cohort else {}),
         **result,
     }

@@ -62,7 +62,26 @@ def test_finetune_distill_eval(tmp_path, tiny_teacher, tiny_data):
     assert (tmp_path / "c" / "distill_config.json").is_file()
     r = runner.invoke(app, ["eval", str(tmp_path / "c"), "--data", str(tiny_data), "--k", "1"])
     assert r.exit_code == 0, r.output
-    assert _json_tail(r.stdout)["k"] == 1
+    fp32 = _json_tail(r.stdout)
+    assert fp32["k"] == 1 and fp32["dtype"] == "float32"
+    # the cohort as an int8 ONNX Runtime server would run it
+    r = runner.invoke(
+        app,
+        ["eval", str(tmp_path / "c"), "--data", str(tiny_data), "--k", "1"]
+        + ["--backend", "onnxruntime", "--dtype", "int8"],
+    )
+    assert r.exit_code == 0, r.output
+    int8 = _json_tail(r.stdout)
+    assert (int8["backend"], int8["dtype"]) == ("onnxruntime", "int8")
+    assert abs(int8["accuracy"] - fp32["accuracy"]) <= 2 / int8["examples"]
+    r = runner.invoke(
+        app, ["eval", str(tmp_path / "c"), "--data", str(tiny_data), "--dtype", "int8"]
+    )
+    assert r.exit_code == 2 and "add --backend onnxruntime" in r.output
+    r = runner.invoke(
+        app, ["eval", str(tmp_path / "t"), "--data", str(tiny_data), "--dtype", "int8"]
+    )
+    assert r.exit_code == 2 and "is a teacher" in r.output
 
 
 def test_errors_are_one_line_messages(tmp_path, tiny_teacher, tiny_data):

@@ -4,6 +4,7 @@ Cases, at batch 1 and at a large batch of SST-2-length inputs (sentences of the 
 length, no padding):
 - cohort *fused* (``LocalRunner``, every k; bf16 too where the CPU has native bf16),
 - cohort on *ONNX Runtime* (``LocalRunner(backend='onnxruntime')``: a graph per student, every k),
+  and the same with int8 students (``dtype='int8'``, dynamic quantization; k = 1 and N),
 - cohort *one-by-one* (the reference path: each student in turn, every token in every layer),
 - cohort *threaded* (one Python thread per student, 1 intra-op thread each),
 - cohort *multi-process* (``WorkerPool``: 2 workers x 1 pinned core vs 1 worker x 2 cores),
@@ -400,6 +401,13 @@ def _in_process_cases(
                 list(range(1, n + 1)),
             )
         )
+        runners.append(
+            (
+                "cohort ONNX Runtime int8",
+                LocalRunner(model, backend="onnxruntime", dtype="int8"),
+                sorted({1, n}),
+            )
+        )
     cases = []
     for b in (1, large):
         for name, runner, ks in runners:
@@ -574,6 +582,7 @@ def summarize(
             ("", "cohort fused", peak),
             ("bf16_", "cohort fused bf16", peaks.get(f"bf16_t{t}")),
             ("ort_", "cohort ONNX Runtime", peak),
+            ("ort_int8_", "cohort ONNX Runtime int8", peak),  # GFLOP/s against the fp32 peak
         ):
             if family_peak:
                 row |= _family_ratios(cases, system, prefix, t, n, large, family_peak, hf, ort)

@@ -36,6 +36,7 @@ SHOAL_SYSTEMS: dict[str, tuple[str, ...]] = {
     "shoal": (),
     "shoal-bf16": ("--dtype", "bfloat16"),  # bf16 matmuls (CPUs with native bf16, GPUs)
     "shoal-onnx": ("--backend", "onnxruntime"),  # students on ONNX Runtime (CPU)
+    "shoal-onnx-int8": ("--backend", "onnxruntime", "--dtype", "int8"),  # quantized students
     "shoal-no-pruning": ("--no-pruning",),
     "shoal-fifo": ("--no-pruning", "--buffer", "fifo", "--max-wait-ms", "5"),
     "deep-student": ("--no-pruning",),  # a 1-student cohort (--deep)

@@ -160,12 +160,16 @@ def cache_teacher(
     teacher: nn.Module, enc: Encoded, depth: int, pad_id: int, batch_size: int = 128
 ) -> TeacherCache:
     """Run the teacher once over a split and keep what distillation needs."""
+    from tqdm.auto import tqdm
+
     hidden = teacher.config.hidden_size
     final = TokenStore(enc.lengths(), hidden, torch.float16)
     middle = TokenStore(enc.lengths(), hidden, torch.float16)
     logits = torch.zeros(len(enc), teacher.config.num_labels)
     teacher.eval()
+    bar = tqdm(total=len(enc), desc="teacher outputs", unit="ex", dynamic_ncols=True)
     for b in iterate(enc, batch_size, shuffle=False, pad_id=pad_id):
+        bar.update(len(b["index"]))
         out = teacher(
             input_ids=b["input_ids"],
             attention_mask=b["attention_mask"],
@@ -176,6 +180,7 @@ def cache_teacher(
         final.set_(idx, out.hidden_states[-1])
         middle.set_(idx, out.hidden_states[depth])
         logits[b["index"]] = out.logits.float()
+    bar.close()
     return TeacherCache(final, middle, logits)
 
 
@@ -319,7 +324,12 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
             seed=config.train.seed,
             weighting=config.augment_by,
         )
-        log.info("augmented %d training examples to %d", n_source, len(train_set))
+        from tqdm.auto import tqdm
+
+        tqdm.write(
+            f"augmented {n_source:,} training examples to {len(train_set):,} "
+            f"(--augment {config.augment}, by {config.augment_by})"
+        )
     enc = {"train": encode(tok, train_set, config.max_length)}
     for s in ("dev", "test"):
         if s in task.splits:

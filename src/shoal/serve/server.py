@@ -92,11 +92,12 @@ class ServeConfig:
     """Worker processes holding the students; 0 runs the cohort fused in the server."""
     threads: int | None = None
     """Intra-op threads (per worker); None: the runtime's default."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Precision of the students' matmuls."""
+    dtype: Literal["float32", "bfloat16", "int8"] = "float32"
+    """Precision of the students' matmuls; 'int8' (dynamic quantization) needs
+    backend='onnxruntime'."""
     backend: Literal["torch", "onnxruntime"] = "torch"
-    """What runs the students: 'torch' (fused eager path) or 'onnxruntime' (CPU, float32;
-    prepacked weights, faster at small batches)."""
+    """What runs the students: 'torch' (fused eager path) or 'onnxruntime' (CPU, float32 or
+    int8; prepacked weights, faster at small batches)."""
     profile_cache: str | None = None
     """Folder of cached cost profiles; None: the runtime's default (~/.cache/shoal/profiles)."""
     refresh_profile: bool = False

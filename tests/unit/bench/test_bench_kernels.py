@@ -36,11 +36,17 @@ def test_kernels_bench_measures_every_in_process_case(tiny_teacher, tmp_path, on
         for k in (1, 2):
             assert ("cohort fused", b, k) in systems
             assert ("cohort ONNX Runtime", b, k) in systems
+            assert ("cohort ONNX Runtime int8", b, k) in systems
         assert ("teacher HF eager", b, None) in systems
         assert ("teacher ONNX Runtime", b, None) in systems
     assert result["inputs"]["length"] == 6  # [CLS] 4 words [SEP]
     row = result["summary"]["threads_1"]
-    for key in ("overhead_ratio", "speedup_vs_hf_eager", "ort_speedup_vs_hf_eager"):
+    for key in (
+        "overhead_ratio",
+        "speedup_vs_hf_eager",
+        "ort_speedup_vs_hf_eager",
+        "ort_int8_speedup_vs_hf_eager",
+    ):
         assert key in row
     hf = next(c for c in result["cases"] if c["system"] == "teacher HF eager" and c["batch"] == 1)
     ort2 = next(

@@ -28,6 +28,7 @@ CONFIG = ServeBenchConfig(cohort="c", teacher="t", data="d", deep="deep", max_le
         ("shoal", {"pruning": True, "buffer": "length_aware", "backend": "torch"}),
         ("shoal-bf16", {"pruning": True, "buffer": "length_aware", "dtype": "bfloat16"}),
         ("shoal-onnx", {"pruning": True, "dtype": "float32", "backend": "onnxruntime"}),
+        ("shoal-onnx-int8", {"pruning": True, "dtype": "int8", "backend": "onnxruntime"}),
         ("shoal-no-pruning", {"pruning": False, "buffer": "length_aware"}),
         ("shoal-fifo", {"pruning": False, "buffer": "fifo"}),
         ("deep-student", {"pruning": False}),

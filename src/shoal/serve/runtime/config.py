@@ -6,18 +6,24 @@ from dataclasses import dataclass
 
 from shoal.errors import ConfigError
 
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "int8")
 BACKENDS = ("torch", "onnxruntime")
 
 
 def check_backend(backend: str, device: str, dtype: str) -> None:
-    """Refuse an unknown backend, and what ONNX Runtime cannot run here (GPUs, bfloat16)."""
+    """Refuse an unknown backend and the combinations that do not run: ONNX Runtime runs
+    float32 and int8 on the CPU; int8 (dynamic quantization) runs only there."""
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is unknown; use one of {BACKENDS}")
-    if backend == "onnxruntime" and (device != "cpu" or dtype != "float32"):
+    if backend == "onnxruntime" and (device != "cpu" or dtype not in ("float32", "int8")):
         raise ConfigError(
-            f"backend='onnxruntime' runs float32 on the CPU, not dtype={dtype!r} on "
+            f"backend='onnxruntime' runs float32 or int8 on the CPU, not dtype={dtype!r} on "
             f"device={device!r}; use backend='torch' for GPUs and bfloat16"
+        )
+    if backend == "torch" and dtype == "int8":
+        raise ConfigError(
+            "dtype='int8' (dynamically quantized students) runs on backend='onnxruntime' "
+            "only; add --backend onnxruntime, or use float32 / bfloat16 with torch"
         )
 
 
@@ -34,8 +40,9 @@ class RuntimeConfig:
     splits the available cores evenly between workers. With ``workers=0``, None leaves the
     process's torch thread count alone."""
     dtype: str = "float32"
-    """'float32', or 'bfloat16' for the students' matmuls (GPUs, and CPUs with native bf16);
-    embeddings, the sum over students and the head stay float32."""
+    """'float32'; 'bfloat16' for the students' matmuls (GPUs, and CPUs with native bf16); or
+    'int8' with backend='onnxruntime' (weights quantized to int8, activations per batch at
+    run time). Embeddings, the sum over students and the head stay float32."""
     backend: str = "torch"
     """What runs the students: 'torch' (the fused eager path, CPU and CUDA) or 'onnxruntime'
     (each student an ONNX graph with prepacked weights; CPU and float32 only; faster at small

@@ -27,7 +27,10 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch
     """'float32'/'bfloat16' -> torch dtype, refusing bf16 where the hardware lacks it."""
     if isinstance(dtype, str):
         if dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"dtype={dtype!r} is unknown; use 'float32' or 'bfloat16'")
+            raise ConfigError(
+                f"dtype={dtype!r} is unknown; use 'float32', 'bfloat16', or 'int8' with "
+                "backend='onnxruntime'"
+            )
         dtype = getattr(torch, dtype)
     if dtype == torch.bfloat16:
         dev = torch.device(device)
@@ -63,7 +66,8 @@ class LocalRunner:
 
     Args:
         model: the cohort; moved to ``device`` and put in eval mode.
-        dtype: precision of the students' matmuls ('float32' or 'bfloat16').
+        dtype: precision of the students' matmuls: 'float32', 'bfloat16', or 'int8' (dynamic
+            quantization, ONNX Runtime only).
         threads: intra-op threads (``torch.set_num_threads``, process-wide); None leaves it.
         backend: 'torch' (``FusedStudents``) or 'onnxruntime' (``OrtStudents``: CPU, float32).
     """
@@ -77,8 +81,12 @@ class LocalRunner:
         backend: str = "torch",
     ) -> None:
         self.device = torch.device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        check_backend(backend, self.device.type, str(self.dtype).removeprefix("torch."))
+        self.quantized = dtype == "int8"
+        if self.quantized:
+            check_backend(backend, self.device.type, "int8")
+        self.dtype = resolve_dtype("float32" if self.quantized else dtype, self.device)
+        if not self.quantized:
+            check_backend(backend, self.device.type, str(self.dtype).removeprefix("torch."))
         self.backend = backend
         if threads is not None:
             torch.set_num_threads(threads)
@@ -110,7 +118,7 @@ class LocalRunner:
         chosen = [self.model.students[i] for i in want]
         fused: FusedStudents | OrtStudents
         if self.backend == "onnxruntime":
-            fused = OrtStudents(chosen, torch.get_num_threads())
+            fused = OrtStudents(chosen, torch.get_num_threads(), quantize=self.quantized)
         else:
             fused = FusedStudents(chosen, self.dtype)
         self._stacks[want] = fused.to(self.device)
