@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from shoal.data import Encoded, encode, iterate, load_task, with_dev_split
 from shoal.distill import boosting, losses
@@ -160,8 +161,6 @@ def cache_teacher(
     teacher: nn.Module, enc: Encoded, depth: int, pad_id: int, batch_size: int = 128
 ) -> TeacherCache:
     """Run the teacher once over a split and keep what distillation needs."""
-    from tqdm.auto import tqdm
-
     hidden = teacher.config.hidden_size
     final = TokenStore(enc.lengths(), hidden, torch.float16)
     middle = TokenStore(enc.lengths(), hidden, torch.float16)
@@ -324,8 +323,6 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
             seed=config.train.seed,
             weighting=config.augment_by,
         )
-        from tqdm.auto import tqdm
-
         tqdm.write(
             f"augmented {n_source:,} training examples to {len(train_set):,} "
             f"(--augment {config.augment}, by {config.augment_by})"
@@ -489,12 +486,11 @@ def _check_same_run(out: Path, config: DistillConfig) -> None:
     if not (out / "checkpoints" / "latest.pt").is_file() or not saved_cfg.is_file():
         return
 
-    def flat(d: dict) -> dict:
-        out = {k: v for k, v in d.items() if not isinstance(v, dict)}
-        out.update(
-            {f"{k}.{kk}": vv for k, v in d.items() if isinstance(v, dict) for kk, vv in v.items()}
-        )
-        return out
+    def flat(d: dict) -> dict:  # nested sections (train) as 'train.lr'
+        top = {k: v for k, v in d.items() if not isinstance(v, dict)}
+        return top | {
+            f"{k}.{kk}": vv for k, v in d.items() if isinstance(v, dict) for kk, vv in v.items()
+        }
 
     before = flat(json.loads(saved_cfg.read_text()))
     now = flat(asdict(config))
@@ -743,8 +739,6 @@ def _truncate(model: ShoalModel, k: int) -> ShoalModel:
 
 
 def _print_table(table: list[dict]) -> None:
-    from tqdm.auto import tqdm
-
     keys = [c for c in ("dev_accuracy", "test_accuracy", "test_f1") if c in table[0]]
     tqdm.write("  k  " + "  ".join(f"{c:>14}" for c in keys))
     for row in table:
