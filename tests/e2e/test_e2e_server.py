@@ -179,15 +179,17 @@ def test_burst_beyond_capacity_gets_429_never_a_hang(start_server):
     assert srv.terminate() == 0
 
 
-def test_onnxruntime_backend_serves_the_same_answers(server, start_server):
-    """`--backend onnxruntime` runs the students on ONNX Runtime: same scores, same routes."""
-    ort = start_server("--backend", "onnxruntime")
+@pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-4), ("int8", 1e-2)])
+def test_onnxruntime_backend_serves_the_same_answers(server, start_server, dtype, tol):
+    """`--backend onnxruntime` runs the students on ONNX Runtime: same scores, same routes;
+    `--dtype int8` quantizes them, so scores move a little."""
+    ort = start_server("--backend", "onnxruntime", "--dtype", dtype)
     texts = ["a good movie", "bad plot , awful", "good"]
     with http(server) as c, httpx.Client(base_url=ort.url, timeout=30, trust_env=False) as o:
         want = c.post("/v1/classify", json={"texts": texts, "min_k": 3}).json()["results"]
         got = o.post("/v1/classify", json={"texts": texts, "min_k": 3}).json()["results"]
         info = o.get("/info").json()
-    assert info["config"]["backend"] == "onnxruntime"
+    assert (info["config"]["backend"], info["config"]["dtype"]) == ("onnxruntime", dtype)
     for a, b in zip(want, got, strict=True):
         assert a["label"] == b["label"] and a["students_used"] == b["students_used"] == 3
-        assert a["scores"] == pytest.approx(b["scores"], abs=1e-4)
+        assert a["scores"] == pytest.approx(b["scores"], abs=tol)
