@@ -66,6 +66,8 @@ def quantize_int8(graph: bytes) -> bytes:
 
     On CPUs with VNNI this roughly halves a student's time at small batches (``kernels.md``);
     ``shoal eval --backend onnxruntime --dtype int8`` measures what it costs in accuracy.
+    Activations get one scale per batch (``DynamicQuantizeLinear``), so an input's output
+    depends slightly on the other inputs of its batch.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
