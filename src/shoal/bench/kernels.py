@@ -541,17 +541,18 @@ def _family_ratios(
     t: int,
     n: int,
     large: int,
-    peak: float,
+    peak: float | None,
     hf: dict[str, Any] | None,
     ort: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """One cohort implementation's ratios: overhead above the compute floor (full cohort
     against one student), speedups over both teachers at batch 1, share of the peak at the
-    large batch. Keys carry ``prefix``."""
+    large batch. Keys carry ``prefix``. Without a ``peak`` (int8, whose GEMM peak is not
+    measured) only the speedups and the large batch's GFLOP/s."""
     full, one = _find(cases, system, 1, n, t), _find(cases, system, 1, 1, t)
     big = _find(cases, system, large, n, t)
     row: dict[str, Any] = {}
-    if full and one:
+    if full and one and peak:
         over_full = full["p50_ms"] - 1e3 * full["flops"] / (peak * 1e9)
         over_one = one["p50_ms"] - 1e3 * one["flops"] / (peak * 1e9)
         row["overhead_ms_full"], row["overhead_ms_one"] = over_full, over_one
@@ -562,7 +563,8 @@ def _family_ratios(
         row["speedup_vs_onnxruntime"] = ort["p50_ms"] / full["p50_ms"]
     if big:
         row["large_batch_gflops"] = big["gflops"]
-        row["large_batch_peak_frac"] = big["gflops"] / peak
+        if peak:
+            row["large_batch_peak_frac"] = big["gflops"] / peak
     return {prefix + key: value for key, value in row.items()}
 
 
@@ -582,9 +584,9 @@ def summarize(
             ("", "cohort fused", peak),
             ("bf16_", "cohort fused bf16", peaks.get(f"bf16_t{t}")),
             ("ort_", "cohort ONNX Runtime", peak),
-            ("ort_int8_", "cohort ONNX Runtime int8", peak),  # GFLOP/s against the fp32 peak
+            ("ort_int8_", "cohort ONNX Runtime int8", None),  # no int8 peak is measured
         ):
-            if family_peak:
+            if family_peak or system.endswith("int8"):
                 row |= _family_ratios(cases, system, prefix, t, n, large, family_peak, hf, ort)
         out[f"threads_{t}"] = row
     procs = [c for c in cases if " proc x " in c["system"]]

@@ -48,6 +48,8 @@ def test_kernels_bench_measures_every_in_process_case(tiny_teacher, tmp_path, on
         "ort_int8_speedup_vs_hf_eager",
     ):
         assert key in row
+    # int8 is not set against the fp32 matmul peak (it can exceed it)
+    assert "ort_int8_overhead_ratio" not in row and "ort_int8_large_batch_peak_frac" not in row
     hf = next(c for c in result["cases"] if c["system"] == "teacher HF eager" and c["batch"] == 1)
     ort2 = next(
         c
