@@ -9,7 +9,8 @@ length, no padding):
 - cohort *threaded* (one Python thread per student, 1 intra-op thread each),
 - cohort *multi-process* (``WorkerPool``: 2 workers x 1 pinned core vs 1 worker x 2 cores),
 - the teacher as a user runs it (Hugging Face transformers, PyTorch eager, fp32),
-- the teacher on ONNX Runtime (exported with the TorchScript exporter, graph optimisations on).
+- the teacher on ONNX Runtime (exported with the TorchScript exporter, graph optimisations on),
+  float32 and int8 (quantized like the int8 students; they are compared with it).
 Latency percentiles exclude warm-up; FLOPs are counted analytically (a multiply-add is 2) and
 set against the measured fp32 matrix-multiply peak (best large GEMM). Writes JSON and a PNG.
 """
@@ -36,6 +37,7 @@ import torch
 
 from shoal.models.cohort import ShoalModel
 from shoal.serve.runtime import LocalRunner, RuntimeConfig, WorkerPool
+from shoal.serve.runtime.ort import quantize_int8
 from shoal.serve.runtime.profile import cpu_model
 from shoal.serve.runtime.runner import bf16_cpu_supported
 
@@ -387,6 +389,13 @@ def _in_process_cases(
 ) -> list[Case]:
     n, ccfg, tcfg = model.n_students, model.config, teacher.config
     sess = ort_session(onnx_path, t) if onnx_path is not None else None
+    # The teacher quantized like the int8 students, so their comparison is like for like.
+    sess8 = None
+    if onnx_path is not None:
+        int8_path = onnx_path.with_suffix(".int8.onnx")
+        if not int8_path.is_file():
+            int8_path.write_bytes(quantize_int8(onnx_path.read_bytes()))
+        sess8 = ort_session(int8_path, t)
     # (case name, runner, the k it is timed at)
     runners: list[tuple[str, LocalRunner, list[int]]] = [
         ("cohort fused", LocalRunner(model), list(range(1, n + 1)))
@@ -451,6 +460,17 @@ def _in_process_cases(
                     t,
                     teacher_flops(tcfg, b, length),
                     lambda x, s=sess: s.run(None, {a: v.numpy() for a, v in x.items()}),
+                )
+            )
+        if sess8 is not None:
+            cases.append(
+                Case(
+                    "teacher ONNX Runtime int8",
+                    b,
+                    None,
+                    t,
+                    teacher_flops(tcfg, b, length),
+                    lambda x, s=sess8: s.run(None, {a: v.numpy() for a, v in x.items()}),
                 )
             )
     return cases
@@ -579,15 +599,17 @@ def summarize(
         t = int(key.removeprefix("fp32_t"))
         hf = _find(cases, "teacher HF eager", 1, None, t)
         ort = _find(cases, "teacher ONNX Runtime", 1, None, t)
+        ort8 = _find(cases, "teacher ONNX Runtime int8", 1, None, t)
         row: dict[str, Any] = {"peak_gflops": peak}
-        for prefix, system, family_peak in (
-            ("", "cohort fused", peak),
-            ("bf16_", "cohort fused bf16", peaks.get(f"bf16_t{t}")),
-            ("ort_", "cohort ONNX Runtime", peak),
-            ("ort_int8_", "cohort ONNX Runtime int8", None),  # no int8 peak is measured
+        # (prefix, system, its peak, the ONNX Runtime teacher of the same precision)
+        for prefix, system, family_peak, teacher in (
+            ("", "cohort fused", peak, ort),
+            ("bf16_", "cohort fused bf16", peaks.get(f"bf16_t{t}"), ort),
+            ("ort_", "cohort ONNX Runtime", peak, ort),
+            ("ort_int8_", "cohort ONNX Runtime int8", None, ort8),  # no int8 peak is measured
         ):
             if family_peak or system.endswith("int8"):
-                row |= _family_ratios(cases, system, prefix, t, n, large, family_peak, hf, ort)
+                row |= _family_ratios(cases, system, prefix, t, n, large, family_peak, hf, teacher)
         out[f"threads_{t}"] = row
     procs = [c for c in cases if " proc x " in c["system"]]
     out["multiprocess"] = {

@@ -39,6 +39,7 @@ def test_kernels_bench_measures_every_in_process_case(tiny_teacher, tmp_path, on
             assert ("cohort ONNX Runtime int8", b, k) in systems
         assert ("teacher HF eager", b, None) in systems
         assert ("teacher ONNX Runtime", b, None) in systems
+        assert ("teacher ONNX Runtime int8", b, None) in systems
     assert result["inputs"]["length"] == 6  # [CLS] 4 words [SEP]
     row = result["summary"]["threads_1"]
     for key in (
@@ -57,5 +58,15 @@ def test_kernels_bench_measures_every_in_process_case(tiny_teacher, tmp_path, on
         if c["system"] == "cohort ONNX Runtime" and c["batch"] == 1 and c["k"] == 2
     )
     assert row["ort_speedup_vs_hf_eager"] == pytest.approx(hf["p50_ms"] / ort2["p50_ms"])
+    # int8 students are set against the int8 teacher
+    t8, c8 = (
+        next(
+            c
+            for c in result["cases"]
+            if c["system"] == name and c["batch"] == 1 and c["k"] in (None, 2)
+        )
+        for name in ("teacher ONNX Runtime int8", "cohort ONNX Runtime int8")
+    )
+    assert row["ort_int8_speedup_vs_onnxruntime"] == pytest.approx(t8["p50_ms"] / c8["p50_ms"])
     js, png = write(result, tmp_path)
     assert js.stat().st_size > 0 and png.read_bytes()[:4] == b"\x89PNG"
