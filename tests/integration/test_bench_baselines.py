@@ -38,6 +38,19 @@ def test_onnx_matches_torch_with_padding(tiny_teacher):
     )
 
 
+def test_int8_teacher_is_quantized_and_close(tiny_teacher):
+    import onnx
+
+    texts = ["good movie", "the plot was very very bad and sad", "a"]
+    fp32 = TeacherClassifier(BaselineConfig(model=str(tiny_teacher), backend="onnx"))
+    int8 = TeacherClassifier(BaselineConfig(model=str(tiny_teacher), backend="onnx-int8"))
+    ops = {n.op_type for n in onnx.load(int8.path).graph.node}
+    assert "MatMulInteger" in ops
+    a, b = fp32.probabilities(texts, None), int8.probabilities(texts, None)
+    assert not np.array_equal(a, b)
+    np.testing.assert_allclose(b, a, atol=0.02)
+
+
 def test_dynamic_batching_server_answers_every_request(tiny_teacher):
     app = fastapi_app(BaselineConfig(model=str(tiny_teacher), max_batch=4, max_wait_ms=2))
 

@@ -2,8 +2,8 @@
 
 Every baseline speaks the same `/predict` API as Shoal (text-embeddings-inference shapes):
 - ``fastapi``: the teacher behind FIFO dynamic batching with a maximum batch size and a maximum
-  wait, the policy of the usual model servers; backend ``torch`` (transformers, eager) or
-  ``onnx`` (ONNX Runtime);
+  wait, the policy of the usual model servers; backend ``torch`` (transformers, eager),
+  ``onnx`` (ONNX Runtime) or ``onnx-int8`` (ONNX Runtime, int8 weights);
 - ``litserve``: the teacher in LitServe with its own batching (``max_batch_size``,
   ``batch_timeout``).
 
@@ -33,7 +33,8 @@ class BaselineConfig:
     model: str
     """Fine-tuned teacher folder (a Hugging Face checkpoint)."""
     backend: str = "torch"
-    """'torch' (transformers eager) or 'onnx' (ONNX Runtime)."""
+    """'torch' (transformers eager), 'onnx' (ONNX Runtime) or 'onnx-int8' (ONNX Runtime, the
+    weights quantized like Shoal's int8 students)."""
     server: str = "fastapi"
     """'fastapi' (FIFO dynamic batching) or 'litserve'."""
     host: str = "127.0.0.1"
@@ -74,10 +75,17 @@ class TeacherClassifier:
         self.tokenizer = AutoTokenizer.from_pretrained(config.model)
         hf = AutoConfig.from_pretrained(config.model)
         self.labels = [hf.id2label[i] for i in range(hf.num_labels)]
-        if config.backend == "onnx":
+        if config.backend in ("onnx", "onnx-int8"):
             from shoal.bench.kernels import ort_session
 
             path = export_onnx(config.model, Path(config.model) / "onnx")
+            if config.backend == "onnx-int8":
+                from shoal.serve.runtime.ort import quantize_int8
+
+                int8 = path.with_suffix(".int8.onnx")
+                int8.write_bytes(quantize_int8(path.read_bytes()))
+                path = int8
+            self.path = path
             self.session = ort_session(path, config.threads)  # 0 threads: ORT's default
         elif config.backend == "torch":
             import torch
@@ -87,7 +95,7 @@ class TeacherClassifier:
                 torch.set_num_threads(config.threads)
             self.model = AutoModelForSequenceClassification.from_pretrained(config.model).eval()
         else:
-            raise ValueError(f"backend={config.backend!r} must be 'torch' or 'onnx'")
+            raise ValueError(f"backend={config.backend!r} must be 'torch', 'onnx' or 'onnx-int8'")
 
     def probabilities(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
         """(B, C) class probabilities."""
@@ -103,7 +111,7 @@ class TeacherClassifier:
         feeds["token_type_ids"] = enc.get(
             "token_type_ids", np.zeros_like(feeds["input_ids"])
         ).astype(np.int64)
-        if self.config.backend == "onnx":
+        if self.config.backend != "torch":
             logits = self.session.run(["logits"], feeds)[0]
         else:
             import torch
@@ -255,7 +263,7 @@ def litserve_server(config: BaselineConfig):
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"])
     p.add_argument("--server", default="fastapi", choices=["fastapi", "litserve"])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100)

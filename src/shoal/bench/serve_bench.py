@@ -42,7 +42,7 @@ SHOAL_SYSTEMS: dict[str, tuple[str, ...]] = {
     "deep-student": ("--no-pruning",),  # a 1-student cohort (--deep)
 }
 """The systems ``shoal serve`` runs, and the flags each adds to the common ones."""
-TEACHER_SYSTEMS = ("teacher-torch", "teacher-onnx", "teacher-litserve")
+TEACHER_SYSTEMS = ("teacher-torch", "teacher-onnx", "teacher-onnx-int8", "teacher-litserve")
 ALL_SYSTEMS = (*SHOAL_SYSTEMS, *TEACHER_SYSTEMS)
 PRUNING_SYSTEMS = tuple(s for s, flags in SHOAL_SYSTEMS.items() if "--no-pruning" not in flags)
 """The systems whose number of students follows the load: each gets a burst timeline plot."""
@@ -129,9 +129,12 @@ def server_command(system: str, config: ServeBenchConfig, port: int) -> list[str
             *SHOAL_SYSTEMS[system],
         ]
         return cmd
-    backend = {"teacher-torch": "torch", "teacher-onnx": "onnx", "teacher-litserve": "torch"}[
-        system
-    ]
+    backend = {
+        "teacher-torch": "torch",
+        "teacher-onnx": "onnx",
+        "teacher-onnx-int8": "onnx-int8",
+        "teacher-litserve": "torch",
+    }[system]
     server = "litserve" if system == "teacher-litserve" else "fastapi"
     return [
         py,
