@@ -451,28 +451,18 @@ def _in_process_cases(
                 lambda x: teacher(**x).logits,
             )
         )
-        if sess is not None:
-            cases.append(
-                Case(
-                    "teacher ONNX Runtime",
-                    b,
-                    None,
-                    t,
-                    teacher_flops(tcfg, b, length),
-                    lambda x, s=sess: s.run(None, {a: v.numpy() for a, v in x.items()}),
+        for name, session in (("teacher ONNX Runtime", sess), ("teacher ONNX Runtime int8", sess8)):
+            if session is not None:
+                cases.append(
+                    Case(
+                        name,
+                        b,
+                        None,
+                        t,
+                        teacher_flops(tcfg, b, length),
+                        lambda x, s=session: s.run(None, {a: v.numpy() for a, v in x.items()}),
+                    )
                 )
-            )
-        if sess8 is not None:
-            cases.append(
-                Case(
-                    "teacher ONNX Runtime int8",
-                    b,
-                    None,
-                    t,
-                    teacher_flops(tcfg, b, length),
-                    lambda x, s=sess8: s.run(None, {a: v.numpy() for a, v in x.items()}),
-                )
-            )
     return cases
 
 
