@@ -476,8 +476,9 @@ def _checkpoint(
     )
 
 
-# Settings that may differ when a run resumes or extends one in the same folder.
-_RESUMABLE = frozenset({"n_students", "min_gain", "threads", "cache_dir"})
+# Settings that may differ when a run resumes or extends one in the same folder (``out``:
+# the folder may have been moved).
+_RESUMABLE = frozenset({"n_students", "min_gain", "threads", "cache_dir", "out"})
 
 
 def _check_same_run(out: Path, config: DistillConfig) -> None:
