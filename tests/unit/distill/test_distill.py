@@ -151,6 +151,9 @@ def test_resuming_with_other_settings_or_fewer_students_is_refused(tmp_path, tin
     distill(_config(teacher, tiny_data, out, n_students=2))  # the same settings resume
     with pytest.raises(ConfigError, match="already holds 2 trained students"):
         distill(_config(teacher, tiny_data, out, n_students=1))
+    moved = out.rename(tmp_path / "moved")  # a moved folder is still the same run
+    distill(_config(teacher, tiny_data, moved, n_students=2))
+    assert ShoalModel.from_pretrained(moved).n_students == 2
 
 
 def test_average_method_combines_by_mean(tmp_path, tiny_data):
