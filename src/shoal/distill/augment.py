@@ -84,9 +84,9 @@ def copies_per_example(
 
     ``'length'`` keeps the total near ``copies * len(data)`` but gives an example
     ``copies * words / mean words`` variants (rounded at random, at most ``4 * copies``), so
-    the copies go to long texts. SST-2 trains on phrases (9 words on average) and is scored on
-    whole sentences (20 words): short phrases have few words to replace and are not what the
-    student gets wrong.
+    the copies go to long texts. Meant for training sets of short phrases scored on whole
+    sentences (SST-2: 9 against 20 words on average); there it measured no gain over uniform
+    copies (``docs/results/distill.md``, session 5).
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting={weighting!r} must be one of {WEIGHTINGS}")

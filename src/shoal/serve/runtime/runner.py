@@ -81,12 +81,10 @@ class LocalRunner:
         backend: str = "torch",
     ) -> None:
         self.device = torch.device(device)
-        self.quantized = dtype == "int8"
-        if self.quantized:
-            check_backend(backend, self.device.type, "int8")
+        self.quantized = dtype == "int8"  # int8 students; embeddings and head stay float32
         self.dtype = resolve_dtype("float32" if self.quantized else dtype, self.device)
-        if not self.quantized:
-            check_backend(backend, self.device.type, str(self.dtype).removeprefix("torch."))
+        named = "int8" if self.quantized else str(self.dtype).removeprefix("torch.")
+        check_backend(backend, self.device.type, named)
         self.backend = backend
         if threads is not None:
             torch.set_num_threads(threads)
