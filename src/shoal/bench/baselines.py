@@ -76,15 +76,11 @@ class TeacherClassifier:
         hf = AutoConfig.from_pretrained(config.model)
         self.labels = [hf.id2label[i] for i in range(hf.num_labels)]
         if config.backend in ("onnx", "onnx-int8"):
-            from shoal.bench.kernels import ort_session
+            from shoal.bench.kernels import ort_session, quantize_onnx
 
             path = export_onnx(config.model, Path(config.model) / "onnx")
             if config.backend == "onnx-int8":
-                from shoal.serve.runtime.ort import quantize_int8
-
-                int8 = path.with_suffix(".int8.onnx")
-                int8.write_bytes(quantize_int8(path.read_bytes()))
-                path = int8
+                path = quantize_onnx(path)
             self.path = path
             self.session = ort_session(path, config.threads)  # 0 threads: ORT's default
         elif config.backend == "torch":

@@ -197,6 +197,14 @@ def export_onnx(teacher: Any, folder: Path, sample: dict[str, torch.Tensor]) -> 
     return path
 
 
+def quantize_onnx(path: Path) -> Path:
+    """An int8 copy of an ONNX graph, written beside it: the teacher quantized by the same
+    function as Shoal's int8 students (``quantize_int8``), so the two compare like for like."""
+    out = path.with_suffix(".int8.onnx")
+    out.write_bytes(quantize_int8(path.read_bytes()))
+    return out
+
+
 def ort_session(path: Path, threads: int) -> Any:
     import onnxruntime as ort
 
@@ -315,7 +323,14 @@ def run_kernels(config: KernelsConfig) -> dict[str, Any]:
             records.extend(_record(c, length) for c in chosen)
 
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
-        onnx_path = export_onnx(teacher, Path(tmp), rows[0]) if config.onnx else None
+        # (case name, graph) of the teacher on ONNX Runtime, float32 and int8
+        teacher_graphs: list[tuple[str, Path]] = []
+        if config.onnx:
+            fp32 = export_onnx(teacher, Path(tmp), rows[0])
+            teacher_graphs = [
+                ("teacher ONNX Runtime", fp32),
+                ("teacher ONNX Runtime int8", quantize_onnx(fp32)),
+            ]
         for t in thread_counts:
             with _threads(t):
                 peaks[f"fp32_t{t}"] = matmul_peak(t)
@@ -325,7 +340,7 @@ def run_kernels(config: KernelsConfig) -> dict[str, Any]:
                     f"threads={t}: matmul peak {peaks[f'fp32_t{t}']:.1f} GFLOP/s fp32", flush=True
                 )
                 group = _in_process_cases(
-                    model, teacher, onnx_path, t, bf16, length, config.large_batch
+                    model, teacher, teacher_graphs, t, bf16, length, config.large_batch
                 )
                 with ThreadPoolExecutor(n) as tp:
                     if t == 1:
@@ -381,28 +396,21 @@ def run_kernels(config: KernelsConfig) -> dict[str, Any]:
 def _in_process_cases(
     model: ShoalModel,
     teacher: Any,
-    onnx_path: Path | None,
+    teacher_graphs: list[tuple[str, Path]],
     t: int,
     bf16: bool,
     length: int,
     large: int,
 ) -> list[Case]:
     n, ccfg, tcfg = model.n_students, model.config, teacher.config
-    sess = ort_session(onnx_path, t) if onnx_path is not None else None
-    # The teacher quantized like the int8 students, so their comparison is like for like.
-    sess8 = None
-    if onnx_path is not None:
-        int8_path = onnx_path.with_suffix(".int8.onnx")
-        if not int8_path.is_file():
-            int8_path.write_bytes(quantize_int8(onnx_path.read_bytes()))
-        sess8 = ort_session(int8_path, t)
+    sessions = [(name, ort_session(path, t)) for name, path in teacher_graphs]
     # (case name, runner, the k it is timed at)
     runners: list[tuple[str, LocalRunner, list[int]]] = [
         ("cohort fused", LocalRunner(model), list(range(1, n + 1)))
     ]
     if bf16:
         runners.append(("cohort fused bf16", LocalRunner(model, dtype="bfloat16"), sorted({1, n})))
-    if onnx_path is not None:
+    if teacher_graphs:  # ONNX Runtime is on: the cohort runs on it too
         runners.append(
             (
                 "cohort ONNX Runtime",
@@ -451,18 +459,17 @@ def _in_process_cases(
                 lambda x: teacher(**x).logits,
             )
         )
-        for name, session in (("teacher ONNX Runtime", sess), ("teacher ONNX Runtime int8", sess8)):
-            if session is not None:
-                cases.append(
-                    Case(
-                        name,
-                        b,
-                        None,
-                        t,
-                        teacher_flops(tcfg, b, length),
-                        lambda x, s=session: s.run(None, {a: v.numpy() for a, v in x.items()}),
-                    )
-                )
+        cases.extend(
+            Case(
+                name,
+                b,
+                None,
+                t,
+                teacher_flops(tcfg, b, length),
+                lambda x, s=session: s.run(None, {a: v.numpy() for a, v in x.items()}),
+            )
+            for name, session in sessions
+        )
     return cases
 
 
@@ -598,8 +605,7 @@ def summarize(
             ("ort_", "cohort ONNX Runtime", peak, ort),
             ("ort_int8_", "cohort ONNX Runtime int8", None, ort8),  # no int8 peak is measured
         ):
-            if family_peak or system.endswith("int8"):
-                row |= _family_ratios(cases, system, prefix, t, n, large, family_peak, hf, teacher)
+            row |= _family_ratios(cases, system, prefix, t, n, large, family_peak, hf, teacher)
         out[f"threads_{t}"] = row
     procs = [c for c in cases if " proc x " in c["system"]]
     out["multiprocess"] = {
