@@ -35,16 +35,13 @@ def evaluate_model(
     cfg = Path(model_path) / "config.json"
     is_cohort = cfg.is_file() and json.loads(cfg.read_text()).get("model_type") == "shoal-cohort"
     if is_cohort:
-        from transformers import AutoTokenizer
-
         from shoal.models.cohort import ShoalModel
-        from shoal.serve.runtime.config import check_backend
         from shoal.serve.runtime.runner import LocalRunner
+        from shoal.serve.server import load_tokenizer
 
-        check_backend(backend, "cpu", dtype)
         model = ShoalModel.from_pretrained(model_path)
         k = model.check_k(k)
-        tok = AutoTokenizer.from_pretrained(model_path)
+        tok = load_tokenizer(model_path)
         n_labels = model.config.num_labels
         runner = LocalRunner(model, dtype=dtype, backend=backend)
 
