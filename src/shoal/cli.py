@@ -312,12 +312,20 @@ def bench_kernels(
         "teacher; latency does not depend on training).",
     ),
     iters: int = typer.Option(50, help="Timed iterations per case."),
+    students: int = typer.Option(
+        3,
+        help="Students of the built cohort (ignored with --cohort); as many as cores "
+        "splits them evenly over the single-threaded workers.",
+    ),
+    layers: int = typer.Option(2, help="Layers per student of the built cohort."),
 ) -> None:
     """Micro-benchmark the cohort (fused, ONNX Runtime, threaded, workers) against the teacher."""
     from shoal.bench.kernels import kernels_command
 
     try:
-        kernels_command(out, cohort=cohort or None, iters=iters)
+        kernels_command(
+            out, cohort=cohort or None, iters=iters, n_students=students, student_layers=layers
+        )
     except ShoalError as e:
         _fail(e)
 

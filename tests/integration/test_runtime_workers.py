@@ -117,9 +117,11 @@ def test_workers_are_pinned_and_hold_contiguous_blocks(runtime):
 
 
 def test_multi_worker_output_equals_in_process_for_every_k(runtime, reference, batch):
-    for k in range(1, N + 1):
+    for k in reversed(range(1, N + 1)):
         out = runtime.execute(*batch, k)
         torch.testing.assert_close(out, reference.run(*batch, k), rtol=1e-5, atol=1e-6)
+        # the diagnostics name only the workers that ran this batch (students 0-1 on worker 0)
+        assert set(_pool(runtime).last_worker_seconds) == ({0} if k <= 2 else {0, 1})
 
 
 def test_a_worker_killed_mid_batch_is_restarted_and_the_batch_retried(runtime, reference, batch):

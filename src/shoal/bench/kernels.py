@@ -37,6 +37,7 @@ import torch
 
 from shoal.models.cohort import ShoalModel
 from shoal.serve.runtime import LocalRunner, RuntimeConfig, WorkerPool
+from shoal.serve.runtime.allocation import workers_for
 from shoal.serve.runtime.ort import quantize_int8
 from shoal.serve.runtime.profile import cpu_model
 from shoal.serve.runtime.runner import bf16_cpu_supported
@@ -496,40 +497,54 @@ def _multiprocess_cases(
     stack: contextlib.ExitStack, folder: str, ccfg: Any, n: int, length: int, large: int, cores: int
 ) -> list[Case]:
     """Worker pools on the same cores: one worker with every core (OpenMP's default spinning,
-    and a short spin) against one single-threaded worker per core."""
-    layouts: list[tuple[int, int, int | None]] = [(1, cores, None), (cores, 1, None)]
+    and a short spin) against one single-threaded worker per core (students side by side, on
+    torch and on ONNX Runtime). At batch 1 each pool runs one student and the full cohort, so
+    the time a layout adds per student is measured where the students run in parallel."""
+    layouts: list[tuple[int, int, int | None, str]] = [
+        (1, cores, None, "torch"),
+        (cores, 1, None, "torch"),
+        (cores, 1, None, "onnxruntime"),
+    ]
     if cores == 1:
-        layouts = [(1, 1, None)]
+        layouts = [(1, 1, None, "torch")]
     elif "GOMP_SPINCOUNT" not in os.environ:
-        layouts.insert(1, (1, cores, 1000))
+        layouts.insert(1, (1, cores, 1000, "torch"))
     cases = []
-    for workers, threads, spin in layouts:
+    for workers, threads, spin, backend in layouts:
         config = RuntimeConfig(
-            workers=workers, threads=threads, omp_spincount=spin, health_interval_s=0
+            workers=workers,
+            threads=threads,
+            omp_spincount=spin,
+            backend=backend,
+            health_interval_s=0,
         )
         pool = stack.enter_context(WorkerPool(folder, config))
-        name = f"cohort {workers} proc x {threads} thr" + (f" spin {spin}" if spin else "")
-        for b in (1, large):
+        name = (
+            f"cohort {workers} proc x {threads} thr"
+            + (f" spin {spin}" if spin else "")
+            + (" ONNX Runtime" if backend == "onnxruntime" else "")
+        )
+        for b, k in ((1, 1), (1, n), (large, n)):
             seconds: list[float] = []
 
             def run(
-                x: dict[str, torch.Tensor], pool: WorkerPool = pool, seconds: list[float] = seconds
+                x: dict[str, torch.Tensor],
+                pool: WorkerPool = pool,
+                k: int = k,
+                seconds: list[float] = seconds,
             ) -> torch.Tensor:
-                out = pool.run(*_args(x), n)
+                out = pool.run(*_args(x), k)
                 seconds.append(max(pool.last_worker_seconds.values()))
                 return out
 
-            cases.append(
-                Case(
-                    name,
-                    b,
-                    n,
-                    threads,
-                    cohort_flops(ccfg, n, b, length),
-                    run,
-                    {"workers": workers, "omp_spincount": spin, "worker_seconds": seconds},
-                )
-            )
+            extra = {
+                "workers": workers,
+                "omp_spincount": spin,
+                "backend": backend,
+                "cores_used": threads * len(workers_for(k, pool.allocation)),
+                "worker_seconds": seconds,
+            }
+            cases.append(Case(name, b, k, threads, cohort_flops(ccfg, k, b, length), run, extra))
     return cases
 
 
@@ -551,6 +566,20 @@ def _find(
     return None
 
 
+def _overhead(
+    full: dict[str, Any], one: dict[str, Any], peak_full: float, peak_one: float
+) -> dict[str, Any]:
+    """Batch-1 latency above the compute floor (FLOPs over the matmul peak of the cores the
+    case ran on), full cohort against one student, and their ratio."""
+    over_full = full["p50_ms"] - 1e3 * full["flops"] / (peak_full * 1e9)
+    over_one = one["p50_ms"] - 1e3 * one["flops"] / (peak_one * 1e9)
+    return {
+        "overhead_ms_full": over_full,
+        "overhead_ms_one": over_one,
+        "overhead_ratio": over_full / over_one if over_one > 0 else None,
+    }
+
+
 def _family_ratios(
     cases: list[dict[str, Any]],
     system: str,
@@ -570,10 +599,7 @@ def _family_ratios(
     big = _find(cases, system, large, n, t)
     row: dict[str, Any] = {}
     if full and one and peak:
-        over_full = full["p50_ms"] - 1e3 * full["flops"] / (peak * 1e9)
-        over_one = one["p50_ms"] - 1e3 * one["flops"] / (peak * 1e9)
-        row["overhead_ms_full"], row["overhead_ms_one"] = over_full, over_one
-        row["overhead_ratio"] = over_full / over_one if over_one > 0 else None
+        row |= _overhead(full, one, peak, peak)
     if full and hf:
         row["speedup_vs_hf_eager"] = hf["p50_ms"] / full["p50_ms"]
     if full and ort:
@@ -609,13 +635,42 @@ def summarize(
         out[f"threads_{t}"] = row
     procs = [c for c in cases if " proc x " in c["system"]]
     out["multiprocess"] = {
-        f"{c['system']} b={c['batch']}": {
+        f"{c['system']} b={c['batch']} k={c['k']}": {
             "p50_ms": c["p50_ms"],
             "worker_compute_ms": c.get("worker_compute_ms"),
+            "cores_used": c.get("cores_used"),
         }
         for c in procs
     }
+    out["multiprocess_ratios"] = _multiprocess_ratios(procs, cases, peaks, n)
     out["targets"] = TARGETS
+    return out
+
+
+def _multiprocess_ratios(
+    procs: list[dict[str, Any]], cases: list[dict[str, Any]], peaks: dict[str, float], n: int
+) -> dict[str, Any]:
+    """Per worker layout: the overhead ratio, each case's floor on the cores it kept busy (one
+    student occupies one worker, the full cohort every worker it is spread over), and the full
+    cohort's speedups over the teachers on as many threads as the machine has cores."""
+    out: dict[str, Any] = {}
+    for system in dict.fromkeys(c["system"] for c in procs):
+        full, one = (_find(procs, system, 1, k) for k in (n, 1))
+        if not full or not one:
+            continue
+        row: dict[str, Any] = {}
+        peak_full, peak_one = (peaks.get(f"fp32_t{c.get('cores_used')}") for c in (full, one))
+        if peak_full and peak_one:
+            row |= _overhead(full, one, peak_full, peak_one)
+        threads = max((c["threads"] for c in cases if c["system"] == "teacher HF eager"), default=1)
+        for key, teacher in (
+            ("speedup_vs_hf_eager", "teacher HF eager"),
+            ("speedup_vs_onnxruntime", "teacher ONNX Runtime"),
+        ):
+            t = _find(cases, teacher, 1, None, threads)
+            if t:
+                row[key] = t["p50_ms"] / full["p50_ms"]
+        out[system] = row
     return out
 
 
@@ -640,8 +695,10 @@ def _git_commit() -> str | None:
 
 def _label(c: dict[str, Any]) -> str:
     s = c["system"]
-    if " proc x " in s or "threaded" in s:
+    if "threaded" in s:
         return s
+    if " proc x " in s:
+        return f"{s} k={c['k']}"
     return s + (f" k={c['k']}" if c["k"] else "") + f", {c['threads']} thr"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shoal.bench.kernels import KernelsConfig, run_kernels, write
+from shoal.bench.kernels import KernelsConfig, run_kernels, summarize, write
 
 
 @pytest.fixture
@@ -70,3 +70,34 @@ def test_kernels_bench_measures_every_in_process_case(tiny_teacher, tmp_path, on
     assert row["ort_int8_speedup_vs_onnxruntime"] == pytest.approx(t8["p50_ms"] / c8["p50_ms"])
     js, png = write(result, tmp_path)
     assert js.stat().st_size > 0 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def _case(system: str, k: int, p50: float, flops: float, cores_used: int | None = None) -> dict:
+    case = {"system": system, "batch": 1, "k": k, "threads": 1, "p50_ms": p50, "flops": flops}
+    return case | ({"cores_used": cores_used} if cores_used else {})
+
+
+def test_worker_layouts_set_each_case_against_the_peak_of_the_cores_it_kept_busy():
+    peaks = {"fp32_t1": 100.0, "fp32_t2": 200.0}  # GFLOP/s
+    pool = "cohort 2 proc x 1 thr"
+    cases = [
+        # one student on one worker: 1e8 FLOPs over 100 GFLOP/s = 1 ms floor, 3 ms above it
+        _case(pool, 1, 4.0, 1e8, cores_used=1),
+        # both students side by side on two workers: 2e8 over 200 GFLOP/s = 1 ms floor
+        _case(pool, 2, 4.6, 2e8, cores_used=2),
+        {**_case("teacher HF eager", 0, 23.0, 5e8), "k": None, "threads": 2},
+        {**_case("teacher ONNX Runtime", 0, 9.2, 5e8), "k": None, "threads": 2},
+    ]
+    row = summarize(cases, peaks, n=2, large=64)["multiprocess_ratios"][pool]
+    assert row["overhead_ms_one"] == pytest.approx(3.0)
+    assert row["overhead_ms_full"] == pytest.approx(3.6)
+    assert row["overhead_ratio"] == pytest.approx(1.2)
+    assert row["speedup_vs_hf_eager"] == pytest.approx(5.0)
+    assert row["speedup_vs_onnxruntime"] == pytest.approx(2.0)
+
+
+def test_worker_layouts_without_a_peak_for_their_cores_get_no_overhead_ratio():
+    pool = "cohort 4 proc x 1 thr"
+    cases = [_case(pool, 1, 4.0, 1e8, cores_used=1), _case(pool, 4, 5.0, 4e8, cores_used=4)]
+    row = summarize(cases, {"fp32_t1": 100.0}, n=4, large=64)["multiprocess_ratios"][pool]
+    assert "overhead_ratio" not in row

@@ -162,7 +162,7 @@ class WorkerPool:
         self._lock = threading.Lock()  # guards the in-flight counts
         self._ids = itertools.count()
         self.last_worker_seconds: dict[int, float] = {}
-        """Compute seconds inside each worker for the last batch (diagnostics)."""
+        """Compute seconds inside each worker that ran the last batch (diagnostics)."""
         torch.set_num_threads(1)
         try:
             for w in self._workers:
@@ -425,6 +425,7 @@ class WorkerPool:
             send(i)
         self._hook("after_send", plan)
         out: dict[int, np.ndarray] = {}
+        seconds: dict[int, float] = {}
         failure: Exception | None = None
         for i in plan:  # gather every reply even after a failure, so no stale replies remain
             w = self._workers[i]
@@ -458,12 +459,12 @@ class WorkerPool:
             if msg is None:
                 continue
             if msg[0] == "ok":
-                out[i] = msg[2]
-                self.last_worker_seconds[i] = msg[3]
+                out[i], seconds[i] = msg[2], msg[3]
             else:
                 failure = failure or WorkerError(
                     f"worker {i} ({describe(w.info)}) failed on a batch: {msg[2]}"
                 )
+        self.last_worker_seconds = seconds
         if failure is not None:
             raise failure
         return out
