@@ -121,6 +121,11 @@ def distill(
         help="Share of copies per example: uniform | length (same total, in proportion to "
         "its words, so long texts get more).",
     ),
+    swap_pairs: bool = typer.Option(
+        False,
+        help="Also train on each sentence pair in the other order (symmetric pair tasks "
+        "such as paraphrase detection; keeps gold labels).",
+    ),
     max_train: int = typer.Option(0),
     max_eval: int = typer.Option(0),
     seed: int = typer.Option(0),
@@ -162,6 +167,7 @@ def distill(
             augment=augment,
             augment_p=augment_p,
             augment_by=augment_by,
+            swap_pairs=swap_pairs,
             max_length=max_length,
             max_train=max_train or None,
             max_eval=max_eval or None,

@@ -143,6 +143,25 @@ def augment(
     return TextDataset(texts, labels, kept, data.num_labels)
 
 
+def swap_pairs(data: TextDataset) -> TextDataset:
+    """``data`` followed by each of its sentence pairs in the other order (second, first).
+
+    Label-preserving where the relation is symmetric (paraphrase, duplicate questions,
+    similarity), so a reversed pair keeps its gold label; for asymmetric relations (entailment)
+    it is not, and the caller must not ask for it. Doubles a small pair training set without
+    changing a word, unlike word replacement, which can turn a paraphrase into a
+    non-paraphrase.
+    """
+    if data.text_pairs is None:
+        raise ValueError("swap_pairs needs sentence pairs (text_pairs is None)")
+    return TextDataset(
+        data.texts + data.text_pairs,
+        data.labels + data.labels,
+        data.text_pairs + data.texts,
+        data.num_labels,
+    )
+
+
 def corpus_words(data: TextDataset) -> set[str]:
     """Every lowercased word (run of letters) of a split, both sides of pairs."""
     words: set[str] = set()

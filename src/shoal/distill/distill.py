@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from shoal.data import Encoded, encode, iterate, load_task, with_dev_split
 from shoal.distill import boosting, losses
-from shoal.distill.augment import WEIGHTINGS, augment, corpus_words, word_neighbours
+from shoal.distill.augment import WEIGHTINGS, augment, corpus_words, swap_pairs, word_neighbours
 from shoal.distill.cache import TokenStore
 from shoal.distill.evaluate import score
 from shoal.distill.trainer import TrainConfig, train
@@ -89,6 +89,10 @@ class DistillConfig:
     augment_by: str = "uniform"
     """How copies are shared out: 'uniform' (``augment`` per example) or 'length' (the same
     total, in proportion to each example's words; ``shoal.distill.augment``)."""
+    swap_pairs: bool = False
+    """Also train on every sentence pair in the other order (``shoal.distill.augment.
+    swap_pairs``): for symmetric pair tasks such as paraphrase detection (MRPC, QQP), where
+    the reversed pair keeps its label. Sentence-pair data only."""
     augment_candidates: int = 15
     """Nearest neighbours (in the teacher's word embeddings) a replacement is drawn from."""
     max_length: int = 128
@@ -307,6 +311,13 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     teacher, tok = load_teacher(config.teacher, task.num_labels)
     pad = tok.pad_token_id or 0
     train_set = task.splits["train"].subset(config.max_train or len(task.splits["train"]))
+    if config.swap_pairs:
+        if not task.is_pair:
+            raise DataError(
+                f"swap_pairs reverses sentence pairs, but {config.data} has single texts; "
+                "drop --swap-pairs (it is for pair tasks such as MRPC)"
+            )
+        train_set = swap_pairs(train_set)
     if config.augment:
         near = word_neighbours(
             tok.get_vocab(),
@@ -350,6 +361,7 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
         ]
         if config.augment
         else None,
+        swapped=config.swap_pairs,
     )
     teacher_seconds = time.perf_counter() - t0
 
@@ -437,7 +449,13 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
 
 
 def _teacher_cache(
-    folder: Path, teacher, enc: Encoded, depth: int, pad: int, augment: list | None = None
+    folder: Path,
+    teacher,
+    enc: Encoded,
+    depth: int,
+    pad: int,
+    augment: list | None = None,
+    swapped: bool = False,
 ) -> TeacherCache:
     """Load the cached teacher outputs, or run the teacher once and save them."""
     key = {
@@ -448,6 +466,8 @@ def _teacher_cache(
     }
     if augment:
         key["augment"] = augment
+    if swapped:
+        key["swap_pairs"] = True
     folder = folder / f"depth{depth}"
     meta = folder / "teacher.json"
     if meta.is_file() and json.loads(meta.read_text()) == key:

@@ -14,11 +14,12 @@ from shoal.distill.augment import (
     copies_per_example,
     corpus_words,
     replace_words,
+    swap_pairs,
     word_neighbours,
 )
 from shoal.distill.distill import DistillConfig, distill
 from shoal.distill.trainer import TrainConfig
-from shoal.errors import ConfigError
+from shoal.errors import ConfigError, DataError
 from shoal.models.cohort import ShoalModel
 from shoal.types import TextDataset
 
@@ -131,3 +132,38 @@ def test_distill_with_augmentation_trains_on_more_examples(
 def test_bad_augmentation_settings_are_refused(kw):
     with pytest.raises(ConfigError, match="augment"):
         DistillConfig(teacher="t", **kw)
+
+
+def test_swap_pairs_appends_every_pair_reversed_with_its_label():
+    data = TextDataset(["a b", "c"], [1, 0], ["d", "e f"], num_labels=2)
+    out = swap_pairs(data)
+    assert out.texts == ["a b", "c", "d", "e f"]
+    assert out.text_pairs == ["d", "e f", "a b", "c"]
+    assert out.labels == [1, 0, 1, 0]
+    with pytest.raises(ValueError, match="pairs"):
+        swap_pairs(TextDataset(["a"], [0]))
+
+
+def test_distill_with_swapped_pairs_trains_on_both_orders(tmp_path, tiny_pair_data, tiny_teacher):
+    cfg = DistillConfig(
+        teacher=str(tiny_teacher),
+        data=str(tiny_pair_data),
+        out=str(tmp_path / "swap"),
+        n_students=1,
+        max_length=32,
+        swap_pairs=True,
+        w_ce=1.0,  # reversed pairs keep their gold labels
+        train=TrainConfig(epochs=1, lr=1e-3, batch_size=32, seed=0),
+    )
+    distill(cfg)
+    cached = json.loads(next((tmp_path / "swap" / "cache").glob("depth*/teacher.json")).read_text())
+    assert cached["n"] == 2 * len(load_task(str(tiny_pair_data)).splits["train"])
+    assert cached["swap_pairs"] is True and "augment" not in cached
+
+
+def test_swapping_single_texts_is_refused(tmp_path, tiny_data, tiny_teacher):
+    cfg = DistillConfig(
+        teacher=str(tiny_teacher), data=str(tiny_data), out=str(tmp_path / "x"), swap_pairs=True
+    )
+    with pytest.raises(DataError, match="--swap-pairs"):
+        distill(cfg)
