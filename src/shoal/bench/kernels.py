@@ -776,6 +776,18 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
                 lw=1,
                 label=f"bf16 matmul peak, {t} thr",
             )
+    layouts = sorted({c["system"] for c in cases if " proc x " in c["system"]})
+    for j, system in enumerate(layouts):  # students side by side: flat in k where cores allow
+        runs = sorted(
+            (c for c in cases if c["system"] == system and c["batch"] == 1), key=lambda c: c["k"]
+        )
+        ax2.plot(
+            [c["k"] for c in runs],
+            [c["p50_ms"] for c in runs],
+            "^-.",
+            color=f"C{j + 4}",
+            label=system.removeprefix("cohort ") + " (workers)",
+        )
     ax2.set_xlabel("active students k")
     ax2.set_ylabel("ms")
     ax2.set_xticks(range(1, n + 1))
