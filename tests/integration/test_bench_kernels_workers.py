@@ -5,37 +5,14 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
-from shoal.bench.kernels import KernelsConfig, run_kernels
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+from shoal.bench.kernels import run_kernels
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores for 2 workers")
-def test_every_worker_layout_runs_one_student_and_the_full_cohort(
-    tiny_teacher, tmp_path, one_thread, monkeypatch
-):
+def test_every_worker_layout_runs_one_student_and_the_full_cohort(tiny_kernels_config, monkeypatch):
     monkeypatch.setenv("GOMP_SPINCOUNT", "1000")  # no extra spin layout: 3 pools, not 4
-    data = tmp_path / "sst2.tsv"
-    data.write_text("sentence\tlabel\n" + "".join("good movie bad plot\t1\n" for _ in range(8)))
-    config = KernelsConfig(
-        out_dir=str(tmp_path),
-        teacher=str(tiny_teacher),
-        n_students=2,
-        iters=2,
-        large_iters=1,
-        warmup=1,
-        large_batch=4,
-        data=str(data),
-        threads=(1,),
-        onnx=False,
-    )
+    config = tiny_kernels_config(onnx=False)
     result = run_kernels(config)
     procs = [c for c in result["cases"] if " proc x " in c["system"]]
     cores = len(os.sched_getaffinity(0))

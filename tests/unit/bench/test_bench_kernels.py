@@ -3,33 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from shoal.bench.kernels import KernelsConfig, run_kernels, summarize, write
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+from shoal.bench.kernels import run_kernels, summarize, write
 
 
-def test_kernels_bench_measures_every_in_process_case(tiny_teacher, tmp_path, one_thread):
-    data = tmp_path / "sst2.tsv"
-    data.write_text("sentence\tlabel\n" + "".join("good movie bad plot\t1\n" for _ in range(8)))
-    config = KernelsConfig(
-        out_dir=str(tmp_path),
-        teacher=str(tiny_teacher),
-        n_students=2,
-        iters=2,
-        large_iters=1,
-        warmup=1,
-        large_batch=4,
-        data=str(data),
-        threads=(1,),
-        multiprocess=False,
-    )
+def test_kernels_bench_measures_every_in_process_case(tiny_kernels_config, tmp_path):
+    config = tiny_kernels_config(multiprocess=False)
     result = run_kernels(config)
     systems = {(c["system"], c["batch"], c["k"]) for c in result["cases"]}
     for b in (1, 4):

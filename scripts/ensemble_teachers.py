@@ -1,0 +1,70 @@
+"""Score fine-tuned checkpoints one by one and as an ensemble (mean of log-probabilities).
+
+    python scripts/ensemble_teachers.py --data ../shared/data/sst2 --split test --max-length 64 \
+        runs/teacher-sst2-ep2 runs/teacher-sst2-seed1 runs/teacher-sst2-s3
+
+Prints one JSON line per checkpoint and one per ensemble of the first 2, 3, ... checkpoints,
+in the order given. A question for teacher selection (does an ensemble of fine-tunes beat its
+best member?), not something the server runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from shoal.data import encode, load_task
+from shoal.distill.evaluate import predict_logits, score
+from shoal.errors import ShoalError
+from shoal.models.teacher import load_teacher
+
+
+def log_probs(checkpoint: str, data: str, split: str, max_length: int) -> tuple[torch.Tensor, list]:
+    """(N, C) log-probabilities of one checkpoint on a split, and the split's labels."""
+    task = load_task(data)
+    if split not in task.splits:
+        raise ShoalError(f"{data} has no {split!r} split; it has {sorted(task.splits)}")
+    model, tok = load_teacher(checkpoint, task.num_labels)
+    model.eval()
+    enc = encode(tok, task.splits[split], max_length)
+
+    def forward(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(
+            input_ids=b["input_ids"],
+            attention_mask=b["attention_mask"],
+            token_type_ids=b["token_type_ids"],
+        ).logits
+
+    with torch.inference_mode():
+        logits = predict_logits(forward, enc, pad_id=tok.pad_token_id or 0)
+    return torch.log_softmax(logits, -1), enc.labels
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--max-length", type=int, default=128)
+    args = p.parse_args()
+    if len(args.checkpoints) < 2:
+        sys.exit("error: give at least two checkpoints to ensemble")
+    try:
+        scored = [log_probs(c, args.data, args.split, args.max_length) for c in args.checkpoints]
+    except ShoalError as e:
+        sys.exit(f"error: {e}")
+    labels = scored[0][1]
+    for name, (lp, _) in zip(args.checkpoints, scored, strict=True):
+        print(json.dumps({"split": args.split, "models": [name], **score(lp, labels)}))
+    for n in range(2, len(scored) + 1):
+        mean = torch.stack([lp for lp, _ in scored[:n]]).mean(0)
+        print(
+            json.dumps({"split": args.split, "models": args.checkpoints[:n], **score(mean, labels)})
+        )
+
+
+if __name__ == "__main__":
+    main()
