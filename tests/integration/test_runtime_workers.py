@@ -124,6 +124,18 @@ def test_multi_worker_output_equals_in_process_for_every_k(runtime, reference, b
         assert set(_pool(runtime).last_worker_seconds) == ({0} if k <= 2 else {0, 1})
 
 
+def test_sigint_and_sigterm_to_the_process_group_leave_workers_serving(runtime, reference, batch):
+    before = {s.pid for s in _pool(runtime).status()}
+    for s in _pool(runtime).status():  # what Ctrl+C, timeout or systemd send to every process
+        os.kill(s.pid, signal.SIGINT)
+        os.kill(s.pid, signal.SIGTERM)
+    out = runtime.execute(*batch, N)
+    torch.testing.assert_close(out, reference.run(*batch, N), rtol=1e-5, atol=1e-6)
+    status = _pool(runtime).status()
+    assert {s.pid for s in status} == before and all(s.alive for s in status)
+    assert all(s.restarts == 0 for s in status)
+
+
 def test_a_worker_killed_mid_batch_is_restarted_and_the_batch_retried(runtime, reference, batch):
     pool = _pool(runtime)
     before = pool.status()[1]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -52,7 +53,14 @@ def worker_main(
     students: tuple[int, ...],
     backend: str = "torch",
 ) -> None:
-    """Entry point of a worker process; returns when told to stop or the parent goes away."""
+    """Entry point of a worker process; returns when told to stop or the parent goes away.
+
+    The parent alone ends a worker (a "stop" message, EOF on the pipe, SIGKILL). SIGINT and
+    SIGTERM are ignored: Ctrl+C, ``timeout`` and systemd signal the whole process group, and a
+    worker that died with its server would be restarted while the server drains.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     pin(slot)
     import torch
 
