@@ -7,7 +7,8 @@ length, no padding):
   and the same with int8 students (``dtype='int8'``, dynamic quantization; k = 1 and N),
 - cohort *one-by-one* (the reference path: each student in turn, every token in every layer),
 - cohort *threaded* (one Python thread per student, 1 intra-op thread each),
-- cohort *multi-process* (``WorkerPool``: 2 workers x 1 pinned core vs 1 worker x 2 cores),
+- cohort *multi-process* (``WorkerPool``: one single-threaded worker per core, torch and ONNX
+  Runtime, vs 1 worker with every core; one student and the full cohort at batch 1),
 - the teacher as a user runs it (Hugging Face transformers, PyTorch eager, fp32),
 - the teacher on ONNX Runtime (exported with the TorchScript exporter, graph optimisations on),
   float32 and int8 (quantized like the int8 students; they are compared with it).

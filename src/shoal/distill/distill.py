@@ -89,12 +89,12 @@ class DistillConfig:
     augment_by: str = "uniform"
     """How copies are shared out: 'uniform' (``augment`` per example) or 'length' (the same
     total, in proportion to each example's words; ``shoal.distill.augment``)."""
+    augment_candidates: int = 15
+    """Nearest neighbours (in the teacher's word embeddings) a replacement is drawn from."""
     swap_pairs: bool = False
     """Also train on every sentence pair in the other order (``shoal.distill.augment.
     swap_pairs``): for symmetric pair tasks such as paraphrase detection (MRPC, QQP), where
     the reversed pair keeps its label. Sentence-pair data only."""
-    augment_candidates: int = 15
-    """Nearest neighbours (in the teacher's word embeddings) a replacement is drawn from."""
     max_length: int = 128
     """Tokens per example after truncation."""
     max_train: int | None = None
