@@ -19,7 +19,7 @@ import torch
 from shoal.data import encode, load_task
 from shoal.distill.evaluate import predict_logits, score
 from shoal.errors import ShoalError
-from shoal.models.teacher import load_teacher
+from shoal.models.teacher import load_teacher, logits_of
 
 
 def log_probs(checkpoint: str, data: str, split: str, max_length: int) -> tuple[torch.Tensor, list]:
@@ -30,16 +30,8 @@ def log_probs(checkpoint: str, data: str, split: str, max_length: int) -> tuple[
     model, tok = load_teacher(checkpoint, task.num_labels)
     model.eval()
     enc = encode(tok, task.splits[split], max_length)
-
-    def forward(b: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(
-            input_ids=b["input_ids"],
-            attention_mask=b["attention_mask"],
-            token_type_ids=b["token_type_ids"],
-        ).logits
-
     with torch.inference_mode():
-        logits = predict_logits(forward, enc, pad_id=tok.pad_token_id or 0)
+        logits = predict_logits(logits_of(model), enc, pad_id=tok.pad_token_id or 0)
     return torch.log_softmax(logits, -1), enc.labels
 
 

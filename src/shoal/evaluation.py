@@ -53,18 +53,12 @@ def evaluate_model(
                 f"backend={backend!r} and dtype={dtype!r} apply to Shoal cohorts; "
                 f"{model_path} is a teacher, which is scored in transformers (float32)"
             )
-        from shoal.models.teacher import load_teacher
+        from shoal.models.teacher import load_teacher, logits_of
 
         model, tok = load_teacher(model_path)
         model.eval()
         n_labels = model.config.num_labels
-
-        def forward(b: dict[str, torch.Tensor]) -> torch.Tensor:
-            return model(
-                input_ids=b["input_ids"],
-                attention_mask=b["attention_mask"],
-                token_type_ids=b["token_type_ids"],
-            ).logits
+        forward = logits_of(model)
 
     if task.num_labels > n_labels:
         raise ModelError(

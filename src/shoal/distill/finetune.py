@@ -13,7 +13,7 @@ from shoal.data import encode, iterate, load_task, with_dev_split
 from shoal.distill.evaluate import predict_logits, score
 from shoal.distill.trainer import TrainConfig, train
 from shoal.errors import ConfigError, DataError
-from shoal.models.teacher import load_teacher
+from shoal.models.teacher import load_teacher, logits_of
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,12 +77,7 @@ def finetune(config: FinetuneConfig) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    def forward(b: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(
-            input_ids=b["input_ids"],
-            attention_mask=b["attention_mask"],
-            token_type_ids=b["token_type_ids"],
-        ).logits
+    forward = logits_of(model)
 
     def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.nn.functional.cross_entropy(forward(b), b["labels"])

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from shoal.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_TEACHER = "default"
 
@@ -98,3 +103,17 @@ def check_tokenizer(config, tokenizer, where: str) -> None:
             f"embedding table has {vocab}; they come from different checkpoints. "
             f"Save the tokenizer that was trained with this model beside it"
         )
+
+
+def logits_of(model: Any) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """``batch -> logits`` of a sequence classifier, for the padded batches of
+    ``shoal.data.iterate`` (``input_ids``, ``attention_mask``, ``token_type_ids``)."""
+
+    def forward(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(
+            input_ids=b["input_ids"],
+            attention_mask=b["attention_mask"],
+            token_type_ids=b["token_type_ids"],
+        ).logits
+
+    return forward
