@@ -38,7 +38,7 @@ import torch
 
 from shoal.models.cohort import ShoalModel
 from shoal.serve.runtime import LocalRunner, RuntimeConfig, WorkerPool
-from shoal.serve.runtime.allocation import workers_for
+from shoal.serve.runtime.allocation import available_cores, workers_for
 from shoal.serve.runtime.ort import quantize_int8
 from shoal.serve.runtime.profile import cpu_model
 from shoal.serve.runtime.runner import bf16_cpu_supported
@@ -305,7 +305,7 @@ def run_kernels(config: KernelsConfig) -> dict[str, Any]:
     n, ccfg, tcfg = model.n_students, model.config, teacher.config
     rows, big, source = sst2_batches(tok, config.data, config.length, config.large_batch)
     length = rows[0]["input_ids"].shape[1]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = len(available_cores())
     thread_counts = config.threads or tuple(sorted({1, cores or 1}))
     bf16 = bf16_cpu_supported()
     records: list[dict[str, Any]] = []

@@ -31,12 +31,22 @@ from shoal.bench import report
 from shoal.bench.loadgen import CLIENTS, Client, run_load_sync
 from shoal.bench.workload import WorkloadConfig, build_workload
 from shoal.errors import ConfigError
+from shoal.serve.runtime.allocation import available_cores
 
 SHOAL_SYSTEMS: dict[str, tuple[str, ...]] = {
     "shoal": (),
     "shoal-bf16": ("--dtype", "bfloat16"),  # bf16 matmuls (CPUs with native bf16, GPUs)
     "shoal-onnx": ("--backend", "onnxruntime"),  # students on ONNX Runtime (CPU)
     "shoal-onnx-int8": ("--backend", "onnxruntime", "--dtype", "int8"),  # quantized students
+    # one single-threaded worker per core: the students run side by side (kernels.md, session 6)
+    "shoal-onnx-per-core": (
+        "--backend",
+        "onnxruntime",
+        "--workers",
+        str(len(available_cores())),
+        "--threads",
+        "1",
+    ),
     "shoal-no-pruning": ("--no-pruning",),
     "shoal-fifo": ("--no-pruning", "--buffer", "fifo", "--max-wait-ms", "5"),
     "deep-student": ("--no-pruning",),  # a 1-student cohort (--deep)

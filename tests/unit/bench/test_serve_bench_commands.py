@@ -10,6 +10,7 @@ from shoal.bench.serve_bench import (
     ServeBenchConfig,
     server_command,
 )
+from shoal.serve.runtime.allocation import available_cores
 from shoal.serve.server import ServeConfig, _parser
 
 
@@ -29,6 +30,10 @@ CONFIG = ServeBenchConfig(cohort="c", teacher="t", data="d", deep="deep", max_le
         ("shoal-bf16", {"pruning": True, "buffer": "length_aware", "dtype": "bfloat16"}),
         ("shoal-onnx", {"pruning": True, "dtype": "float32", "backend": "onnxruntime"}),
         ("shoal-onnx-int8", {"pruning": True, "dtype": "int8", "backend": "onnxruntime"}),
+        (
+            "shoal-onnx-per-core",
+            {"backend": "onnxruntime", "workers": len(available_cores()), "threads": 1},
+        ),
         ("shoal-no-pruning", {"pruning": False, "buffer": "length_aware"}),
         ("shoal-fifo", {"pruning": False, "buffer": "fifo"}),
         ("deep-student", {"pruning": False}),

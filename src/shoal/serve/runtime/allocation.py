@@ -11,6 +11,7 @@ least loaded replica.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,13 @@ from shoal.errors import ConfigError
 
 Allocation = list[tuple[int, ...]]
 """Students held by each worker, indexed by worker: ``allocation[w]`` is ascending."""
+
+
+def available_cores() -> list[int]:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -29,7 +29,13 @@ import numpy as np
 import torch
 
 from shoal.models.cohort import ShoalModel
-from shoal.serve.runtime.allocation import Slot, allocate, plan_slots, workers_for
+from shoal.serve.runtime.allocation import (
+    Slot,
+    allocate,
+    available_cores,
+    plan_slots,
+    workers_for,
+)
 from shoal.serve.runtime.config import RuntimeConfig
 from shoal.serve.runtime.errors import WorkerCrashed, WorkerError
 from shoal.serve.runtime.runner import ArrayLike, LocalRunner
@@ -140,11 +146,7 @@ class WorkerPool:
         self._closed = threading.Event()
         self.head_runner = LocalRunner(ShoalModel.from_pretrained(self.cohort_dir, "cpu"))
         self.model = self.head_runner.model
-        cores = (
-            sorted(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else list(range(os.cpu_count() or 1))
-        )
+        cores = available_cores()
         n_gpus = torch.cuda.device_count() if config.device.startswith("cuda") else 0
         self.slots = plan_slots(
             config.workers,

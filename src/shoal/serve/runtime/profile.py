@@ -25,6 +25,7 @@ import numpy as np
 
 from shoal.errors import ConfigError
 from shoal.serve.costmodel import CostModel
+from shoal.serve.runtime.allocation import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,7 @@ def machine_fingerprint(device: str) -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu": cpu_model(),
-        "cores": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
+        "cores": len(available_cores()),
         "torch": torch.__version__,
         "device": device,
     }
