@@ -20,19 +20,17 @@ from shoal.data import encode, load_task
 from shoal.distill.evaluate import predict_logits, score
 from shoal.errors import ShoalError
 from shoal.models.teacher import load_teacher, logits_of
+from shoal.types import TextDataset
 
 
-def log_probs(checkpoint: str, data: str, split: str, max_length: int) -> tuple[torch.Tensor, list]:
-    """(N, C) log-probabilities of one checkpoint on a split, and the split's labels."""
-    task = load_task(data)
-    if split not in task.splits:
-        raise ShoalError(f"{data} has no {split!r} split; it has {sorted(task.splits)}")
-    model, tok = load_teacher(checkpoint, task.num_labels)
+def log_probs(checkpoint: str, data: TextDataset, num_labels: int, max_length: int) -> torch.Tensor:
+    """(N, C) log-probabilities of one checkpoint on a split, in the split's order."""
+    model, tok = load_teacher(checkpoint, num_labels)
     model.eval()
-    enc = encode(tok, task.splits[split], max_length)
+    enc = encode(tok, data, max_length)
     with torch.inference_mode():
         logits = predict_logits(logits_of(model), enc, pad_id=tok.pad_token_id or 0)
-    return torch.log_softmax(logits, -1), enc.labels
+    return torch.log_softmax(logits, -1)
 
 
 def main() -> None:
@@ -45,17 +43,21 @@ def main() -> None:
     if len(args.checkpoints) < 2:
         sys.exit("error: give at least two checkpoints to ensemble")
     try:
-        scored = [log_probs(c, args.data, args.split, args.max_length) for c in args.checkpoints]
+        task = load_task(args.data)
+        if args.split not in task.splits:
+            raise ShoalError(
+                f"{args.data} has no {args.split!r} split; it has {sorted(task.splits)}"
+            )
+        data = task.splits[args.split]
+        scored = [log_probs(c, data, task.num_labels, args.max_length) for c in args.checkpoints]
     except ShoalError as e:
         sys.exit(f"error: {e}")
-    labels = scored[0][1]
-    for name, (lp, _) in zip(args.checkpoints, scored, strict=True):
-        print(json.dumps({"split": args.split, "models": [name], **score(lp, labels)}))
+    for name, lp in zip(args.checkpoints, scored, strict=True):
+        print(json.dumps({"split": args.split, "models": [name], **score(lp, data.labels)}))
     for n in range(2, len(scored) + 1):
-        mean = torch.stack([lp for lp, _ in scored[:n]]).mean(0)
-        print(
-            json.dumps({"split": args.split, "models": args.checkpoints[:n], **score(mean, labels)})
-        )
+        mean = torch.stack(scored[:n]).mean(0)
+        row = {"split": args.split, "models": args.checkpoints[:n], **score(mean, data.labels)}
+        print(json.dumps(row))
 
 
 if __name__ == "__main__":

@@ -654,6 +654,14 @@ def _multiprocess_ratios(
     """Per worker layout: the overhead ratio, each case's floor on the cores it kept busy (one
     student occupies one worker, the full cohort every worker it is spread over), and the full
     cohort's speedups over the teachers on as many threads as the machine has cores."""
+    threads = max((c["threads"] for c in cases if c["system"] == "teacher HF eager"), default=1)
+    teachers = {
+        key: _find(cases, system, 1, None, threads)
+        for key, system in (
+            ("speedup_vs_hf_eager", "teacher HF eager"),
+            ("speedup_vs_onnxruntime", "teacher ONNX Runtime"),
+        )
+    }
     out: dict[str, Any] = {}
     for system in dict.fromkeys(c["system"] for c in procs):
         full, one = (_find(procs, system, 1, k) for k in (n, 1))
@@ -663,14 +671,9 @@ def _multiprocess_ratios(
         peak_full, peak_one = (peaks.get(f"fp32_t{c.get('cores_used')}") for c in (full, one))
         if peak_full and peak_one:
             row |= _overhead(full, one, peak_full, peak_one)
-        threads = max((c["threads"] for c in cases if c["system"] == "teacher HF eager"), default=1)
-        for key, teacher in (
-            ("speedup_vs_hf_eager", "teacher HF eager"),
-            ("speedup_vs_onnxruntime", "teacher ONNX Runtime"),
-        ):
-            t = _find(cases, teacher, 1, None, threads)
-            if t:
-                row[key] = t["p50_ms"] / full["p50_ms"]
+        for key, teacher in teachers.items():
+            if teacher:
+                row[key] = teacher["p50_ms"] / full["p50_ms"]
         out[system] = row
     return out
 
