@@ -43,6 +43,25 @@ def finetune(
     select_min_words: int = typer.Option(
         0, help="Select the best checkpoint on dev examples of at least this many words (0: all)."
     ),
+    distill_from: str = typer.Option(
+        None,
+        help="Fine-tuned classifier whose outputs are the targets (knowledge distillation; "
+        "from the pretrained checkpoint of --model, a born-again teacher).",
+    ),
+    w_kd: float = typer.Option(1.0, help="Weight of the distillation loss (--distill-from)."),
+    w_ce: float = typer.Option(
+        0.0, help="Weight of the gold-label loss on the labelled examples (--distill-from)."
+    ),
+    temperature: float = typer.Option(1.0, help="Softmax temperature of the distillation."),
+    augment: int = typer.Option(
+        0,
+        help="Word-replaced copies of every training example, labelled by the "
+        "--distill-from teacher (0: none).",
+    ),
+    augment_p: float = typer.Option(0.4, help="Chance that a copy replaces a word."),
+    cache_dir: Path = typer.Option(
+        None, help="Teacher-output cache (default OUT/cache); a `shoal distill` cache is reused."
+    ),
 ) -> None:
     """Fine-tune a teacher classifier; keep the best dev checkpoint."""
     from shoal.distill.finetune import FinetuneConfig
@@ -59,6 +78,13 @@ def finetune(
             max_eval=max_eval or None,
             threads=threads,
             select_min_words=select_min_words,
+            distill_from=distill_from,
+            w_kd=w_kd,
+            w_ce=w_ce,
+            temperature=temperature,
+            augment=augment,
+            augment_p=augment_p,
+            cache_dir=str(cache_dir) if cache_dir else None,
             train=TrainConfig(
                 epochs=epochs,
                 lr=lr,

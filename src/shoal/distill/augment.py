@@ -169,3 +169,29 @@ def corpus_words(data: TextDataset) -> set[str]:
         for text in texts:
             words.update(w.lower() for w in _LETTERS.findall(text))
     return words
+
+
+def augment_with_teacher(
+    data: TextDataset,
+    vocab: dict[str, int],
+    embeddings: torch.Tensor,
+    copies: int,
+    p: float = 0.4,
+    candidates: int = 15,
+    seed: int = 0,
+    weighting: str = "uniform",
+) -> TextDataset:
+    """:func:`augment` with neighbours from the teacher's word-embedding table.
+
+    The same arguments give the same copies, so a distillation and a fine-tuning run that ask
+    for the same augmentation train on the same text (and can share the teacher's outputs).
+    """
+    near = word_neighbours(vocab, embeddings, corpus_words(data), candidates)
+    return augment(data, near, copies, p, seed=seed, weighting=weighting)
+
+
+def augment_key(
+    copies: int, p: float, candidates: int, seed: int, weighting: str = "uniform"
+) -> list:
+    """What identifies an augmented training set in a teacher-output cache key."""
+    return [copies, p, candidates, seed, *([weighting] if weighting != "uniform" else [])]

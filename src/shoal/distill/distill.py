@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from shoal.data import Encoded, encode, iterate, load_task, with_dev_split
 from shoal.distill import boosting, losses
-from shoal.distill.augment import WEIGHTINGS, augment, corpus_words, swap_pairs, word_neighbours
+from shoal.distill.augment import WEIGHTINGS, augment_key, augment_with_teacher, swap_pairs
 from shoal.distill.cache import TokenStore
 from shoal.distill.evaluate import score
 from shoal.distill.trainer import TrainConfig, train
@@ -319,18 +319,14 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
             )
         train_set = swap_pairs(train_set)
     if config.augment:
-        near = word_neighbours(
+        n_source = len(train_set)
+        train_set = augment_with_teacher(
+            train_set,
             tok.get_vocab(),
             teacher.get_input_embeddings().weight,
-            corpus_words(train_set),
-            config.augment_candidates,
-        )
-        n_source = len(train_set)
-        train_set = augment(
-            train_set,
-            near,
             config.augment,
             config.augment_p,
+            config.augment_candidates,
             seed=config.train.seed,
             weighting=config.augment_by,
         )
@@ -352,13 +348,13 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
         enc["train"],
         depth,
         pad,
-        augment=[
+        augment=augment_key(
             config.augment,
             config.augment_p,
             config.augment_candidates,
             config.train.seed,
-            *([config.augment_by] if config.augment_by != "uniform" else []),
-        ]
+            config.augment_by,
+        )
         if config.augment
         else None,
         swapped=config.swap_pairs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from shoal.data import Encoded, iterate
 from shoal.metrics import accuracy, f1_binary
@@ -16,15 +17,19 @@ def predict_logits(
     enc: Encoded,
     batch_size: int = 128,
     pad_id: int = 0,
+    desc: str | None = None,
 ) -> torch.Tensor:
-    """Logits of every example, in the split's order.
+    """Logits of every example, in the split's order; ``desc`` shows a progress bar.
 
     Shape:
         returns (N, num_labels) float32.
     """
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    bar = tqdm(total=len(enc), desc=desc, unit="ex", dynamic_ncols=True, disable=desc is None)
     for batch in iterate(enc, batch_size, shuffle=False, pad_id=pad_id):
         parts.append((batch["index"], forward(batch).float()))
+        bar.update(len(batch["index"]))
+    bar.close()
     index = torch.cat([i for i, _ in parts])
     logits = torch.cat([x for _, x in parts])
     out = torch.empty_like(logits)

@@ -8,9 +8,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
-from shoal.data import encode, iterate, load_task, with_dev_split
+from shoal.data import Encoded, encode, iterate, load_task, with_dev_split
+from shoal.distill.augment import augment_key, augment_with_teacher
 from shoal.distill.evaluate import predict_logits, score
+from shoal.distill.losses import kd_loss, label_loss
 from shoal.distill.trainer import TrainConfig, train
 from shoal.errors import ConfigError, DataError
 from shoal.models.teacher import load_teacher, logits_of
@@ -37,6 +40,26 @@ class FinetuneConfig:
     select_min_words: int = 0
     """Select the checkpoint on dev examples of at least this many words only (0: all of dev).
     SST-2's dev split is mostly short phrases while its test set is whole sentences."""
+    distill_from: str | None = None
+    """A fine-tuned classifier whose outputs are the training targets (knowledge
+    distillation): with ``model`` the same pretrained checkpoint the teacher was fine-tuned
+    from, a "born-again" fine-tune; None trains on the gold labels alone."""
+    w_kd: float = 1.0
+    """Weight of the distillation loss (KL to the teacher, times T^2); with distill_from."""
+    w_ce: float = 0.0
+    """Weight of the gold-label cross-entropy on the labelled examples; with distill_from."""
+    temperature: float = 1.0
+    """Softmax temperature of the distillation loss."""
+    augment: int = 0
+    """Word-replaced copies of every training example to add (``shoal.distill.augment``); the
+    copies have no gold label, so they need distill_from to label them."""
+    augment_p: float = 0.4
+    """Probability that an augmented copy replaces a word."""
+    augment_candidates: int = 15
+    """Nearest neighbours (in the teacher's word embeddings) a replacement is drawn from."""
+    cache_dir: str | None = None
+    """Where the teacher's outputs on the training set are cached (default OUT/cache). A
+    ``shoal distill`` cache of the same teacher, data and augmentation is reused."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-5, epochs=2.0))
     """Optimiser and schedule."""
 
@@ -45,6 +68,26 @@ class FinetuneConfig:
             raise ConfigError(f"max_length={self.max_length} is too short; use 64 or more")
         if self.select_min_words < 0:
             raise ConfigError(f"select_min_words={self.select_min_words} must be 0 or more")
+        if self.augment < 0 or not 0.0 < self.augment_p <= 1.0 or self.augment_candidates < 1:
+            raise ConfigError(
+                f"augment={self.augment}, augment_p={self.augment_p}, augment_candidates="
+                f"{self.augment_candidates}: use augment >= 0, 0 < augment_p <= 1 and "
+                "augment_candidates >= 1"
+            )
+        if self.distill_from is None:
+            if self.augment:
+                raise ConfigError(
+                    "augmented copies have no gold label; pass --distill-from TEACHER so a "
+                    "fine-tuned teacher labels them, or drop --augment"
+                )
+            return
+        if self.w_kd < 0 or self.w_ce < 0 or self.w_kd + self.w_ce == 0:
+            raise ConfigError(
+                f"w_kd={self.w_kd}, w_ce={self.w_ce}: both must be >= 0 and one > 0 "
+                "(w_kd=1, w_ce=0 learns from the teacher alone)"
+            )
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature={self.temperature} must be > 0; 1 is typical")
 
 
 def finetune(config: FinetuneConfig) -> dict:
@@ -59,7 +102,49 @@ def finetune(config: FinetuneConfig) -> dict:
         config.model, task.num_labels, id2label=dict(enumerate(task.label_names))
     )
     train_set = task.splits["train"].subset(config.max_train or len(task.splits["train"]))
+    n_gold = len(train_set)
+    teacher_logits: torch.Tensor | None = None
+    if config.distill_from is not None:
+        teacher, teacher_tok = load_teacher(config.distill_from, task.num_labels)
+        if teacher_tok.get_vocab() != tok.get_vocab():
+            raise ConfigError(
+                f"{config.distill_from} and {config.model} tokenise differently; distil into "
+                "a model that shares the teacher's tokenizer (e.g. the checkpoint it was "
+                "fine-tuned from)"
+            )
+        if config.augment:
+            train_set = augment_with_teacher(
+                train_set,
+                tok.get_vocab(),
+                teacher.get_input_embeddings().weight,
+                config.augment,
+                config.augment_p,
+                config.augment_candidates,
+                seed=config.train.seed,
+            )
+            tqdm.write(
+                f"augmented {n_gold:,} training examples to {len(train_set):,} "
+                f"(--augment {config.augment})"
+            )
     enc = {"train": encode(tok, train_set, config.max_length)}
+    teacher_seconds, teacher_source = 0.0, None
+    if config.distill_from is not None:
+        t0 = time.perf_counter()
+        key = {
+            "n": len(enc["train"]),
+            "tokens": sum(enc["train"].lengths()),
+            "teacher": str(teacher.name_or_path),
+        }
+        if config.augment:
+            key["augment"] = augment_key(
+                config.augment, config.augment_p, config.augment_candidates, config.train.seed
+            )
+        cache = Path(config.cache_dir) if config.cache_dir else Path(config.out) / "cache"
+        teacher_logits, teacher_source = _teacher_logits(
+            cache, key, teacher, enc["train"], tok.pad_token_id or 0
+        )
+        del teacher
+        teacher_seconds = time.perf_counter() - t0
     for s in ("dev", "test"):
         if s in task.splits:
             d = task.splits[s]
@@ -80,7 +165,14 @@ def finetune(config: FinetuneConfig) -> dict:
     forward = logits_of(model)
 
     def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(forward(b), b["labels"])
+        logits = forward(b)
+        if teacher_logits is None:
+            return torch.nn.functional.cross_entropy(logits, b["labels"])
+        loss = config.w_kd * kd_loss(logits, teacher_logits[b["index"]], config.temperature)
+        gold = b["index"] < n_gold  # augmented copies carry their source's label, not a gold one
+        if config.w_ce and bool(gold.any()):
+            loss = loss + config.w_ce * label_loss(logits[gold], b["labels"][gold])
+        return loss
 
     def evaluate() -> float:
         return score(predict_logits(forward, select, pad_id=pad), select.labels)["accuracy"]
@@ -116,6 +208,10 @@ def finetune(config: FinetuneConfig) -> dict:
         "model": config.model,
         "data": config.data,
         "train_examples": len(train_set),
+        "gold_examples": n_gold,
+        "distill_from": config.distill_from,
+        "teacher_outputs": teacher_source,
+        "teacher_seconds": round(teacher_seconds, 1),
         "train_seconds": round(result.seconds, 1),
         "steps": result.steps,
         "total_seconds": None,
@@ -134,3 +230,27 @@ def finetune(config: FinetuneConfig) -> dict:
         json.dumps({"config": asdict(config), "report": report}, indent=2)
     )
     return report
+
+
+@torch.inference_mode()
+def _teacher_logits(
+    folder: Path, key: dict, teacher: torch.nn.Module, enc: Encoded, pad: int
+) -> tuple[torch.Tensor, str]:
+    """The teacher's logits on the training set and the cache folder they are kept in.
+
+    Read from a cache whose key matches (this command's ``logits/`` or any ``shoal distill``
+    depth folder), or computed once and saved to ``folder/logits``."""
+    for meta in sorted(folder.glob("*/teacher.json")):
+        found = json.loads(meta.read_text())
+        found.pop("depth", None)
+        if found == key and (meta.parent / "logits.pt").is_file():
+            tqdm.write(f"teacher outputs from {meta.parent}")
+            logits: torch.Tensor = torch.load(meta.parent / "logits.pt")
+            return logits, str(meta.parent)
+    teacher.eval()
+    logits = predict_logits(logits_of(teacher), enc, pad_id=pad, desc="teacher outputs")
+    own = folder / "logits"
+    own.mkdir(parents=True, exist_ok=True)
+    torch.save(logits, own / "logits.pt")
+    (own / "teacher.json").write_text(json.dumps(key))
+    return logits, str(own)

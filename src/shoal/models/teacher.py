@@ -44,6 +44,14 @@ def resolve(name_or_path: str | Path) -> str:
         return str(p)
     if s.startswith((".", "/", "~")) or s.count("/") > 1:
         raise ModelError(f"model folder {s} does not exist")
+    if "/" in s and p.parent.is_dir():
+        # 'runs/teacher' is a local folder that was never written, not the hub repo 'teacher'
+        # of an organisation 'runs'; asking the hub would only retry for half a minute offline.
+        raise ModelError(
+            f"model folder {s} does not exist (the folder {p.parent} does); check the path, "
+            f"or run from a directory without a folder named {p.parent} to fetch the hub "
+            f"model {s}"
+        )
     return s  # a hub name; from_pretrained fetches it where the internet is reachable
 
 

@@ -22,6 +22,17 @@ def test_folder_without_config_is_not_a_checkpoint(tmp_path):
         resolve("./no/such/folder")
 
 
+def test_missing_folder_under_a_local_folder_is_not_a_hub_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ModelError, match="model folder runs/nope does not exist"):
+        resolve("runs/nope")
+    # without a local folder of that name, 'org/name' stays a hub name for from_pretrained
+    assert resolve("sentence-transformers/all-MiniLM-L6-v2") == (
+        "sentence-transformers/all-MiniLM-L6-v2"
+    )
+
+
 def test_label_count_mismatch(tiny_teacher):
     with pytest.raises(ModelError, match="classifies into 2 labels but the data has 3"):
         load_teacher(tiny_teacher, 3)
