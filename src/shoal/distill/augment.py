@@ -173,8 +173,8 @@ def corpus_words(data: TextDataset) -> set[str]:
 
 def augment_with_teacher(
     data: TextDataset,
-    vocab: dict[str, int],
-    embeddings: torch.Tensor,
+    tokenizer,
+    teacher: torch.nn.Module,
     copies: int,
     p: float = 0.4,
     candidates: int = 15,
@@ -186,7 +186,8 @@ def augment_with_teacher(
     The same arguments give the same copies, so a distillation and a fine-tuning run that ask
     for the same augmentation train on the same text (and can share the teacher's outputs).
     """
-    near = word_neighbours(vocab, embeddings, corpus_words(data), candidates)
+    table = teacher.get_input_embeddings().weight
+    near = word_neighbours(tokenizer.get_vocab(), table, corpus_words(data), candidates)
     return augment(data, near, copies, p, seed=seed, weighting=weighting)
 
 

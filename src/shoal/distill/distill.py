@@ -321,15 +321,9 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     if config.augment:
         n_source = len(train_set)
         train_set = augment_with_teacher(
-            train_set,
-            tok.get_vocab(),
-            teacher.get_input_embeddings().weight,
-            config.augment,
-            config.augment_p,
-            config.augment_candidates,
-            seed=config.train.seed,
-            weighting=config.augment_by,
-        )
+            train_set, tok, teacher, config.augment, config.augment_p,
+            config.augment_candidates, config.train.seed, config.augment_by,
+        )  # fmt: skip
         tqdm.write(
             f"augmented {n_source:,} training examples to {len(train_set):,} "
             f"(--augment {config.augment}, by {config.augment_by})"

@@ -114,14 +114,9 @@ def finetune(config: FinetuneConfig) -> dict:
             )
         if config.augment:
             train_set = augment_with_teacher(
-                train_set,
-                tok.get_vocab(),
-                teacher.get_input_embeddings().weight,
-                config.augment,
-                config.augment_p,
-                config.augment_candidates,
-                seed=config.train.seed,
-            )
+                train_set, tok, teacher, config.augment, config.augment_p,
+                config.augment_candidates, config.train.seed,
+            )  # fmt: skip
             tqdm.write(
                 f"augmented {n_gold:,} training examples to {len(train_set):,} "
                 f"(--augment {config.augment})"
