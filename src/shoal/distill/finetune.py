@@ -236,7 +236,12 @@ def _teacher_logits(
     Read from a cache whose key matches (this command's ``logits/`` or any ``shoal distill``
     depth folder), or computed once and saved to ``folder/logits``."""
     for meta in sorted(folder.glob("*/teacher.json")):
-        found = json.loads(meta.read_text())
+        try:
+            found = json.loads(meta.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # a cache left half-written: not reused, computed again below
+        if not isinstance(found, dict):
+            continue
         found.pop("depth", None)
         if found == key and (meta.parent / "logits.pt").is_file():
             tqdm.write(f"teacher outputs from {meta.parent}")

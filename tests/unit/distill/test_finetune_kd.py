@@ -122,3 +122,14 @@ def test_a_teacher_with_another_tokenizer_is_refused(kd_config, tmp_path):
     BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(other)
     with pytest.raises(ConfigError, match="tokenise differently"):
         finetune(replace(kd_config, distill_from=str(other)))
+
+
+def test_a_half_written_cache_is_computed_again(kd_config, tmp_path):
+    cache = tmp_path / "cache"
+    (cache / "logits").mkdir(parents=True)
+    (cache / "logits" / "teacher.json").write_text('{"n": 3')  # cut off mid-write
+    report = finetune(replace(kd_config, cache_dir=str(cache)))
+    assert report["teacher_outputs"] == str(cache / "logits")
+    key = json.loads((cache / "logits" / "teacher.json").read_text())
+    assert key["n"] == report["train_examples"]
+    assert torch.load(cache / "logits" / "logits.pt").shape == (report["train_examples"], 2)
