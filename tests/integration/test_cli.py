@@ -121,3 +121,23 @@ def test_finetune_selects_on_long_dev_examples(tmp_path, tiny_teacher, tiny_data
     assert selection["examples"] == len(long_dev) > 0
     r = runner.invoke(app, [*common, "--out", str(tmp_path / "u"), "--select-min-words", "99"])
     assert r.exit_code == 2 and "no dev example has 99 or more words" in r.output
+
+
+def test_finetune_from_a_teacher_on_augmented_copies(tmp_path, tiny_teacher, tiny_data):
+    common = ["finetune", "--model", str(tiny_teacher), "--data", str(tiny_data)]
+    common += ["--epochs", "1", "--lr", "1e-3", "--max-length", "32", "--evals-per-epoch", "1"]
+    r = runner.invoke(app, [*common, "--out", str(tmp_path / "a"), "--augment", "2"])
+    assert r.exit_code == 2 and "pass --distill-from TEACHER" in r.output
+    assert "Traceback" not in r.output
+    r = runner.invoke(
+        app,
+        [*common, "--out", str(tmp_path / "b"), "--augment", "2"]
+        + ["--distill-from", str(tiny_teacher), "--w-ce", "0.5", "--temperature", "2"],
+    )
+    assert r.exit_code == 0, r.output
+    report = _json_tail(r.stdout)
+    assert report["distill_from"] == str(tiny_teacher)
+    assert report["train_examples"] > report["gold_examples"]
+    assert report["teacher_outputs"] == str(tmp_path / "b" / "cache" / "logits")
+    saved = json.loads((tmp_path / "b" / "shoal_finetune.json").read_text())["config"]
+    assert (saved["augment"], saved["w_ce"], saved["temperature"]) == (2, 0.5, 2.0)
