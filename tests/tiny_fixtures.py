@@ -91,3 +91,19 @@ def write_tsv_folder(folder: Path, sizes=(200, 60, 60), pair: bool = False) -> P
         lines = [header] + ["\t".join(map(str, r)) for r in synthetic_rows(n, seed=i, pair=pair)]
         (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def tiny_distill_config(teacher: Path, data: Path, out: Path, **kw):
+    """A ``DistillConfig`` for the tiny teacher: 32 tokens, one epoch at lr 1e-3, batch 32,
+    seed 0; keyword arguments set or override the rest."""
+    from shoal.distill.distill import DistillConfig
+    from shoal.distill.trainer import TrainConfig
+
+    base = dict(
+        teacher=str(teacher),
+        data=str(data),
+        out=str(out),
+        max_length=32,
+        train=TrainConfig(epochs=1, lr=1e-3, batch_size=32, seed=0),
+    )
+    return DistillConfig(**{**base, **kw})

@@ -18,10 +18,10 @@ from shoal.distill.augment import (
     word_neighbours,
 )
 from shoal.distill.distill import DistillConfig, distill
-from shoal.distill.trainer import TrainConfig
 from shoal.errors import ConfigError, DataError
 from shoal.models.cohort import ShoalModel
 from shoal.types import TextDataset
+from tiny_fixtures import tiny_distill_config
 
 VOCAB = {"[PAD]": 0, "good": 1, "great": 2, "bad": 3, "film": 4, "movie": 5, "##s": 6, "a": 7}
 
@@ -100,15 +100,8 @@ def test_augment_by_length_spends_the_copies_on_long_texts():
 def test_distill_with_augmentation_trains_on_more_examples(
     tmp_path, tiny_data, tiny_teacher, augment_by, key
 ):
-    cfg = DistillConfig(
-        teacher=str(tiny_teacher),
-        data=str(tiny_data),
-        out=str(tmp_path / "aug"),
-        n_students=1,
-        max_length=32,
-        augment=2,
-        augment_by=augment_by,
-        train=TrainConfig(epochs=1, lr=1e-3, batch_size=32, seed=0),
+    cfg = tiny_distill_config(
+        tiny_teacher, tiny_data, tmp_path / "aug", n_students=1, augment=2, augment_by=augment_by
     )
     distill(cfg)
     cached = json.loads(next((tmp_path / "aug" / "cache").glob("depth*/teacher.json")).read_text())
@@ -145,15 +138,13 @@ def test_swap_pairs_appends_every_pair_reversed_with_its_label():
 
 
 def test_distill_with_swapped_pairs_trains_on_both_orders(tmp_path, tiny_pair_data, tiny_teacher):
-    cfg = DistillConfig(
-        teacher=str(tiny_teacher),
-        data=str(tiny_pair_data),
-        out=str(tmp_path / "swap"),
+    cfg = tiny_distill_config(
+        tiny_teacher,
+        tiny_pair_data,
+        tmp_path / "swap",
         n_students=1,
-        max_length=32,
         swap_pairs=True,
         w_ce=1.0,  # reversed pairs keep their gold labels
-        train=TrainConfig(epochs=1, lr=1e-3, batch_size=32, seed=0),
     )
     distill(cfg)
     cached = json.loads(next((tmp_path / "swap" / "cache").glob("depth*/teacher.json")).read_text())

@@ -11,20 +11,12 @@ from shoal.distill.distill import DistillConfig, distill, student_outputs
 from shoal.distill.trainer import TrainConfig
 from shoal.errors import ConfigError
 from shoal.models.cohort import ShoalModel
+from tiny_fixtures import tiny_distill_config
 
 
 def _config(teacher, data, out, **kw) -> DistillConfig:
-    base = dict(
-        teacher=str(teacher),
-        data=str(data),
-        out=str(out),
-        n_students=3,
-        max_length=32,
-        method="stack",  # the boosting tests need boosting; 'average' is named where used
-        train=TrainConfig(epochs=1, lr=1e-3, batch_size=32, seed=0),
-    )
-    base.update(kw)
-    return DistillConfig(**base)
+    # the boosting tests need boosting; 'average' is named where used
+    return tiny_distill_config(teacher, data, out, **{"n_students": 3, "method": "stack", **kw})
 
 
 def _deep_teacher(tmp_path):

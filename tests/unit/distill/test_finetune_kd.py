@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from shoal.data import encode, load_task
-from shoal.distill.distill import DistillConfig, distill
+from shoal.distill.distill import distill
 from shoal.distill.evaluate import predict_logits
 from shoal.distill.finetune import FinetuneConfig, finetune
 from shoal.distill.trainer import TrainConfig
 from shoal.errors import ConfigError
 from shoal.models.teacher import load_teacher, logits_of
+from tiny_fixtures import tiny_distill_config
 
 
 @pytest.fixture
@@ -70,26 +71,17 @@ def test_reuses_a_distill_cache_of_the_same_augmented_set(
 ):
     cache = tmp_path / "shared-cache"
     distill(
-        DistillConfig(
-            teacher=str(tiny_teacher),
-            data=str(tiny_data),
-            out=str(tmp_path / "cohort"),
+        tiny_distill_config(
+            tiny_teacher,
+            tiny_data,
+            tmp_path / "cohort",
             n_students=1,
-            max_length=32,
             augment=1,
             cache_dir=str(cache),
-            train=TrainConfig(epochs=1, lr=1e-3, batch_size=8),
         )
     )
     (distilled,) = cache.glob("depth*")
-    report = finetune(
-        replace(
-            kd_config,
-            augment=1,
-            cache_dir=str(cache),
-            train=replace(kd_config.train, evals_per_epoch=1),
-        )
-    )
+    report = finetune(replace(kd_config, augment=1, cache_dir=str(cache)))
     assert report["teacher_outputs"] == str(distilled)
     assert report["train_examples"] > report["gold_examples"]
     # another augmentation is another training set: not read from the distill cache
