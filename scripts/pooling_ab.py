@@ -20,11 +20,12 @@ from collections.abc import Callable
 
 import torch
 
-from shoal.data import encode, iterate, load_task, with_dev_split
+from shoal.data import Encoded, encode, iterate, load_task, with_dev_split
 from shoal.distill.evaluate import predict_logits, score
 from shoal.distill.trainer import TrainConfig, train
 from shoal.errors import ShoalError
 from shoal.models.teacher import load_teacher, logits_of
+from shoal.types import Task
 
 Forward = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
@@ -47,13 +48,24 @@ def mean_pooled(model: torch.nn.Module) -> Forward:
     return forward
 
 
-def run(args: argparse.Namespace, pooling: str, seed: int) -> dict:
-    torch.manual_seed(seed)
+def encode_splits(args: argparse.Namespace) -> tuple[Task, dict[str, Encoded], int]:
+    """The task, its train (capped at --max-train), dev and test splits encoded once for every
+    run (all runs share the checkpoint's tokenizer), and the padding id."""
     task = with_dev_split(load_task(args.data))
-    model, tok = load_teacher(args.model, task.num_labels)
-    pad = tok.pad_token_id or 0
+    _, tok = load_teacher(args.model, task.num_labels)
     train_set = task.splits["train"].subset(args.max_train or len(task.splits["train"]))
-    enc = encode(tok, train_set, args.max_length)
+    enc = {"train": encode(tok, train_set, args.max_length)}
+    for split in ("dev", "test"):
+        if split in task.splits:
+            enc[split] = encode(tok, task.splits[split], args.max_length)
+    return task, enc, tok.pad_token_id or 0
+
+
+def run(
+    args: argparse.Namespace, task: Task, enc: dict[str, Encoded], pad: int, pooling: str, seed: int
+) -> dict:
+    torch.manual_seed(seed)
+    model, _ = load_teacher(args.model, task.num_labels)
     forward = logits_of(model) if pooling == "cls" else mean_pooled(model)
 
     def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -64,19 +76,21 @@ def run(args: argparse.Namespace, pooling: str, seed: int) -> dict:
     train(
         list(model.named_parameters()),
         step,
-        lambda e: list(iterate(enc, args.batch_size, shuffle=True, seed=seed + e, pad_id=pad)),
+        lambda e: list(
+            iterate(enc["train"], args.batch_size, shuffle=True, seed=seed + e, pad_id=pad)
+        ),
         config,
         set_train=model.train,
         desc=f"{pooling} seed {seed}",
     )
-    row: dict = {"pooling": pooling, "seed": seed, "train_examples": len(train_set)}
+    row: dict = {"pooling": pooling, "seed": seed, "train_examples": len(enc["train"])}
     row["train_seconds"] = round(time.perf_counter() - t0, 1)
     model.eval()
     with torch.inference_mode():
         for split in ("dev", "test"):
-            if split in task.splits:
-                e = encode(tok, task.splits[split], args.max_length)
-                row[split] = score(predict_logits(forward, e, pad_id=pad), e.labels)
+            if split in enc:
+                logits = predict_logits(forward, enc[split], pad_id=pad)
+                row[split] = score(logits, enc[split].labels)
     return row
 
 
@@ -93,9 +107,10 @@ def main() -> None:
     p.add_argument("--poolings", nargs="+", default=["cls", "mean"], choices=["cls", "mean"])
     args = p.parse_args()
     try:
+        task, enc, pad = encode_splits(args)
         for seed in args.seeds:
             for pooling in args.poolings:
-                print(json.dumps(run(args, pooling, seed)), flush=True)
+                print(json.dumps(run(args, task, enc, pad, pooling, seed)), flush=True)
     except ShoalError as e:
         sys.exit(f"error: {e}")
 
