@@ -41,6 +41,7 @@ def resolve(name_or_path: str | Path) -> str:
                 f"{p} is not a model checkpoint: a Hugging Face model folder "
                 f"holds config.json and weights"
             )
+        _refuse_cohort(p)
         return str(p)
     if s.startswith((".", "/", "~")) or s.count("/") > 1:
         raise ModelError(f"model folder {s} does not exist")
@@ -53,6 +54,29 @@ def resolve(name_or_path: str | Path) -> str:
             f"model {s}"
         )
     return s  # a hub name; from_pretrained fetches it where the internet is reachable
+
+
+def _refuse_cohort(folder: Path) -> None:
+    """A Shoal cohort is not a Hugging Face classifier: name the teacher it came from."""
+    import json
+
+    from shoal.models.cohort import META_NAME, MODEL_TYPE
+
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return  # not readable as a config: from_pretrained reports it
+    if model_type != MODEL_TYPE:
+        return
+    try:
+        teacher = json.loads((folder / META_NAME).read_text()).get("teacher")
+    except (OSError, ValueError, AttributeError):
+        teacher = None
+    source = f" ({teacher}, in {folder / META_NAME})" if teacher else ""
+    raise ModelError(
+        f"{folder} is a Shoal cohort, not a Hugging Face classifier; pass the fine-tuned "
+        f"teacher it was distilled from{source}"
+    )
 
 
 def load_teacher(

@@ -50,3 +50,13 @@ def test_tokenizer_from_another_model_is_refused(tiny_teacher, tmp_path):
     make_tokenizer(tmp_path / "other", extra=50).save_pretrained(folder)
     with pytest.raises(ModelError, match="different checkpoints"):
         load_teacher(folder, 2)
+
+
+def test_a_cohort_is_not_taken_for_a_teacher(tiny_teacher, tiny_data, tmp_path):
+    from shoal.distill.distill import distill
+    from tiny_fixtures import tiny_distill_config
+
+    distill(tiny_distill_config(tiny_teacher, tiny_data, tmp_path / "cohort", n_students=1))
+    with pytest.raises(ModelError, match="is a Shoal cohort") as e:
+        load_teacher(tmp_path / "cohort", 2)
+    assert str(tiny_teacher) in str(e.value)  # names the teacher to use instead
