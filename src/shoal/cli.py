@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from shoal.errors import ShoalError
+from shoal.errors import ConfigError, ShoalError
 
 app = typer.Typer(
     add_completion=False,
@@ -40,6 +40,9 @@ def finetune(
     evals_per_epoch: int = typer.Option(2),
     seed: int = typer.Option(0),
     threads: int = typer.Option(0),
+    device: str = typer.Option(
+        "auto", help="auto (the first GPU when there is one, else the CPU) | cpu | cuda | cuda:N."
+    ),
     select_min_words: int = typer.Option(
         0, help="Select the best checkpoint on dev examples of at least this many words (0: all)."
     ),
@@ -77,6 +80,7 @@ def finetune(
             max_train=max_train or None,
             max_eval=max_eval or None,
             threads=threads,
+            device=device,
             select_min_words=select_min_words,
             distill_from=distill_from,
             w_kd=w_kd,
@@ -156,6 +160,9 @@ def distill(
     max_eval: int = typer.Option(0),
     seed: int = typer.Option(0),
     threads: int = typer.Option(0),
+    device: str = typer.Option(
+        "auto", help="auto (the first GPU when there is one, else the CPU) | cpu | cuda | cuda:N."
+    ),
     ablations: str = typer.Option(
         "",
         help="Comma-separated variants to run side by side "
@@ -198,6 +205,7 @@ def distill(
             max_train=max_train or None,
             max_eval=max_eval or None,
             threads=threads,
+            device=device,
             train=TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed),
         )
         if ablations:
@@ -230,6 +238,9 @@ def evaluate(
     dtype: str = typer.Option(
         "float32", help="Cohorts: float32 | bfloat16 | int8 (int8: --backend onnxruntime)."
     ),
+    device: str = typer.Option(
+        "auto", help="auto (a GPU when there is one; the CPU for onnxruntime) | cpu | cuda:N."
+    ),
 ) -> None:
     """Report accuracy (and F1 for binary tasks) of a model on a split."""
     from shoal.evaluation import evaluate_model
@@ -243,6 +254,7 @@ def evaluate(
             max_length=max_length,
             backend=backend,
             dtype=dtype,
+            device=device,
         )
     except ShoalError as e:
         _fail(e)
@@ -357,6 +369,47 @@ def bench_kernels(
     try:
         kernels_command(
             out, cohort=cohort or None, iters=iters, n_students=students, student_layers=layers
+        )
+    except ShoalError as e:
+        _fail(e)
+
+
+@bench.command("gpu")
+def bench_gpu(
+    out: Path = typer.Option(Path("docs/results"), help="Where gpu.json and gpu.png go."),
+    device: str = typer.Option("cuda", help="cuda | cuda:N."),
+    teacher: str = typer.Option("default", help="Teacher checkpoint to compare against."),
+    cohort: str = typer.Option(
+        "",
+        help="A cohort folder (default: built from --teacher; latency does not depend on "
+        "training).",
+    ),
+    students: int = typer.Option(4, help="Students of the built cohort."),
+    layers: int = typer.Option(2, help="Layers per student of the built cohort."),
+    batches: str = typer.Option("1,8,32,128", help="Comma-separated batch sizes."),
+    iters: int = typer.Option(100, help="Timed iterations per case."),
+    data: str = typer.Option(
+        "/work/shared/data/sst2/test.tsv", help="SST-2 TSV whose sentences are the inputs."
+    ),
+) -> None:
+    """The cohort (fused, every k, fp32 and bf16) against its teacher on one CUDA device."""
+    from shoal.bench.gpu import gpu_command
+
+    try:
+        sizes = tuple(int(b) for b in batches.split(",") if b.strip())
+    except ValueError:
+        _fail(ConfigError(f"--batches {batches!r} must be comma-separated integers, e.g. 1,8,32"))
+    try:
+        gpu_command(
+            out_dir=str(out),
+            device=device,
+            teacher=teacher,
+            cohort=cohort or None,
+            n_students=students,
+            student_layers=layers,
+            batches=sizes,
+            iters=iters,
+            data=data,
         )
     except ShoalError as e:
         _fail(e)

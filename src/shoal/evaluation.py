@@ -21,13 +21,18 @@ def evaluate_model(
     max_length: int = 128,
     backend: str = "torch",
     dtype: str = "float32",
+    device: str = "auto",
 ) -> dict:
     """Score a model folder on a split; cohorts use their first k students (all if None).
 
     A cohort runs as the server would run it with the same ``backend`` and ``dtype``
     (``LocalRunner``), so the accuracy of a quantized or bf16 cohort is measured, not assumed.
-    A teacher runs in transformers, float32.
+    A teacher runs in transformers, float32. ``device`` is 'auto' (a GPU when there is one;
+    always the CPU for ONNX Runtime), 'cpu', 'cuda' or 'cuda:N'.
     """
+    from shoal.devices import resolve_device
+
+    dev = resolve_device("cpu" if device == "auto" and backend != "torch" else device)
     task = load_task(data)
     if split not in task.splits:
         raise DataError(f"{data} has no {split!r} split; it has {sorted(task.splits)}")
@@ -43,7 +48,7 @@ def evaluate_model(
         k = model.check_k(k)
         tok = load_tokenizer(model_path)
         n_labels = model.config.num_labels
-        runner = LocalRunner(model, dtype=dtype, backend=backend)
+        runner = LocalRunner(model, str(dev), dtype=dtype, backend=backend)
 
         def forward(b: dict[str, torch.Tensor]) -> torch.Tensor:
             return runner.run(b["input_ids"], b["attention_mask"], b["token_type_ids"], k)
@@ -56,7 +61,7 @@ def evaluate_model(
         from shoal.models.teacher import load_teacher, logits_of
 
         model, tok = load_teacher(model_path)
-        model.eval()
+        model.to(dev).eval()
         n_labels = model.config.num_labels
         forward = logits_of(model)
 
@@ -72,6 +77,7 @@ def evaluate_model(
         "data": data,
         "split": split,
         "examples": len(dataset),
+        "device": str(dev),
         **({"k": k, "backend": backend, "dtype": dtype} if is_cohort else {}),
         **result,
     }

@@ -108,6 +108,11 @@ def test_errors_are_one_line_messages(tmp_path, tiny_teacher, tiny_data):
         ],
     )
     assert r.exit_code == 2 and "method='magic' is unknown" in r.output
+    r = runner.invoke(
+        app, ["finetune", "--model", str(tiny_teacher), "--data", str(tiny_data), "--device", "gpu"]
+    )
+    assert r.exit_code == 2 and "device='gpu' is not a device" in r.output
+    assert "Traceback" not in r.output
 
 
 def test_finetune_selects_on_long_dev_examples(tmp_path, tiny_teacher, tiny_data):

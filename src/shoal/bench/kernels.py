@@ -679,6 +679,8 @@ def _multiprocess_ratios(
 
 
 def _git_commit() -> str | None:
+    """HEAD (with '-dirty' for uncommitted changes), or $SHOAL_GIT_COMMIT outside a checkout
+    (a copy of the tree on another machine)."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
@@ -691,7 +693,7 @@ def _git_commit() -> str | None:
         ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return None
+        return os.environ.get("SHOAL_GIT_COMMIT")
 
 
 # ------------------------------------------------------------------------------ output

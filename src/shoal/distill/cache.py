@@ -41,22 +41,28 @@ class TokenStore:
         flat = (self.offsets[idx][:, None] + pos)[valid]
         return flat, valid, width
 
-    def gather(self, index: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Padded (B, L, H) rows of the examples at ``index`` (zeros at padding)."""
+    def gather(
+        self,
+        index: Sequence[int],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """Padded (B, L, H) rows of the examples at ``index`` (zeros at padding), on ``device``."""
         flat, valid, width = self._rows(index)
         out = torch.zeros(len(index), width, self.data.shape[1], dtype=dtype)
         out[valid] = self.data[flat].to(dtype)
-        return out
+        return out.to(device)
 
     def add_(self, index: Sequence[int], value: torch.Tensor, scale: float = 1.0) -> None:
-        """Add ``scale * value`` (B, L, H) at the real positions of the examples."""
+        """Add ``scale * value`` (B, L, H), on any device, at the real positions of the examples."""
         flat, valid, width = self._rows(index)
-        self.data[flat] += (scale * value[:, :width][valid]).to(self.data.dtype)
+        rows = value[:, :width].to(self.data.device)[valid]
+        self.data[flat] += (scale * rows).to(self.data.dtype)
 
     def set_(self, index: Sequence[int], value: torch.Tensor) -> None:
-        """Overwrite the real positions of the examples with ``value`` (B, L, H)."""
+        """Overwrite the real positions of the examples with ``value`` (B, L, H), on any device."""
         flat, valid, width = self._rows(index)
-        self.data[flat] = value[:, :width][valid].to(self.data.dtype)
+        self.data[flat] = value[:, :width].to(self.data.device)[valid].to(self.data.dtype)
 
     def save(self, path: Path, name: str) -> None:
         save_file(

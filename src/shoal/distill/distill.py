@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from shoal.data import Encoded, encode, iterate, load_task, with_dev_split
+from shoal.devices import model_device, resolve_device, to_device
 from shoal.distill import boosting, losses
 from shoal.distill.augment import WEIGHTINGS, augment_key, augment_with_teacher, swap_pairs
 from shoal.distill.cache import TokenStore
@@ -103,6 +104,9 @@ class DistillConfig:
     """Use at most this many dev/test examples."""
     threads: int = 0
     """torch intra-op threads; 0 keeps torch's default."""
+    device: str = "auto"
+    """Where to train: 'auto' (the first GPU when there is one, else the CPU), 'cpu', 'cuda'
+    or 'cuda:N'. The teacher cache and the running ensemble stay in host memory."""
     cache_dir: str | None = None
     """Where the teacher's cached outputs live (default OUT/cache); share it between runs
     on the same data so the teacher runs once."""
@@ -170,9 +174,11 @@ def cache_teacher(
     middle = TokenStore(enc.lengths(), hidden, torch.float16)
     logits = torch.zeros(len(enc), teacher.config.num_labels)
     teacher.eval()
+    dev = model_device(teacher)
     bar = tqdm(total=len(enc), desc="teacher outputs", unit="ex", dynamic_ncols=True)
     for b in iterate(enc, batch_size, shuffle=False, pad_id=pad_id):
         bar.update(len(b["index"]))
+        b = to_device(b, dev)
         out = teacher(
             input_ids=b["input_ids"],
             attention_mask=b["attention_mask"],
@@ -182,16 +188,19 @@ def cache_teacher(
         idx = b["index"].tolist()
         final.set_(idx, out.hidden_states[-1])
         middle.set_(idx, out.hidden_states[depth])
-        logits[b["index"]] = out.logits.float()
+        logits[b["index"]] = out.logits.float().cpu()
     bar.close()
     return TeacherCache(final, middle, logits)
 
 
 @torch.inference_mode()
 def student_outputs(model: ShoalModel, k: int, enc: Encoded, pad_id: int, batch_size: int = 128):
-    """Yield (index, mask, s_k) over a split in a fixed order; s_k is (B, L, H) float32."""
+    """Yield (index, mask, s_k) over a split in a fixed order; s_k is (B, L, H) float32.
+    ``mask`` and ``s_k`` are on the model's device, ``index`` is a list."""
     model.eval()  # no dropout: these outputs feed alpha and the cached ensemble
+    dev = model_device(model)
     for b in iterate(enc, batch_size, shuffle=False, pad_id=pad_id):
+        b = to_device(b, dev)
         x, mask = model.embed(b["input_ids"], b["attention_mask"], b["token_type_ids"])
         yield b["index"].tolist(), b["attention_mask"], model.students[k](x, mask)[-1]
 
@@ -221,10 +230,11 @@ def add_student(
     outputs = TokenStore(enc.lengths(), model.config.hidden_size)
     own_logits = torch.zeros_like(ensemble.logits)
     acc = boosting.AlphaAccumulator()
+    dev = model_device(model)
     for idx, mask, s in student_outputs(model, k, enc, pad_id):
         outputs.set_(idx, s)
         if model.config.head_per_student:
-            own_logits[idx] = model.student_logits(s[None, :, 0], [k])[0]
+            own_logits[idx] = model.student_logits(s[None, :, 0], [k])[0].cpu()
         if config.space == "logits":
             r = boosting.residual(cache.logits[idx], ensemble.logits[idx])
             acc.add(r, own_logits[idx])
@@ -233,7 +243,9 @@ def add_student(
         if config.boost_on == "cls":
             real = torch.zeros_like(real)
             real[:, 0] = True
-        r = boosting.residual(cache.final.gather(idx), ensemble.hidden.gather(idx))
+        r = boosting.residual(
+            cache.final.gather(idx, device=dev), ensemble.hidden.gather(idx, device=dev)
+        )
         acc.add(r[real], s[real])
     alpha = acc.alpha(config.shrinkage)
     ensemble.hidden.data += alpha * outputs.data
@@ -250,7 +262,7 @@ def _accumulate(
     for idx, _, s in student_outputs(model, k, enc, pad_id):
         ensemble.hidden.add_(idx, s, alpha)
         if model.config.head_per_student:
-            ensemble.logits[idx] += alpha * model.student_logits(s[None, :, 0], [k])[0]
+            ensemble.logits[idx] += alpha * model.student_logits(s[None, :, 0], [k])[0].cpu()
 
 
 class PrefixEvaluator:
@@ -271,7 +283,7 @@ class PrefixEvaluator:
         for split, data in self.enc.items():
             first = torch.zeros(len(data), self.model.config.hidden_size)
             for idx, _, s in student_outputs(self.model, k, data, self.pad_id, batch_size=256):
-                first[idx] = s[:, 0]
+                first[idx] = s[:, 0].cpu()
             self.states[split].append(first)
 
     @torch.inference_mode()
@@ -280,10 +292,12 @@ class PrefixEvaluator:
         self.model.eval()
         upto = min(len(v) for v in self.states.values()) if self.states else 0
         rows = [{"k": k} for k in range(1, upto + 1)]
+        dev = model_device(self.model)
         for split, data in self.enc.items():
-            states = torch.stack(self.states[split][:upto])  # (K, n, H)
+            states = torch.stack(self.states[split][:upto]).to(dev)  # (K, n, H)
             for k in range(1, upto + 1):
                 logits = self.model.finish(self.model.partial(states[:k], list(range(k)), k))
+                logits = logits.cpu()
                 for name, value in score(logits, data.labels).items():
                     rows[k - 1][f"{split}_{name}"] = value
         return rows
@@ -301,6 +315,7 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     """
     if config.threads:
         torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
     out = Path(config.out)
     _check_same_run(out, config)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -335,6 +350,7 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
             enc[s] = encode(tok, d.subset(config.max_eval or len(d)), config.max_length)
     m, n_t = config.student_layers, teacher.config.num_hidden_layers
     depth = max(1, round(n_t * (m - 1) / m)) if m > 1 else n_t
+    teacher.to(device)
     t0 = time.perf_counter()
     cache = _teacher_cache(
         Path(config.cache_dir) if config.cache_dir else out / "cache",
@@ -361,6 +377,7 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     )
     if config.method == "average":
         model = _with_config(model, combine="mean")
+    model.to(device)
     del teacher
     shared = [*model.embeddings.parameters()]
     shared += [] if config.space == "logits" else [*model.head.parameters()]
@@ -396,7 +413,7 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
             gain = table[k]["dev_accuracy"] - table[k - 1]["dev_accuracy"]
             if gain < config.min_gain:
                 log.info("student %d gains %.4f < min_gain; keeping %d students", k + 1, gain, k)
-                model, table = _truncate(model, k), table[:k]
+                model, table = _truncate(model, k).to(device), table[:k]
                 break
     joint_seconds = 0.0
     if config.joint_epochs > 0 and not state.get("joint_done"):
@@ -434,7 +451,7 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
             },
         }
     )
-    model.save_pretrained(out, tok)
+    model.cpu().save_pretrained(out, tok)
     return {"out": str(out), **model.meta}
 
 
@@ -488,7 +505,7 @@ def _checkpoint(
 
 # Settings that may differ when a run resumes or extends one in the same folder (``out``:
 # the folder may have been moved).
-_RESUMABLE = frozenset({"n_students", "min_gain", "threads", "cache_dir", "out"})
+_RESUMABLE = frozenset({"n_students", "min_gain", "threads", "device", "cache_dir", "out"})
 
 
 def _check_same_run(out: Path, config: DistillConfig) -> None:
@@ -527,7 +544,7 @@ def _resume(
     ckpt = out / "checkpoints" / "latest.pt"
     if not ckpt.is_file():
         return {"done": 0, "table": [], "seconds": []}
-    saved = torch.load(ckpt)
+    saved = torch.load(ckpt, map_location="cpu")
     done = saved["done"]
     if done > model.n_students:
         raise ConfigError(
@@ -560,10 +577,12 @@ def _train_student(
     ``ensemble`` is None for averaged students (they fit the teacher itself)."""
     student = model.students[k]
     hidden = model.config.hidden_size
+    dev = model_device(model)
     proj = nn.Linear(hidden, hidden)  # maps the intermediate state onto b_{k-1}; discarded
     with torch.no_grad():
         proj.weight.copy_(torch.eye(hidden))
         proj.bias.zero_()
+    proj.to(dev)
     boost = ensemble is not None
     stack = config.method != "boost" and config.w_stack > 0 and config.student_layers > 1
     logit_space = config.space == "logits"
@@ -573,27 +592,28 @@ def _train_student(
     torch.manual_seed(config.train.seed + k)
     # Post-LN students emit unit-scale states while later residuals are small: a learned
     # scalar c lets student k fit r_k as c * s_k (alpha_k replaces c once it is trained).
-    c = nn.Parameter(torch.tensor(_initial_scale(model, k, enc, cache, ensemble, pad)))
+    c = nn.Parameter(torch.tensor(_initial_scale(model, k, enc, cache, ensemble, pad), device=dev))
 
     def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        b = to_device(b, dev)
         idx, mask = b["index"].tolist(), b["attention_mask"]
         with torch.no_grad():
             x, amask = model.embed(b["input_ids"], mask, b["token_type_ids"])
         states = student(x, amask)
-        teacher_states = cache.final.gather(idx)
+        teacher_states = cache.final.gather(idx, device=dev)
+        t_logits = cache.logits[b["index"]].to(dev)
         prev = (
-            ensemble.hidden.gather(idx)
+            ensemble.hidden.gather(idx, device=dev)
             if ensemble is not None and k > 0
             else torch.zeros_like(teacher_states)
         )
         if logit_space:  # own head: the residual is in logits
             z = c * head(states[-1][:, 0])
             prev_logits = (
-                ensemble.logits[b["index"]]
+                ensemble.logits[b["index"]].to(dev)
                 if ensemble is not None and k > 0
                 else torch.zeros_like(z)
             )
-            t_logits = cache.logits[b["index"]]
             loss = config.w_res * losses.residual_loss(
                 z[:, None], (t_logits - prev_logits)[:, None], mask[:, :1]
             )
@@ -610,13 +630,11 @@ def _train_student(
                 loss = loss + config.w_cls * losses.masked_mse(s[:, :1], target[:, :1], mask[:, :1])
             logits = head(prev[:, 0] + s[:, 0])
         if stack:
-            imitate = prev if boost and k > 0 else cache.middle.gather(idx)
+            imitate = prev if boost and k > 0 else cache.middle.gather(idx, device=dev)
             loss = loss + config.w_stack * losses.stacking_loss(proj(states[-2]), imitate, mask)
         if config.w_kd > 0 or config.w_ce > 0:
             if config.w_kd > 0:
-                loss = loss + config.w_kd * losses.kd_loss(
-                    logits, cache.logits[b["index"]], config.temperature
-                )
+                loss = loss + config.w_kd * losses.kd_loss(logits, t_logits, config.temperature)
             if config.w_ce > 0:
                 loss = loss + config.w_ce * losses.label_loss(logits, b["labels"])
         return loss
@@ -656,16 +674,18 @@ def _train_jointly(
     for head in model.heads if logit_space else [model.head]:
         head.eval()  # no dropout on the states the prefixes are scored on
     weights = [model.weights(k).detach().clone() for k in range(1, n + 1)]
+    dev = model_device(model)
 
     def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        b = to_device(b, dev)
         idx, mask = b["index"].tolist(), b["attention_mask"]
         with torch.no_grad():
             x, amask = model.embed(b["input_ids"], mask, b["token_type_ids"])
         outs = [model.students[i](x, amask)[-1] for i in range(n)]
-        t_logits = cache.logits[b["index"]]
-        teacher_states = None if logit_space else cache.final.gather(idx)
+        t_logits = cache.logits[b["index"]].to(dev)
+        teacher_states = None if logit_space else cache.final.gather(idx, device=dev)
         own = [model.heads[i](o[:, 0]) for i, o in enumerate(outs)] if logit_space else []
-        loss = torch.zeros(())
+        loss = torch.zeros((), device=dev)
         for k in range(1, n + 1):
             w = weights[k - 1]
             if logit_space:
@@ -714,13 +734,16 @@ def _initial_scale(
     if ensemble is None or k == 0:
         return 1.0
     r2 = s2 = 0.0
+    dev = model_device(model)
     for i, (idx, mask, s) in enumerate(student_outputs(model, k, enc, pad)):
         if model.config.head_per_student:
             r = boosting.residual(cache.logits[idx], ensemble.logits[idx])
-            out = model.student_logits(s[None, :, 0], [k])[0]
+            out = model.student_logits(s[None, :, 0], [k])[0].cpu()
         else:
             real = mask.bool()
-            r = boosting.residual(cache.final.gather(idx), ensemble.hidden.gather(idx))[real]
+            r = boosting.residual(
+                cache.final.gather(idx, device=dev), ensemble.hidden.gather(idx, device=dev)
+            )[real]
             out = s[real]
         r2 += float((r**2).sum())
         s2 += float((out**2).sum())

@@ -22,12 +22,12 @@ def predict_logits(
     """Logits of every example, in the split's order; ``desc`` shows a progress bar.
 
     Shape:
-        returns (N, num_labels) float32.
+        returns (N, num_labels) float32, on the CPU whatever device ``forward`` runs on.
     """
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
     bar = tqdm(total=len(enc), desc=desc, unit="ex", dynamic_ncols=True, disable=desc is None)
     for batch in iterate(enc, batch_size, shuffle=False, pad_id=pad_id):
-        parts.append((batch["index"], forward(batch).float()))
+        parts.append((batch["index"], forward(batch).float().cpu()))
         bar.update(len(batch["index"]))
     bar.close()
     index = torch.cat([i for i, _ in parts])

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from shoal.data import Encoded, encode, iterate, load_task, with_dev_split
+from shoal.devices import resolve_device
 from shoal.distill.augment import augment_key, augment_with_teacher
 from shoal.distill.evaluate import predict_logits, score
 from shoal.distill.losses import kd_loss, label_loss
@@ -37,6 +38,9 @@ class FinetuneConfig:
     """Use at most this many dev/test examples (quick runs)."""
     threads: int = 0
     """torch intra-op threads; 0 keeps torch's default."""
+    device: str = "auto"
+    """Where to train: 'auto' (the first GPU when there is one, else the CPU), 'cpu', 'cuda'
+    or 'cuda:N'."""
     select_min_words: int = 0
     """Select the checkpoint on dev examples of at least this many words only (0: all of dev).
     SST-2's dev split is mostly short phrases while its test set is whole sentences."""
@@ -94,6 +98,7 @@ def finetune(config: FinetuneConfig) -> dict:
     """Fine-tune, keep the best dev checkpoint, evaluate it on test; return the report."""
     if config.threads:
         torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
     task = with_dev_split(load_task(config.data))
     if "train" not in task.splits:
         raise DataError(f"{config.data} has no train split; fine-tuning needs train.tsv")
@@ -124,6 +129,7 @@ def finetune(config: FinetuneConfig) -> dict:
     enc = {"train": encode(tok, train_set, config.max_length)}
     teacher_seconds, teacher_source = 0.0, None
     if config.distill_from is not None:
+        teacher.to(device)
         t0 = time.perf_counter()
         key = {
             "n": len(enc["train"]),
@@ -157,16 +163,20 @@ def finetune(config: FinetuneConfig) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    model.to(device)
     forward = logits_of(model)
 
     def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = forward(b)
+        labels = b["labels"].to(device)
         if teacher_logits is None:
-            return torch.nn.functional.cross_entropy(logits, b["labels"])
-        loss = config.w_kd * kd_loss(logits, teacher_logits[b["index"]], config.temperature)
-        gold = b["index"] < n_gold  # augmented copies carry their source's label, not a gold one
+            return torch.nn.functional.cross_entropy(logits, labels)
+        target = teacher_logits[b["index"]].to(device)
+        loss = config.w_kd * kd_loss(logits, target, config.temperature)
+        # augmented copies carry their source's label, not a gold one
+        gold = (b["index"] < n_gold).to(device)
         if config.w_ce and bool(gold.any()):
-            loss = loss + config.w_ce * label_loss(logits[gold], b["labels"][gold])
+            loss = loss + config.w_ce * label_loss(logits[gold], labels[gold])
         return loss
 
     def evaluate() -> float:
@@ -197,11 +207,13 @@ def finetune(config: FinetuneConfig) -> dict:
     )
     from transformers import AutoModelForSequenceClassification
 
-    best = AutoModelForSequenceClassification.from_pretrained(out).eval()
-    model = best
+    # The report scores the checkpoint that was kept (the best on dev), not the last step.
+    best = AutoModelForSequenceClassification.from_pretrained(out).to(device).eval()
+    forward = logits_of(best)
     report: dict = {
         "model": config.model,
         "data": config.data,
+        "device": str(device),
         "train_examples": len(train_set),
         "gold_examples": n_gold,
         "distill_from": config.distill_from,

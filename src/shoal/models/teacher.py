@@ -139,9 +139,12 @@ def check_tokenizer(config, tokenizer, where: str) -> None:
 
 def logits_of(model: Any) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
     """``batch -> logits`` of a sequence classifier, for the padded batches of
-    ``shoal.data.iterate`` (``input_ids``, ``attention_mask``, ``token_type_ids``)."""
+    ``shoal.data.iterate`` (``input_ids``, ``attention_mask``, ``token_type_ids``), which are
+    moved to the model's device; the logits stay there."""
+    from shoal.devices import model_device, to_device
 
     def forward(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        b = to_device(b, model_device(model))
         return model(
             input_ids=b["input_ids"],
             attention_mask=b["attention_mask"],

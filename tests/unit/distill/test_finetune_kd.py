@@ -125,3 +125,29 @@ def test_a_half_written_cache_is_computed_again(kd_config, tmp_path):
     key = json.loads((cache / "logits" / "teacher.json").read_text())
     assert key["n"] == report["train_examples"]
     assert torch.load(cache / "logits" / "logits.pt").shape == (report["train_examples"], 2)
+
+
+def test_the_report_scores_the_kept_checkpoint_not_the_last_step(kd_config, tmp_path, monkeypatch):
+    """Training that gets worse after its best evaluation: the report must score the saved
+    (best) checkpoint, as ``shoal eval`` of the output folder does."""
+    from shoal.distill import finetune as finetune_mod
+    from shoal.distill.trainer import TrainResult
+    from shoal.evaluation import evaluate_model
+
+    def best_then_broken(named, step, batches, config, *, evaluate, on_best, set_train, desc):
+        on_best(evaluate())  # the checkpoint kept on disk
+        with torch.no_grad():  # later steps ruin the model: it answers class 1 for everything
+            for name, p in named:
+                if name.endswith("classifier.bias"):
+                    p.copy_(torch.tensor([-50.0, 50.0]))
+                elif name.endswith("classifier.weight"):
+                    p.zero_()
+        return TrainResult(steps=1)
+
+    monkeypatch.setattr(finetune_mod, "train", best_then_broken)
+    report = finetune(replace(kd_config, distill_from=None))
+    saved = evaluate_model(kd_config.out, kd_config.data, max_length=32)
+    labels = load_task(kd_config.data).splits["test"].labels
+    all_one = sum(label == 1 for label in labels) / len(labels)
+    assert saved["accuracy"] != pytest.approx(all_one)  # else the test could not tell
+    assert report["test"]["accuracy"] == pytest.approx(saved["accuracy"])
