@@ -253,7 +253,7 @@ def test_one_pass_update_equals_the_two_pass_reference(tmp_path, tiny_data, monk
         acc = boosting.AlphaAccumulator()
         for idx, mask, s in student_outputs(model, k, enc, pad):
             r = boosting.residual(cache.final.gather(idx), before.hidden.gather(idx))
-            acc.add(r[mask.bool()], s[mask.bool()])
+            acc.add(r.to(s.device)[mask.bool()], s[mask.bool()])
         distill_mod._accumulate(model, k, enc, before, pad, acc.alpha())
         captured[k] = (alpha, acc.alpha(), ensemble.hidden.data.clone(), before.hidden.data)
         return alpha
