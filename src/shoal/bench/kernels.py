@@ -679,8 +679,10 @@ def _multiprocess_ratios(
 
 
 def _git_commit() -> str | None:
-    """HEAD (with '-dirty' for uncommitted changes), or $SHOAL_GIT_COMMIT outside a checkout
-    (a copy of the tree on another machine)."""
+    """$SHOAL_GIT_COMMIT when set (a copy of the tree on another machine, whose own .git may
+    be stale), else HEAD with '-dirty' for uncommitted changes."""
+    if os.environ.get("SHOAL_GIT_COMMIT"):
+        return os.environ["SHOAL_GIT_COMMIT"]
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
@@ -693,7 +695,7 @@ def _git_commit() -> str | None:
         ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("SHOAL_GIT_COMMIT")
+        return None
 
 
 # ------------------------------------------------------------------------------ output
