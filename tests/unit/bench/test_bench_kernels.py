@@ -80,3 +80,15 @@ def test_worker_layouts_without_a_peak_for_their_cores_get_no_overhead_ratio():
     cases = [_case(pool, 1, 4.0, 1e8, cores_used=1), _case(pool, 4, 5.0, 4e8, cores_used=4)]
     row = summarize(cases, {"fp32_t1": 100.0}, n=4, large=64)["multiprocess_ratios"][pool]
     assert "overhead_ratio" not in row
+
+
+def test_results_name_the_commit_given_by_the_environment(monkeypatch):
+    """A copy of the tree on another machine may carry a stale .git: the commit given in
+    $SHOAL_GIT_COMMIT is the one recorded."""
+    from shoal.bench.kernels import _git_commit
+
+    monkeypatch.delenv("SHOAL_GIT_COMMIT", raising=False)
+    head = _git_commit()
+    assert head is None or len(head.removesuffix("-dirty")) == 40
+    monkeypatch.setenv("SHOAL_GIT_COMMIT", "0123abc")
+    assert _git_commit() == "0123abc"
