@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,11 @@ import torch
 from shoal.bench.kernels import (
     Case,
     _args,
-    _git_commit,
     _record,
     cohort_flops,
     measure,
+    provenance,
+    shapes,
     sst2_batches,
     teacher_flops,
 )
@@ -142,9 +143,7 @@ def run_gpu(config: GpuBenchConfig) -> dict[str, Any]:
             measure(cases, inputs, config.iters, config.warmup)
             records.extend(_record(c, length) for c in cases)
     return {
-        "command": config.command,
-        "config": asdict(config),
-        "git_commit": _git_commit(),
+        **provenance(config),
         "machine": {
             "platform": platform.platform(),
             "gpu": torch.cuda.get_device_name(dev),
@@ -153,13 +152,7 @@ def run_gpu(config: GpuBenchConfig) -> dict[str, Any]:
             "bf16": bf16,
         },
         "inputs": {"source": source, "length": length, "batches": list(config.batches)},
-        "cohort": {
-            "n_students": n,
-            "student_layers": ccfg.student_layers,
-            "hidden": ccfg.hidden_size,
-            "from": config.cohort or config.teacher,
-        },
-        "teacher": {"layers": tcfg.num_hidden_layers, "hidden": tcfg.hidden_size},
+        **shapes(model, teacher, config.cohort or config.teacher),
         "cases": records,
         "summary": summarize(records, n),
     }

@@ -302,7 +302,7 @@ def run_kernels(config: KernelsConfig) -> dict[str, Any]:
         model = ShoalModel.from_pretrained(config.cohort)
     else:
         model = ShoalModel.from_teacher(teacher, config.n_students, config.student_layers).eval()
-    n, ccfg, tcfg = model.n_students, model.config, teacher.config
+    n, ccfg = model.n_students, model.config
     rows, big, source = sst2_batches(tok, config.data, config.length, config.large_batch)
     length = rows[0]["input_ids"].shape[1]
     cores = len(available_cores())
@@ -365,9 +365,7 @@ def run_kernels(config: KernelsConfig) -> dict[str, Any]:
                     seconds = rec.pop("worker_seconds")[-rec["iters"] :]  # no warm-up
                     rec["worker_compute_ms"] = 1e3 * statistics.median(seconds)
     return {
-        "command": config.command,
-        "config": asdict(config),
-        "git_commit": _git_commit(),
+        **provenance(config),
         "machine": {
             "platform": platform.platform(),
             "cpu": cpu_model(),
@@ -382,16 +380,29 @@ def run_kernels(config: KernelsConfig) -> dict[str, Any]:
             "loadavg_after": os.getloadavg(),
         },
         "inputs": {"source": source, "length": length, "large_batch": config.large_batch},
-        "cohort": {
-            "n_students": n,
-            "student_layers": ccfg.student_layers,
-            "hidden": ccfg.hidden_size,
-            "from": config.cohort or config.teacher,
-        },
-        "teacher": {"layers": tcfg.num_hidden_layers, "hidden": tcfg.hidden_size},
+        **shapes(model, teacher, config.cohort or config.teacher),
         "peaks_gflops": peaks,
         "cases": records,
         "summary": summarize(records, peaks, n, config.large_batch),
+    }
+
+
+def provenance(config: Any) -> dict[str, Any]:
+    """The command, the settings and the commit a result came from."""
+    return {"command": config.command, "config": asdict(config), "git_commit": _git_commit()}
+
+
+def shapes(model: ShoalModel, teacher: Any, source: str) -> dict[str, dict[str, Any]]:
+    """The 'cohort' and 'teacher' entries of a result: what was compared."""
+    ccfg, tcfg = model.config, teacher.config
+    return {
+        "cohort": {
+            "n_students": model.n_students,
+            "student_layers": ccfg.student_layers,
+            "hidden": ccfg.hidden_size,
+            "from": source,
+        },
+        "teacher": {"layers": tcfg.num_hidden_layers, "hidden": tcfg.hidden_size},
     }
 
 
