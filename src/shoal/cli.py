@@ -116,7 +116,11 @@ def distill(
         help="average (independent students, averaged; measured best) | stack (boosting + "
         "virtual stacking, METHOD.md) | boost (boosting only).",
     ),
-    init: str = typer.Option("bottom", help="Teacher layers students copy: bottom | spread."),
+    init: str = typer.Option(
+        "bottom",
+        help="Teacher layers students copy: bottom (0..m-1) | spread (student i from layer "
+        "i*m) | skip (m evenly spaced, ending at the last: 2,5 of 6).",
+    ),
     epochs: float = typer.Option(1.0, help="Epochs per student."),
     lr: float = typer.Option(1e-4),
     batch_size: int = typer.Option(32),

@@ -48,7 +48,8 @@ class DistillConfig:
     student_layers: int = 2
     """Layers per student (m)."""
     init: str = "bottom"
-    """Teacher layers each student copies: 'bottom' or 'spread' (see ShoalModel)."""
+    """Teacher layers each student copies: 'bottom', 'spread' or 'skip' (see
+    ``ShoalModel.from_teacher``)."""
     method: str = "average"
     """'average' (independently distilled students, averaged: the default, because it beat
     METHOD.md's boosting in the SST-2 ablations, see docs/results/distill.md), 'stack'

@@ -329,8 +329,9 @@ class ShoalModel(nn.Module):
 
         Args:
             init: which teacher layers each student copies: 'bottom' (layers 0..m-1 for
-                every student), 'spread' (student i copies layers i*m.., wrapping), or an
-                explicit list of layer indices per student.
+                every student), 'spread' (student i copies layers i*m.., wrapping), 'skip'
+                (every student copies m evenly spaced layers ending at the last one, e.g.
+                2 and 5 of 6), or an explicit list of layer indices per student.
         """
         bert = getattr(teacher, "bert", None)
         if bert is None or not hasattr(bert, "encoder"):
@@ -380,9 +381,15 @@ def layer_plan(
         plan = [list(range(m)) for _ in range(n_students)]
     elif init == "spread":
         plan = [[(i * m + j) % n_teacher for j in range(m)] for i in range(n_students)]
+    elif init == "skip":
+        # evenly spaced, ending at the top: layer j copies teacher layer (j+1) * n/m - 1, so
+        # the last layer is the one the copied head reads, and the first m-1 layers end where
+        # the stacking target (the teacher's state at depth n * (m-1) / m) is taken
+        top = [((j + 1) * 2 * n_teacher + m) // (2 * m) - 1 for j in range(m)]  # half up
+        plan = [list(top) for _ in range(n_students)]
     else:
         raise ConfigError(
-            f"init={init!r} is unknown; use 'bottom', 'spread' or a list of layer lists"
+            f"init={init!r} is unknown; use 'bottom', 'spread', 'skip' or a list of layer lists"
         )
     if len(plan) != n_students or any(len(p) != m for p in plan):
         raise ConfigError(f"init plan {plan} needs {n_students} lists of {m} layers")

@@ -169,5 +169,9 @@ def test_not_a_cohort_folder(tiny_teacher, tmp_path):
 def test_layer_plans():
     assert layer_plan("bottom", 2, 2, 6) == [[0, 1], [0, 1]]
     assert layer_plan("spread", 4, 2, 6) == [[0, 1], [2, 3], [4, 5], [0, 1]]
+    assert layer_plan("skip", 2, 2, 6) == [[2, 5], [2, 5]]
+    assert layer_plan("skip", 1, 3, 6) == [[1, 3, 5]]
+    assert layer_plan("skip", 1, 4, 6) == [[1, 2, 4, 5]]
+    assert layer_plan("skip", 1, 6, 6) == [list(range(6))]
     with pytest.raises(ConfigError, match="layers \\[9\\]"):
         layer_plan([[0, 9]], 1, 2, 6)
