@@ -46,6 +46,12 @@ def finetune(
     select_min_words: int = typer.Option(
         0, help="Select the best checkpoint on dev examples of at least this many words (0: all)."
     ),
+    train_min_words: int = typer.Option(
+        0, help="Train on the training examples of at least this many words only (0: all)."
+    ),
+    rdrop: float = typer.Option(
+        0.0, help="R-Drop weight: two dropout passes per batch, their symmetric KL (0: off)."
+    ),
     distill_from: str = typer.Option(
         None,
         help="Fine-tuned classifier whose outputs are the targets (knowledge distillation; "
@@ -82,6 +88,8 @@ def finetune(
             threads=threads,
             device=device,
             select_min_words=select_min_words,
+            train_min_words=train_min_words,
+            rdrop=rdrop,
             distill_from=distill_from,
             w_kd=w_kd,
             w_ce=w_ce,
@@ -236,6 +244,9 @@ def evaluate(
     split: str = typer.Option("test"),
     k: int = typer.Option(0, help="Students to use for a cohort (0: all)."),
     max_length: int = typer.Option(128),
+    min_words: int = typer.Option(
+        0, help="Score only the examples of at least this many words (0: all)."
+    ),
     backend: str = typer.Option(
         "torch", help="Cohorts: what runs the students, torch | onnxruntime (as shoal serve)."
     ),
@@ -256,6 +267,7 @@ def evaluate(
             split=split,
             k=k or None,
             max_length=max_length,
+            min_words=min_words,
             backend=backend,
             dtype=dtype,
             device=device,

@@ -19,6 +19,7 @@ def evaluate_model(
     split: str = "test",
     k: int | None = None,
     max_length: int = 128,
+    min_words: int = 0,
     backend: str = "torch",
     dtype: str = "float32",
     device: str = "auto",
@@ -28,7 +29,8 @@ def evaluate_model(
     A cohort runs as the server would run it with the same ``backend`` and ``dtype``
     (``LocalRunner``), so the accuracy of a quantized or bf16 cohort is measured, not assumed.
     A teacher runs in transformers, float32. ``device`` is 'auto' (a GPU when there is one;
-    always the CPU for ONNX Runtime), 'cpu', 'cuda' or 'cuda:N'.
+    always the CPU for ONNX Runtime), 'cpu', 'cuda' or 'cuda:N'. ``min_words`` > 0 scores
+    only the examples of at least that many words (SST-2's whole sentences among its phrases).
     """
     from shoal.devices import resolve_device
 
@@ -37,6 +39,15 @@ def evaluate_model(
     if split not in task.splits:
         raise DataError(f"{data} has no {split!r} split; it has {sorted(task.splits)}")
     dataset = task.splits[split]
+    if min_words < 0:
+        raise ConfigError(f"min_words={min_words} must be 0 (every example) or more")
+    if min_words:
+        dataset = dataset.min_words(min_words)
+        if not len(dataset):
+            raise DataError(
+                f"no {split} example has {min_words} or more words; lower --min-words or "
+                "use 0 to score the whole split"
+            )
     cfg = Path(model_path) / "config.json"
     is_cohort = cfg.is_file() and json.loads(cfg.read_text()).get("model_type") == "shoal-cohort"
     if is_cohort:
@@ -77,6 +88,7 @@ def evaluate_model(
         "data": data,
         "split": split,
         "examples": len(dataset),
+        **({"min_words": min_words} if min_words else {}),
         "device": str(dev),
         **({"k": k, "backend": backend, "dtype": dtype} if is_cohort else {}),
         **result,

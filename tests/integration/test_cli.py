@@ -146,3 +146,38 @@ def test_finetune_from_a_teacher_on_augmented_copies(tmp_path, tiny_teacher, tin
     assert report["teacher_outputs"] == str(tmp_path / "b" / "cache" / "logits")
     saved = json.loads((tmp_path / "b" / "shoal_finetune.json").read_text())["config"]
     assert (saved["augment"], saved["w_ce"], saved["temperature"]) == (2, 0.5, 2.0)
+
+
+def test_finetune_maps_rdrop_and_train_min_words(tmp_path, tiny_teacher, tiny_data):
+    common = ["finetune", "--model", str(tiny_teacher), "--data", str(tiny_data)]
+    common += ["--epochs", "1", "--lr", "1e-3", "--max-length", "32", "--evals-per-epoch", "1"]
+    r = runner.invoke(
+        app, [*common, "--out", str(tmp_path / "t"), "--train-min-words", "8", "--rdrop", "0.5"]
+    )
+    assert r.exit_code == 0, r.output
+    train = (tiny_data / "train.tsv").read_text().splitlines()[1:]
+    long = [row for row in train if len(row.split("\t")[0].split()) >= 8]
+    assert _json_tail(r.stdout)["train_examples"] == len(long) > 0
+    saved = json.loads((tmp_path / "t" / "shoal_finetune.json").read_text())["config"]
+    assert (saved["train_min_words"], saved["rdrop"]) == (8, 0.5)
+    r = runner.invoke(app, [*common, "--out", str(tmp_path / "u"), "--rdrop", "-1"])
+    assert r.exit_code == 2 and "rdrop=-1.0 must be >= 0" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_eval_scores_the_long_examples_only(tmp_path, tiny_teacher, tiny_data):
+    rows = (tiny_data / "test.tsv").read_text().splitlines()
+    long = [row for row in rows[1:] if len(row.split("\t")[0].split()) >= 8]
+    only_long = tmp_path / "only-long"
+    only_long.mkdir()
+    (only_long / "test.tsv").write_text("\n".join([rows[0], *long]) + "\n")
+    common = ["eval", str(tiny_teacher), "--max-length", "32"]
+    r = runner.invoke(app, [*common, "--data", str(tiny_data), "--min-words", "8"])
+    assert r.exit_code == 0, r.output
+    result = _json_tail(r.stdout)
+    assert 0 < result["examples"] == len(long) < len(rows) - 1
+    reference = _json_tail(runner.invoke(app, [*common, "--data", str(only_long)]).stdout)
+    assert result["accuracy"] == reference["accuracy"]
+    r = runner.invoke(app, [*common, "--data", str(tiny_data), "--min-words", "99"])
+    assert r.exit_code == 2 and "no test example has 99 or more words" in r.output
+    assert "Traceback" not in r.output

@@ -14,7 +14,7 @@ from shoal.data import Encoded, encode, iterate, load_task, with_dev_split
 from shoal.devices import resolve_device
 from shoal.distill.augment import augment_key, augment_with_teacher
 from shoal.distill.evaluate import predict_logits, score
-from shoal.distill.losses import kd_loss, label_loss
+from shoal.distill.losses import consistency_loss, kd_loss, label_loss
 from shoal.distill.trainer import TrainConfig, train
 from shoal.errors import ConfigError, DataError
 from shoal.models.teacher import load_teacher, logits_of
@@ -41,6 +41,15 @@ class FinetuneConfig:
     device: str = "auto"
     """Where to train: 'auto' (the first GPU when there is one, else the CPU), 'cpu', 'cuda'
     or 'cuda:N'."""
+    train_min_words: int = 0
+    """Train on the training examples of at least this many words only (0: all of them). From
+    an already fine-tuned ``model``, a short second stage on SST-2's whole sentences (its
+    training split is mostly phrases, its test set sentences)."""
+    rdrop: float = 0.0
+    """Weight of the R-Drop consistency loss (``losses.consistency_loss``): each batch runs
+    twice with different dropout, the two losses are averaged and this times the symmetric KL
+    between the two predictions is added. 0 turns it off; a step then costs about twice as
+    much. 0.5 is R-Drop's alpha = 1 (its losses are summed, not averaged)."""
     select_min_words: int = 0
     """Select the checkpoint on dev examples of at least this many words only (0: all of dev).
     SST-2's dev split is mostly short phrases while its test set is whole sentences."""
@@ -70,8 +79,13 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.max_length < 8:
             raise ConfigError(f"max_length={self.max_length} is too short; use 64 or more")
-        if self.select_min_words < 0:
-            raise ConfigError(f"select_min_words={self.select_min_words} must be 0 or more")
+        if self.select_min_words < 0 or self.train_min_words < 0:
+            raise ConfigError(
+                f"select_min_words={self.select_min_words}, train_min_words="
+                f"{self.train_min_words}: both must be 0 (no filter) or more"
+            )
+        if self.rdrop < 0:
+            raise ConfigError(f"rdrop={self.rdrop} must be >= 0 (0 turns R-Drop off)")
         if self.augment < 0 or not 0.0 < self.augment_p <= 1.0 or self.augment_candidates < 1:
             raise ConfigError(
                 f"augment={self.augment}, augment_p={self.augment_p}, augment_candidates="
@@ -106,7 +120,15 @@ def finetune(config: FinetuneConfig) -> dict:
     model, tok = load_teacher(
         config.model, task.num_labels, id2label=dict(enumerate(task.label_names))
     )
-    train_set = task.splits["train"].subset(config.max_train or len(task.splits["train"]))
+    train_set = task.splits["train"]
+    if config.train_min_words:
+        train_set = train_set.min_words(config.train_min_words)
+        if not len(train_set):
+            raise DataError(
+                f"no training example has {config.train_min_words} or more words; lower "
+                "--train-min-words or use 0 to train on the whole split"
+            )
+    train_set = train_set.subset(config.max_train or len(train_set))
     n_gold = len(train_set)
     teacher_logits: torch.Tensor | None = None
     if config.distill_from is not None:
@@ -167,7 +189,17 @@ def finetune(config: FinetuneConfig) -> dict:
     forward = logits_of(model)
 
     def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = forward(b)
+        if not config.rdrop:
+            return objective(forward(b), b)
+        # one forward of the batch stacked on itself: two independent dropout masks
+        twice = {
+            k: torch.cat([b[k], b[k]]) for k in ("input_ids", "attention_mask", "token_type_ids")
+        }
+        first, second = forward(twice).chunk(2)
+        mean = (objective(first, b) + objective(second, b)) / 2
+        return mean + config.rdrop * consistency_loss(first, second)
+
+    def objective(logits: torch.Tensor, b: dict[str, torch.Tensor]) -> torch.Tensor:
         labels = b["labels"].to(device)
         if teacher_logits is None:
             return torch.nn.functional.cross_entropy(logits, labels)

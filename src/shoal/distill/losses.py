@@ -70,3 +70,16 @@ def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits: (B, C); labels: (B,) int64.
     """
     return F.cross_entropy(logits, labels)
+
+
+def consistency_loss(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """R-Drop (Liang et al., 2021): symmetric KL between two dropout passes of one batch,
+    ``(KL(p1 || p2) + KL(p2 || p1)) / 2``; both sides carry gradients.
+
+    Shape:
+        first, second: (B, C) logits of the same examples. Returns a scalar (batch mean).
+    """
+    a, b = F.log_softmax(first, -1), F.log_softmax(second, -1)
+    kl_ab = F.kl_div(b, a, log_target=True, reduction="batchmean")  # KL(p_a || p_b)
+    kl_ba = F.kl_div(a, b, log_target=True, reduction="batchmean")
+    return (kl_ab + kl_ba) / 2
