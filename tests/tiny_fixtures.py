@@ -107,3 +107,19 @@ def tiny_distill_config(teacher: Path, data: Path, out: Path, **kw):
         train=TrainConfig(epochs=1, lr=1e-3, batch_size=32, seed=0),
     )
     return DistillConfig(**{**base, **kw})
+
+
+def tiny_finetune_config(teacher: Path, data: Path, out: Path, **kw):
+    """A ``FinetuneConfig`` for the tiny teacher: 32 tokens, one epoch at lr 1e-3, batch 8,
+    one evaluation per epoch; keyword arguments set or override the rest (``train`` whole)."""
+    from shoal.distill.finetune import FinetuneConfig
+    from shoal.distill.trainer import TrainConfig
+
+    base = dict(
+        model=str(teacher),
+        data=str(data),
+        out=str(out),
+        max_length=32,
+        train=TrainConfig(epochs=1, lr=1e-3, batch_size=8, evals_per_epoch=1),
+    )
+    return FinetuneConfig(**{**base, **kw})

@@ -11,22 +11,16 @@ import torch
 from shoal.data import encode, load_task
 from shoal.distill.distill import distill
 from shoal.distill.evaluate import predict_logits
-from shoal.distill.finetune import FinetuneConfig, finetune
-from shoal.distill.trainer import TrainConfig
+from shoal.distill.finetune import finetune
 from shoal.errors import ConfigError
 from shoal.models.teacher import load_teacher, logits_of
-from tiny_fixtures import tiny_distill_config
+from tiny_fixtures import tiny_distill_config, tiny_finetune_config
 
 
 @pytest.fixture
 def kd_config(tiny_teacher, tiny_data, tmp_path):
-    return FinetuneConfig(
-        model=str(tiny_teacher),
-        data=str(tiny_data),
-        out=str(tmp_path / "born-again"),
-        max_length=32,
-        distill_from=str(tiny_teacher),
-        train=TrainConfig(epochs=1, lr=1e-3, batch_size=8, evals_per_epoch=1),
+    return tiny_finetune_config(
+        tiny_teacher, tiny_data, tmp_path / "born-again", distill_from=str(tiny_teacher)
     )
 
 

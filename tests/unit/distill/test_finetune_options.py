@@ -12,22 +12,18 @@ import torch
 from safetensors.torch import load_file
 
 from shoal.data import encode, iterate, load_task
-from shoal.distill.finetune import FinetuneConfig, finetune
+from shoal.distill.finetune import finetune
 from shoal.distill.losses import consistency_loss
 from shoal.distill.trainer import TrainConfig
 from shoal.errors import ConfigError, DataError
 from shoal.models.teacher import load_teacher, logits_of
+from tiny_fixtures import tiny_finetune_config
 
 
 @pytest.fixture
 def config(tiny_teacher, tiny_data, tmp_path):
-    return FinetuneConfig(
-        model=str(tiny_teacher),
-        data=str(tiny_data),
-        out=str(tmp_path / "plain"),
-        max_length=32,
-        train=TrainConfig(epochs=2, lr=1e-3, batch_size=8, evals_per_epoch=1),
-    )
+    train = TrainConfig(epochs=2, lr=1e-3, batch_size=8, evals_per_epoch=1)
+    return tiny_finetune_config(tiny_teacher, tiny_data, tmp_path / "plain", train=train)
 
 
 @pytest.fixture
