@@ -50,6 +50,17 @@ def load_task(source: str | Path, *, max_examples: int | None = None) -> Task:
     return task
 
 
+def long_examples(dataset: TextDataset, n: int, *, split: str, flag: str) -> TextDataset:
+    """The examples of ``dataset`` with at least ``n`` words; a DataError naming the split and
+    the option (``flag``) to lower when there are none."""
+    kept = dataset.min_words(n)
+    if not len(kept):
+        raise DataError(
+            f"no {split} example has {n} or more words; lower {flag} or use 0 for the whole split"
+        )
+    return kept
+
+
 def with_dev_split(task: Task, fraction: float = 0.1, seed: int = 0) -> Task:
     """Hold out part of train as 'dev' when a task has none, so selection never sees test."""
     if "dev" in task.splits or "train" not in task.splits:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from shoal.data import encode, load_task
+from shoal.data import encode, load_task, long_examples
 from shoal.distill.evaluate import predict_logits, score
 from shoal.errors import ConfigError, DataError, ModelError
 
@@ -34,20 +34,15 @@ def evaluate_model(
     """
     from shoal.devices import resolve_device
 
+    if min_words < 0:
+        raise ConfigError(f"min_words={min_words} must be 0 (every example) or more")
     dev = resolve_device("cpu" if device == "auto" and backend != "torch" else device)
     task = load_task(data)
     if split not in task.splits:
         raise DataError(f"{data} has no {split!r} split; it has {sorted(task.splits)}")
     dataset = task.splits[split]
-    if min_words < 0:
-        raise ConfigError(f"min_words={min_words} must be 0 (every example) or more")
     if min_words:
-        dataset = dataset.min_words(min_words)
-        if not len(dataset):
-            raise DataError(
-                f"no {split} example has {min_words} or more words; lower --min-words or "
-                "use 0 to score the whole split"
-            )
+        dataset = long_examples(dataset, min_words, split=split, flag="--min-words")
     cfg = Path(model_path) / "config.json"
     is_cohort = cfg.is_file() and json.loads(cfg.read_text()).get("model_type") == "shoal-cohort"
     if is_cohort:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from shoal.data import Encoded, encode, iterate, load_task, with_dev_split
+from shoal.data import Encoded, encode, iterate, load_task, long_examples, with_dev_split
 from shoal.devices import resolve_device
 from shoal.distill.augment import augment_key, augment_with_teacher
 from shoal.distill.evaluate import predict_logits, score
@@ -122,12 +122,9 @@ def finetune(config: FinetuneConfig) -> dict:
     )
     train_set = task.splits["train"]
     if config.train_min_words:
-        train_set = train_set.min_words(config.train_min_words)
-        if not len(train_set):
-            raise DataError(
-                f"no training example has {config.train_min_words} or more words; lower "
-                "--train-min-words or use 0 to train on the whole split"
-            )
+        train_set = long_examples(
+            train_set, config.train_min_words, split="training", flag="--train-min-words"
+        )
     train_set = train_set.subset(config.max_train or len(train_set))
     n_gold = len(train_set)
     teacher_logits: torch.Tensor | None = None
@@ -174,12 +171,12 @@ def finetune(config: FinetuneConfig) -> dict:
             enc[s] = encode(tok, d.subset(config.max_eval or len(d)), config.max_length)
     select = enc[dev_name]
     if config.select_min_words:
-        long_dev = task.splits[dev_name].min_words(config.select_min_words)
-        if not len(long_dev):
-            raise DataError(
-                f"no {dev_name} example has {config.select_min_words} or more words; "
-                "lower --select-min-words or use 0 to select on the whole split"
-            )
+        long_dev = long_examples(
+            task.splits[dev_name],
+            config.select_min_words,
+            split=dev_name,
+            flag="--select-min-words",
+        )
         select = encode(tok, long_dev.subset(config.max_eval or len(long_dev)), config.max_length)
     pad = tok.pad_token_id or 0
     out = Path(config.out)
