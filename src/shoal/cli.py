@@ -127,8 +127,10 @@ def distill(
     init: str = typer.Option(
         "bottom",
         help="Teacher layers students copy: bottom (0..m-1) | spread (student i from layer "
-        "i*m) | skip (m evenly spaced, ending at the last: 2,5 of 6).",
+        "i*m) | skip (m evenly spaced, ending at the last: 2,5 of 6) | layer numbers: 0,5 "
+        "(every student) or 2,5/0,5 (one list per student).",
     ),
+    dropout: float = typer.Option(0.1, help="Dropout in the students while they train."),
     epochs: float = typer.Option(1.0, help="Epochs per student."),
     lr: float = typer.Option(1e-4),
     batch_size: int = typer.Option(32),
@@ -196,6 +198,7 @@ def distill(
             student_layers=layers,
             method=method,
             init=init,
+            dropout=dropout,
             w_res=w_res,
             w_stack=w_stack,
             w_kd=w_kd,

@@ -26,7 +26,7 @@ from shoal.distill.cache import TokenStore
 from shoal.distill.evaluate import score
 from shoal.distill.trainer import TrainConfig, train
 from shoal.errors import ConfigError, DataError
-from shoal.models.cohort import ShoalModel
+from shoal.models.cohort import ShoalModel, parse_layer_plan
 from shoal.models.teacher import load_teacher
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,11 @@ class DistillConfig:
     student_layers: int = 2
     """Layers per student (m)."""
     init: str = "bottom"
-    """Teacher layers each student copies: 'bottom', 'spread' or 'skip' (see
+    """Teacher layers each student copies: 'bottom', 'spread', 'skip', or layer numbers such
+    as '0,5' (every student) or '2,5/0,5' (one list per student; see
     ``ShoalModel.from_teacher``)."""
+    dropout: float = 0.1
+    """Dropout in the students while they train (BERT's 0.1; inference never drops)."""
     method: str = "average"
     """'average' (independently distilled students, averaged: the default, because it beat
     METHOD.md's boosting in the SST-2 ablations, see docs/results/distill.md), 'stack'
@@ -141,6 +144,16 @@ class DistillConfig:
                 "augmented copies have no gold label, so w_ce > 0 cannot be combined with "
                 "augment; use w_ce=0 (the teacher's outputs label the copies)"
             )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout={self.dropout} must be in [0, 1); BERT uses 0.1")
+        if self.init not in ("bottom", "spread", "skip"):
+            plan = parse_layer_plan(self.init, self.n_students)
+            if len(plan) != self.n_students or any(len(p) != self.student_layers for p in plan):
+                raise ConfigError(
+                    f"init={self.init!r} does not fit {self.n_students} student(s) of "
+                    f"{self.student_layers} layers: give one list of {self.student_layers} "
+                    "teacher layers (every student) or one list per student, separated by '/'"
+                )
         if self.shrinkage < 0.5:
             raise ConfigError(
                 f"shrinkage={self.shrinkage} < 0.5 can increase the loss; "
@@ -378,6 +391,8 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     )
     if config.method == "average":
         model = _with_config(model, combine="mean")
+    if config.dropout != model.config.dropout:
+        model = _with_config(model, dropout=config.dropout)
     model.to(device)
     del teacher
     shared = [*model.embeddings.parameters()]

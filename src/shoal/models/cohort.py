@@ -331,7 +331,8 @@ class ShoalModel(nn.Module):
             init: which teacher layers each student copies: 'bottom' (layers 0..m-1 for
                 every student), 'spread' (student i copies layers i*m.., wrapping), 'skip'
                 (every student copies m evenly spaced layers ending at the last one, e.g.
-                2 and 5 of 6), or an explicit list of layer indices per student.
+                2 and 5 of 6), or explicit layers: a list of layer indices per student, or
+                text such as '0,5' (every student) or '2,5/0,5' (one list per student).
         """
         bert = getattr(teacher, "bert", None)
         if bert is None or not hasattr(bert, "encoder"):
@@ -377,6 +378,8 @@ def layer_plan(
     """Teacher layer indices each student copies (see :meth:`ShoalModel.from_teacher`)."""
     if isinstance(init, list):
         plan = init
+    elif init and init[0].isdigit():
+        plan = parse_layer_plan(init, n_students)
     elif init == "bottom":
         plan = [list(range(m)) for _ in range(n_students)]
     elif init == "spread":
@@ -389,7 +392,8 @@ def layer_plan(
         plan = [list(top) for _ in range(n_students)]
     else:
         raise ConfigError(
-            f"init={init!r} is unknown; use 'bottom', 'spread', 'skip' or a list of layer lists"
+            f"init={init!r} is unknown; use 'bottom', 'spread', 'skip' or teacher layer "
+            "numbers such as '0,5' (every student) or '2,5/0,5' (one list per student)"
         )
     if len(plan) != n_students or any(len(p) != m for p in plan):
         raise ConfigError(f"init plan {plan} needs {n_students} lists of {m} layers")
@@ -397,3 +401,16 @@ def layer_plan(
     if bad:
         raise ConfigError(f"init plan names layers {bad}; the teacher has 0..{n_teacher - 1}")
     return plan
+
+
+def parse_layer_plan(text: str, n_students: int) -> list[list[int]]:
+    """Teacher layers from text: '0,5' (every student copies layers 0 and 5) or '2,5/0,5'
+    (one comma list per student, students separated by '/')."""
+    try:
+        plan = [[int(t) for t in part.split(",")] for part in text.split("/")]
+    except ValueError:
+        raise ConfigError(
+            f"init={text!r} is not 'bottom', 'spread', 'skip' or a layer plan; write teacher "
+            "layer numbers such as '0,5' (every student) or '2,5/0,5' (one list per student)"
+        ) from None
+    return plan * n_students if len(plan) == 1 else plan

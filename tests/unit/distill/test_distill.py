@@ -316,3 +316,34 @@ def test_min_gain_keeps_only_students_that_pay(tmp_path, tiny_data, space):
     assert [row["k"] for row in report["prefix_accuracy"]] == [1]
     if space == "logits":
         assert len(model.heads) == 1
+
+
+def test_dropout_and_explicit_init_reach_the_students(tmp_path, tiny_data, monkeypatch):
+    teacher = _deep_teacher(tmp_path)
+    seen = {}
+    real = distill_mod._train_student
+
+    def spy(model, k, *args, **kw):
+        seen[k] = [m.p for m in model.students[k].modules() if isinstance(m, torch.nn.Dropout)]
+        return real(model, k, *args, **kw)
+
+    monkeypatch.setattr(distill_mod, "_train_student", spy)
+    cfg = _config(teacher, tiny_data, tmp_path / "c", n_students=2, init="3,1/0,2", dropout=0.0)
+    distill(cfg)
+    model = ShoalModel.from_pretrained(tmp_path / "c")
+    assert model.meta["init_layers"] == [[3, 1], [0, 2]]
+    assert seen and all(p == 0.0 for ps in seen.values() for p in ps)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"dropout": 1.0}, r"dropout=1\.0 must be in \[0, 1\)"),
+        ({"init": "0,1,2"}, r"'0,1,2' does not fit 2 student\(s\) of 2 layers"),
+        ({"init": "0,1/1,2/2,3"}, r"one list of 2 teacher layers"),
+        ({"init": "top"}, r"'top' is not 'bottom', 'spread', 'skip' or a layer plan"),
+    ],
+)
+def test_bad_dropout_or_init_is_refused_before_any_work(tmp_path, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        DistillConfig(teacher=str(tmp_path), n_students=2, **kw)

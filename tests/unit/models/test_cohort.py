@@ -175,3 +175,20 @@ def test_layer_plans():
     assert layer_plan("skip", 1, 6, 6) == [list(range(6))]
     with pytest.raises(ConfigError, match="layers \\[9\\]"):
         layer_plan([[0, 9]], 1, 2, 6)
+    assert layer_plan("0,5", 2, 2, 6) == [[0, 5], [0, 5]]
+    assert layer_plan("2,5/0,5", 2, 2, 6) == [[2, 5], [0, 5]]
+    with pytest.raises(ConfigError, match="layers \\[7\\]"):
+        layer_plan("0,7", 1, 2, 6)
+    with pytest.raises(ConfigError, match="needs 3 lists of 2 layers"):
+        layer_plan("2,5/0,5", 3, 2, 6)
+    with pytest.raises(ConfigError, match="or a layer plan.*'0,5'"):
+        layer_plan("0,x", 1, 2, 6)
+
+
+def test_explicit_layer_plan_copies_those_teacher_layers(tiny_teacher):
+    teacher = BertForSequenceClassification.from_pretrained(tiny_teacher)
+    model = ShoalModel.from_teacher(teacher, 2, 1, "1/0")
+    layers = teacher.bert.encoder.layer
+    assert model.meta["init_layers"] == [[1], [0]]
+    for student, t in zip(model.students, (1, 0)):
+        assert torch.equal(student.layers[0].query.weight, layers[t].attention.self.query.weight)
