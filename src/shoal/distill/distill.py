@@ -26,7 +26,7 @@ from shoal.distill.cache import TokenStore
 from shoal.distill.evaluate import score
 from shoal.distill.trainer import TrainConfig, train
 from shoal.errors import ConfigError, DataError
-from shoal.models.cohort import ShoalModel, parse_layer_plan
+from shoal.models.cohort import ShoalModel, layer_plan, parse_layer_plan
 from shoal.models.teacher import load_teacher
 
 log = logging.getLogger(__name__)
@@ -338,6 +338,9 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     if "train" not in task.splits:
         raise DataError(f"{config.data} has no train split; distillation needs train.tsv")
     teacher, tok = load_teacher(config.teacher, task.num_labels)
+    layer_plan(  # layers the teacher lacks are refused now, not after its outputs are cached
+        config.init, config.n_students, config.student_layers, teacher.config.num_hidden_layers
+    )
     pad = tok.pad_token_id or 0
     train_set = task.splits["train"].subset(config.max_train or len(task.splits["train"]))
     if config.swap_pairs:

@@ -347,3 +347,12 @@ def test_dropout_and_explicit_init_reach_the_students(tmp_path, tiny_data, monke
 def test_bad_dropout_or_init_is_refused_before_any_work(tmp_path, kw, match):
     with pytest.raises(ConfigError, match=match):
         DistillConfig(teacher=str(tmp_path), n_students=2, **kw)
+
+
+def test_init_naming_a_layer_the_teacher_lacks_is_refused_before_its_outputs_are_cached(
+    tmp_path, tiny_data, monkeypatch
+):
+    teacher = _deep_teacher(tmp_path)  # 4 layers: 0..3
+    monkeypatch.setattr(distill_mod, "cache_teacher", lambda *a, **k: pytest.fail("cached"))
+    with pytest.raises(ConfigError, match=r"names layers \[7\]; the teacher has 0..3"):
+        distill(_config(teacher, tiny_data, tmp_path / "c", n_students=1, init="0,7"))
