@@ -78,7 +78,9 @@ def main() -> None:
         sys.exit(f"error: {e}")
     for k in range(1, args.students + 1):
         logits = predict_logits(
-            lambda b, k=k: model(b["input_ids"], b["attention_mask"], b["token_type_ids"], k=k).logits,
+            lambda b, k=k: (
+                model(b["input_ids"], b["attention_mask"], b["token_type_ids"], k=k).logits
+            ),
             enc,
         )
         print(json.dumps({"k": k, "split": args.split, **score(logits, enc.labels)}))

@@ -26,7 +26,7 @@ from shoal.distill.cache import TokenStore
 from shoal.distill.evaluate import score
 from shoal.distill.trainer import TrainConfig, train
 from shoal.errors import ConfigError, DataError
-from shoal.models.cohort import ShoalModel, layer_plan, parse_layer_plan
+from shoal.models.cohort import NAMED_PLANS, ShoalModel, layer_plan
 from shoal.models.teacher import load_teacher
 
 log = logging.getLogger(__name__)
@@ -146,14 +146,8 @@ class DistillConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1); BERT uses 0.1")
-        if self.init not in ("bottom", "spread", "skip"):
-            plan = parse_layer_plan(self.init, self.n_students)
-            if len(plan) != self.n_students or any(len(p) != self.student_layers for p in plan):
-                raise ConfigError(
-                    f"init={self.init!r} does not fit {self.n_students} student(s) of "
-                    f"{self.student_layers} layers: give one list of {self.student_layers} "
-                    "teacher layers (every student) or one list per student, separated by '/'"
-                )
+        if self.init not in NAMED_PLANS:  # the layers' range is checked once the teacher loads
+            layer_plan(self.init, self.n_students, self.student_layers)
         if self.shrinkage < 0.5:
             raise ConfigError(
                 f"shrinkage={self.shrinkage} < 0.5 can increase the loss; "

@@ -372,14 +372,17 @@ class ShoalModel(nn.Module):
         return model
 
 
+NAMED_PLANS = ("bottom", "spread", "skip")
+
+
 def layer_plan(
-    init: str | list[list[int]], n_students: int, m: int, n_teacher: int
+    init: str | list[list[int]], n_students: int, m: int, n_teacher: int | None = None
 ) -> list[list[int]]:
-    """Teacher layer indices each student copies (see :meth:`ShoalModel.from_teacher`)."""
+    """Teacher layer indices each student copies (see :meth:`ShoalModel.from_teacher`).
+    ``n_teacher`` may be None (the teacher not loaded yet) only for explicit plans: their
+    shape is checked, the range of their layers is not."""
     if isinstance(init, list):
         plan = init
-    elif init and init[0].isdigit():
-        plan = parse_layer_plan(init, n_students)
     elif init == "bottom":
         plan = [list(range(m)) for _ in range(n_students)]
     elif init == "spread":
@@ -391,13 +394,13 @@ def layer_plan(
         top = [((j + 1) * 2 * n_teacher + m) // (2 * m) - 1 for j in range(m)]  # half up
         plan = [list(top) for _ in range(n_students)]
     else:
-        raise ConfigError(
-            f"init={init!r} is unknown; use 'bottom', 'spread', 'skip' or teacher layer "
-            "numbers such as '0,5' (every student) or '2,5/0,5' (one list per student)"
-        )
+        plan = parse_layer_plan(init, n_students)
     if len(plan) != n_students or any(len(p) != m for p in plan):
-        raise ConfigError(f"init plan {plan} needs {n_students} lists of {m} layers")
-    bad = [t for p in plan for t in p if not 0 <= t < n_teacher]
+        raise ConfigError(
+            f"init plan {plan} does not fit {n_students} student(s) of {m} layers: give one "
+            f"list of {m} teacher layers (every student) or one list per student"
+        )
+    bad = [t for p in plan for t in p if n_teacher is not None and not 0 <= t < n_teacher]
     if bad:
         raise ConfigError(f"init plan names layers {bad}; the teacher has 0..{n_teacher - 1}")
     return plan

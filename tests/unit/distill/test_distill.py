@@ -339,7 +339,7 @@ def test_dropout_and_explicit_init_reach_the_students(tmp_path, tiny_data, monke
     ("kw", "match"),
     [
         ({"dropout": 1.0}, r"dropout=1\.0 must be in \[0, 1\)"),
-        ({"init": "0,1,2"}, r"'0,1,2' does not fit 2 student\(s\) of 2 layers"),
+        ({"init": "0,1,2"}, r"\[0, 1, 2\]\] does not fit 2 student\(s\) of 2 layers"),
         ({"init": "0,1/1,2/2,3"}, r"one list of 2 teacher layers"),
         ({"init": "top"}, r"'top' is not 'bottom', 'spread', 'skip' or a layer plan"),
     ],

@@ -179,7 +179,7 @@ def test_layer_plans():
     assert layer_plan("2,5/0,5", 2, 2, 6) == [[2, 5], [0, 5]]
     with pytest.raises(ConfigError, match="layers \\[7\\]"):
         layer_plan("0,7", 1, 2, 6)
-    with pytest.raises(ConfigError, match="needs 3 lists of 2 layers"):
+    with pytest.raises(ConfigError, match=r"does not fit 3 student\(s\) of 2 layers"):
         layer_plan("2,5/0,5", 3, 2, 6)
     with pytest.raises(ConfigError, match="or a layer plan.*'0,5'"):
         layer_plan("0,x", 1, 2, 6)
