@@ -29,15 +29,18 @@ from shoal.models.cohort import ShoalModel
 
 def mixed(first: ShoalModel, second: ShoalModel, n: int) -> ShoalModel:
     """An averaged cohort of the students of ``first`` and ``second`` in turn, ``n`` of them."""
+    for model in (first, second):
+        if model.config.combine != "mean" or model.config.head_per_student:
+            raise ShoalError(
+                "mix averaged cohorts with one shared head (shoal distill --method average "
+                "--space hidden) only"
+            )
     for name in ("embeddings", "head"):
         a, b = getattr(first, name).state_dict(), getattr(second, name).state_dict()
         if a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a):
             raise ShoalError(
                 f"the two cohorts have different {name}: mix cohorts distilled from one teacher"
             )
-    for model in (first, second):
-        if model.config.combine != "mean":
-            raise ShoalError("mix averaged cohorts (shoal distill --method average) only")
     turns = [
         (model, i)
         for i in range(max(first.n_students, second.n_students))

@@ -332,7 +332,8 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     if "train" not in task.splits:
         raise DataError(f"{config.data} has no train split; distillation needs train.tsv")
     teacher, tok = load_teacher(config.teacher, task.num_labels)
-    layer_plan(  # layers the teacher lacks are refused now, not after its outputs are cached
+    # layers the teacher lacks are refused now, not after its outputs are cached
+    plan = layer_plan(
         config.init, config.n_students, config.student_layers, teacher.config.num_hidden_layers
     )
     pad = tok.pad_token_id or 0
@@ -384,12 +385,13 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
 
     torch.manual_seed(config.train.seed)
     model = ShoalModel.from_teacher(
-        teacher, config.n_students, m, config.init, head_per_student=config.space == "logits"
+        teacher, config.n_students, m, plan, head_per_student=config.space == "logits"
     )
-    if config.method == "average":
-        model = _with_config(model, combine="mean")
+    changes = {"combine": "mean"} if config.method == "average" else {}
     if config.dropout != model.config.dropout:
-        model = _with_config(model, dropout=config.dropout)
+        changes["dropout"] = config.dropout
+    if changes:
+        model = _with_config(model, **changes)
     model.to(device)
     del teacher
     shared = [*model.embeddings.parameters()]

@@ -16,9 +16,11 @@ from shoal.models.cohort import ShoalModel
 SCRIPT = Path(__file__).parents[3] / "scripts" / "mix_cohorts.py"
 
 
-def _cohort(teacher_dir: Path, out: Path, n: int, seed: int, combine: str = "mean") -> Path:
+def _cohort(
+    teacher_dir: Path, out: Path, n: int, seed: int, combine: str = "mean", per_student=False
+) -> Path:
     teacher = BertForSequenceClassification.from_pretrained(teacher_dir)
-    built = ShoalModel.from_teacher(teacher, n, 1, "bottom")
+    built = ShoalModel.from_teacher(teacher, n, 1, "bottom", head_per_student=per_student)
     model = ShoalModel(replace(built.config, combine=combine)).eval()
     model.load_state_dict(built.state_dict())
     torch.manual_seed(seed)
@@ -67,9 +69,11 @@ def test_cohorts_of_other_teachers_or_not_averaged_are_refused(tmp_path, tiny_da
     a = _cohort(t1, tmp_path / "a", 1, seed=1)
     other = _cohort(t2, tmp_path / "b", 1, seed=1)
     summed = _cohort(t1, tmp_path / "s", 1, seed=1, combine="sum")
+    own_heads = _cohort(t1, tmp_path / "h", 1, seed=1, per_student=True)
     for second, message in (
         (other, "different embeddings: mix cohorts distilled from one teacher"),
-        (summed, "averaged cohorts"),
+        (summed, "averaged cohorts with one shared head"),
+        (own_heads, "averaged cohorts with one shared head"),
     ):
         done = _run(a, second, "--data", tiny_data, "--students", 2)
         assert done.returncode != 0
