@@ -165,6 +165,12 @@ def distill(
         help="Share of copies per example: uniform | length (same total, in proportion to "
         "its words, so long texts get more).",
     ),
+    compose: int = typer.Option(
+        0,
+        help="Joined texts per training example: two examples joined by a connective, "
+        "labelled by the teacher, so phrase-level data shows it whole sentences (single "
+        "texts only; 0: none).",
+    ),
     swap_pairs: bool = typer.Option(
         False,
         help="Also train on each sentence pair in the other order (symmetric pair tasks "
@@ -215,6 +221,7 @@ def distill(
             augment=augment,
             augment_p=augment_p,
             augment_by=augment_by,
+            compose=compose,
             swap_pairs=swap_pairs,
             max_length=max_length,
             max_train=max_train or None,

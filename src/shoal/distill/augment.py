@@ -143,6 +143,53 @@ def augment(
     return TextDataset(texts, labels, kept, data.num_labels)
 
 
+JOINS = (" , ", " and ", " but ", " ; ", " . ")
+"""What :func:`compose` puts between its two parts (WordPiece splits punctuation, so the
+spaces around it do not change the tokens)."""
+
+
+def compose(
+    data: TextDataset, n: int, seed: int = 0, max_words: int = 60, pool: int | None = None
+) -> TextDataset:
+    """``data`` followed by ``n`` texts, each two of its first ``pool`` examples joined.
+
+    Word replacement keeps each example's length and structure; a training set of short
+    phrases (SST-2: 9 words on average) scored on whole sentences (20) then never shows the
+    teacher a sentence that joins two opinions. Each new text is two different examples
+    joined by a connective from :data:`JOINS` ("the acting is fine but the plot drags"),
+    the first one's closing full stop dropped; pairs of more than ``max_words`` words are
+    drawn again. The new texts keep the first part's label, which is not a gold label: train
+    on the teacher's outputs, not on it. ``pool`` (default: all) keeps the joins to the
+    labelled examples when ``data`` already ends with augmented copies. Single-text tasks
+    only. Deterministic for a given ``seed``; duplicates are dropped.
+    """
+    if data.text_pairs is not None:
+        raise ValueError("compose joins single texts; sentence-pair data has text_pairs")
+    if n < 0 or max_words < 2:
+        raise ValueError(f"n={n} and max_words={max_words} must be >= 0 and >= 2")
+    pool = len(data) if pool is None else min(pool, len(data))
+    if n and pool < 2:
+        raise ValueError(f"compose needs at least 2 examples to join, got {pool}")
+    rng = random.Random(seed)
+    words = [len(t.split()) for t in data.texts[:pool]]
+    texts, labels = list(data.texts), list(data.labels)
+    seen = set(texts)
+    for _ in range(n):
+        for _attempt in range(20):
+            i, j = rng.sample(range(pool), 2)
+            if words[i] + words[j] <= max_words:
+                break
+        first = data.texts[i].rstrip()
+        first = first[:-1].rstrip() if first.endswith(".") else first
+        text = f"{first}{rng.choice(JOINS)}{data.texts[j].strip()}"
+        if text in seen:
+            continue
+        seen.add(text)
+        texts.append(text)
+        labels.append(data.labels[i])
+    return TextDataset(texts, labels, None, data.num_labels)
+
+
 def swap_pairs(data: TextDataset) -> TextDataset:
     """``data`` followed by each of its sentence pairs in the other order (second, first).
 

@@ -21,7 +21,13 @@ from tqdm.auto import tqdm
 from shoal.data import Encoded, encode, iterate, load_task, with_dev_split
 from shoal.devices import model_device, resolve_device, to_device
 from shoal.distill import boosting, losses
-from shoal.distill.augment import WEIGHTINGS, augment_key, augment_with_teacher, swap_pairs
+from shoal.distill.augment import (
+    WEIGHTINGS,
+    augment_key,
+    augment_with_teacher,
+    compose,
+    swap_pairs,
+)
 from shoal.distill.cache import TokenStore
 from shoal.distill.evaluate import score
 from shoal.distill.trainer import TrainConfig, train
@@ -94,6 +100,10 @@ class DistillConfig:
     augment_by: str = "uniform"
     """How copies are shared out: 'uniform' (``augment`` per example) or 'length' (the same
     total, in proportion to each example's words; ``shoal.distill.augment``)."""
+    compose: int = 0
+    """Joined texts to add, per training example: each joins two labelled examples with a
+    connective (``shoal.distill.augment.compose``), so phrase-level training sets show the
+    teacher whole sentences; single-text tasks only; 0 adds none."""
     augment_candidates: int = 15
     """Nearest neighbours (in the teacher's word embeddings) a replacement is drawn from."""
     swap_pairs: bool = False
@@ -139,10 +149,12 @@ class DistillConfig:
             )
         if self.augment_by not in WEIGHTINGS:
             raise ConfigError(f"augment_by={self.augment_by!r} is unknown; use one of {WEIGHTINGS}")
-        if self.augment and self.w_ce:
+        if self.compose < 0:
+            raise ConfigError(f"compose={self.compose} must be >= 0 (0 adds no joined texts)")
+        if (self.augment or self.compose) and self.w_ce:
             raise ConfigError(
-                "augmented copies have no gold label, so w_ce > 0 cannot be combined with "
-                "augment; use w_ce=0 (the teacher's outputs label the copies)"
+                "augmented copies and joined texts have no gold label, so w_ce > 0 cannot be "
+                "combined with augment or compose; use w_ce=0 (the teacher's outputs label them)"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1); BERT uses 0.1")
@@ -331,6 +343,11 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     task = with_dev_split(load_task(config.data))
     if "train" not in task.splits:
         raise DataError(f"{config.data} has no train split; distillation needs train.tsv")
+    if config.compose and task.is_pair:
+        raise DataError(
+            f"compose joins single texts, but {config.data} has sentence pairs; "
+            "drop --compose (use --augment or --swap-pairs for pair tasks)"
+        )
     teacher, tok = load_teacher(config.teacher, task.num_labels)
     # layers the teacher lacks are refused now, not after its outputs are cached
     plan = layer_plan(
@@ -345,6 +362,7 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
                 "drop --swap-pairs (it is for pair tasks such as MRPC)"
             )
         train_set = swap_pairs(train_set)
+    n_labelled = len(train_set)
     if config.augment:
         n_source = len(train_set)
         train_set = augment_with_teacher(
@@ -354,6 +372,15 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
         tqdm.write(
             f"augmented {n_source:,} training examples to {len(train_set):,} "
             f"(--augment {config.augment}, by {config.augment_by})"
+        )
+    if config.compose:
+        n_before = len(train_set)
+        train_set = compose(
+            train_set, config.compose * n_labelled, config.train.seed, pool=n_labelled
+        )
+        tqdm.write(
+            f"joined {len(train_set) - n_before:,} pairs of training examples "
+            f"(--compose {config.compose}): {len(train_set):,} in all"
         )
     enc = {"train": encode(tok, train_set, config.max_length)}
     for s in ("dev", "test"):
@@ -380,6 +407,7 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
         if config.augment
         else None,
         swapped=config.swap_pairs,
+        composed=[config.compose, config.train.seed] if config.compose else None,
     )
     teacher_seconds = time.perf_counter() - t0
 
@@ -478,6 +506,7 @@ def _teacher_cache(
     pad: int,
     augment: list | None = None,
     swapped: bool = False,
+    composed: list | None = None,
 ) -> TeacherCache:
     """Load the cached teacher outputs, or run the teacher once and save them."""
     key = {
@@ -490,6 +519,8 @@ def _teacher_cache(
         key["augment"] = augment
     if swapped:
         key["swap_pairs"] = True
+    if composed:
+        key["compose"] = composed
     folder = folder / f"depth{depth}"
     meta = folder / "teacher.json"
     if meta.is_file() and json.loads(meta.read_text()) == key:

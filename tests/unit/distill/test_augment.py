@@ -10,7 +10,9 @@ import torch
 
 from shoal.data import load_task
 from shoal.distill.augment import (
+    JOINS,
     augment,
+    compose,
     copies_per_example,
     corpus_words,
     replace_words,
@@ -157,4 +159,58 @@ def test_swapping_single_texts_is_refused(tmp_path, tiny_data, tiny_teacher):
         teacher=str(tiny_teacher), data=str(tiny_data), out=str(tmp_path / "x"), swap_pairs=True
     )
     with pytest.raises(DataError, match="--swap-pairs"):
+        distill(cfg)
+
+
+def test_compose_joins_two_different_labelled_examples_with_a_connective():
+    data = TextDataset(["a fine cast .", "the plot drags", "b", "c"], [1, 0, 1, 0])
+    out = compose(data, 20, seed=3)
+    assert out.texts[:4] == data.texts and out.labels[:4] == data.labels
+    joined = out.texts[4:]
+    assert 0 < len(joined) <= 20 and len(set(joined)) == len(joined)
+    for text, label in zip(joined, out.labels[4:], strict=True):
+        (first, second), join = next(
+            (text.split(j, 1), j) for j in JOINS if j in text and text.split(j, 1)[0] != ""
+        )
+        firsts = [t.removesuffix(" .") for t in data.texts]
+        assert first in firsts and second in data.texts and first != second.removesuffix(" .")
+        assert label == data.labels[firsts.index(first)]  # the first part's (not gold) label
+        assert not first.endswith(".")  # its full stop gives way to the connective
+    assert compose(data, 20, seed=3).texts == out.texts  # deterministic
+
+
+def test_compose_draws_from_the_pool_and_respects_max_words():
+    data = TextDataset(["one two", "three four", "x " * 30, "copy one", "copy two"], [0, 1, 0, 1, 1])
+    out = compose(data, 50, seed=0, max_words=10, pool=2)
+    assert set(out.texts[5:]) <= {
+        f"{a}{j}{b}" for a, b in [("one two", "three four"), ("three four", "one two")] for j in JOINS
+    }
+    with pytest.raises(ValueError, match="text_pairs"):
+        compose(TextDataset(["a", "b"], [0, 1], ["c", "d"]), 1)
+    with pytest.raises(ValueError, match="at least 2"):
+        compose(TextDataset(["a"], [0]), 1)
+
+
+def test_distill_with_compose_trains_on_joined_texts(tmp_path, tiny_data, tiny_teacher):
+    cfg = tiny_distill_config(
+        tiny_teacher, tiny_data, tmp_path / "join", n_students=1, augment=1, compose=1
+    )
+    distill(cfg)
+    cached = json.loads(next((tmp_path / "join" / "cache").glob("depth*/teacher.json")).read_text())
+    n_train = len(load_task(str(tiny_data)).splits["train"])
+    assert cached["compose"] == [1, 0] and cached["augment"] == [1, 0.4, 15, 0]
+    assert 2 * n_train < cached["n"] <= 3 * n_train  # labelled + copies + joined texts
+
+
+@pytest.mark.parametrize("kw", [{"compose": -1}, {"compose": 1, "w_ce": 0.5}])
+def test_bad_compose_settings_are_refused(kw):
+    with pytest.raises(ConfigError, match="compose"):
+        DistillConfig(teacher="t", **kw)
+
+
+def test_composing_sentence_pairs_is_refused(tmp_path, tiny_pair_data, tiny_teacher):
+    cfg = DistillConfig(
+        teacher=str(tiny_teacher), data=str(tiny_pair_data), out=str(tmp_path / "x"), compose=1
+    )
+    with pytest.raises(DataError, match="--compose"):
         distill(cfg)
