@@ -180,11 +180,11 @@ def test_compose_joins_two_different_labelled_examples_with_a_connective():
 
 
 def test_compose_draws_from_the_pool_and_respects_max_words():
-    data = TextDataset(["one two", "three four", "x " * 30, "copy one", "copy two"], [0, 1, 0, 1, 1])
-    out = compose(data, 50, seed=0, max_words=10, pool=2)
-    assert set(out.texts[5:]) <= {
-        f"{a}{j}{b}" for a, b in [("one two", "three four"), ("three four", "one two")] for j in JOINS
-    }
+    long = ("x " * 30).strip()
+    data = TextDataset(["one two", "three four", long, "copy one", "copy two"], [0, 1, 0, 1, 1])
+    out = compose(data, 50, seed=0, max_words=10, pool=3)  # not the copies; not the long one
+    pairs = [("one two", "three four"), ("three four", "one two")]
+    assert set(out.texts[5:]) == {f"{a}{j}{b}" for a, b in pairs for j in JOINS}
     with pytest.raises(ValueError, match="text_pairs"):
         compose(TextDataset(["a", "b"], [0, 1], ["c", "d"]), 1)
     with pytest.raises(ValueError, match="at least 2"):
