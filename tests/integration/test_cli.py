@@ -181,3 +181,14 @@ def test_eval_scores_the_long_examples_only(tmp_path, tiny_teacher, tiny_data):
     r = runner.invoke(app, [*common, "--data", str(tiny_data), "--min-words", "99"])
     assert r.exit_code == 2 and "no test example has 99 or more words" in r.output
     assert "Traceback" not in r.output
+
+
+def test_distill_compose_flag_reaches_the_config(tmp_path, tiny_teacher, tiny_data):
+    common = ["distill", "--teacher", str(tiny_teacher), "--data", str(tiny_data)]
+    common += ["--students", "1", "--max-length", "32", "--compose", "1"]
+    r = runner.invoke(app, [*common, "--w-ce", "0.5", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "combined with augment or compose" in r.output
+    assert "Traceback" not in r.output
+    r = runner.invoke(app, [*common, "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "c" / "distill_config.json").read_text())["compose"] == 1
