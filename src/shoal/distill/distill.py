@@ -364,13 +364,12 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
         train_set = swap_pairs(train_set)
     n_labelled = len(train_set)
     if config.augment:
-        n_source = len(train_set)
         train_set = augment_with_teacher(
             train_set, tok, teacher, config.augment, config.augment_p,
             config.augment_candidates, config.train.seed, config.augment_by,
         )  # fmt: skip
         tqdm.write(
-            f"augmented {n_source:,} training examples to {len(train_set):,} "
+            f"augmented {n_labelled:,} training examples to {len(train_set):,} "
             f"(--augment {config.augment}, by {config.augment_by})"
         )
     if config.compose:
@@ -379,7 +378,7 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
             train_set, config.compose * n_labelled, config.train.seed, pool=n_labelled
         )
         tqdm.write(
-            f"joined {len(train_set) - n_before:,} pairs of training examples "
+            f"joined {len(train_set) - n_before:,} pairs of training examples into new texts "
             f"(--compose {config.compose}): {len(train_set):,} in all"
         )
     enc = {"train": encode(tok, train_set, config.max_length)}
