@@ -157,11 +157,12 @@ def compose(
     phrases (SST-2: 9 words on average) scored on whole sentences (20) then never shows the
     teacher a sentence that joins two opinions. Each new text is two different examples
     joined by a connective from :data:`JOINS` ("the acting is fine but the plot drags"),
-    the first one's closing full stop dropped; pairs of more than ``max_words`` words are
-    drawn again. The new texts keep the first part's label, which is not a gold label: train
-    on the teacher's outputs, not on it. ``pool`` (default: all) keeps the joins to the
-    labelled examples when ``data`` already ends with augmented copies. Single-text tasks
-    only. Deterministic for a given ``seed``; duplicates are dropped.
+    the first one's closing full stop dropped; a pair of more than ``max_words`` words is
+    drawn again, up to 20 times (then the last draw is kept). The new texts keep the first
+    part's label, which is not a gold label: train on the teacher's outputs, not on it.
+    ``pool`` (default: all) keeps the joins to the labelled examples when ``data`` already
+    ends with augmented copies. Single-text tasks only. Deterministic for a given ``seed``;
+    duplicates are dropped.
     """
     if data.text_pairs is not None:
         raise ValueError("compose joins single texts; sentence-pair data has text_pairs")

@@ -100,12 +100,12 @@ class DistillConfig:
     augment_by: str = "uniform"
     """How copies are shared out: 'uniform' (``augment`` per example) or 'length' (the same
     total, in proportion to each example's words; ``shoal.distill.augment``)."""
+    augment_candidates: int = 15
+    """Nearest neighbours (in the teacher's word embeddings) a replacement is drawn from."""
     compose: int = 0
     """Joined texts to add, per training example: each joins two labelled examples with a
     connective (``shoal.distill.augment.compose``), so phrase-level training sets show the
     teacher whole sentences; single-text tasks only; 0 adds none."""
-    augment_candidates: int = 15
-    """Nearest neighbours (in the teacher's word embeddings) a replacement is drawn from."""
     swap_pairs: bool = False
     """Also train on every sentence pair in the other order (``shoal.distill.augment.
     swap_pairs``): for symmetric pair tasks such as paraphrase detection (MRPC, QQP), where
