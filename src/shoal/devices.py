@@ -7,6 +7,8 @@ GPU) and only each batch's rows travel.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 
 from shoal.errors import ConfigError
@@ -53,3 +55,28 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware (on a CPU without AVX512-BF16 or AMX,
+    torch emulates it and bf16 autocast is slower than float32)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class autocast:  # noqa: N801 - used like torch.autocast
+    """``autocast(device, 'auto'|'bf16'|'fp32')()``: a context for one training step's
+    forward. ``enabled`` tells whether it runs in bfloat16."""
+
+    def __init__(self, device: torch.device, precision: str) -> None:
+        self.device = device
+        self.enabled = precision == "bf16" or (precision == "auto" and bf16_native(device))
+
+    def __call__(self) -> AbstractContextManager[object]:
+        if not self.enabled:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)

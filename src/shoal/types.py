@@ -66,3 +66,12 @@ class PrefixAccuracy:
     test: float | None
     dev_f1: float | None = None
     test_f1: float | None = None
+
+
+def token_limit(model_config: dict) -> int:
+    """The longest input a cohort config (``config.json`` as a dict) takes: its position table,
+    less the positions that padded numbering (RoBERTa, XLM-R, MPNet) never uses."""
+    positions = int(model_config.get("max_position_embeddings", 512))
+    if model_config.get("positions") == "padded":
+        positions -= int(model_config.get("pad_token_id", 0)) + 1
+    return positions

@@ -23,6 +23,8 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from shoal.models.teacher import teacher_inputs
+
 log = logging.getLogger(__name__)
 
 
@@ -62,7 +64,7 @@ def export_onnx(model_dir: str, folder: Path) -> Path:
     mask = torch.ones_like(ids)
     mask[1, 5:] = 0  # trace with padding so the mask path is kept
     sample = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
-    return export(model, folder, sample)
+    return export(model, folder, teacher_inputs(model, sample))
 
 
 class TeacherClassifier:
@@ -108,10 +110,12 @@ class TeacherClassifier:
             "token_type_ids", np.zeros_like(feeds["input_ids"])
         ).astype(np.int64)
         if self.config.backend != "torch":
-            logits = self.session.run(["logits"], feeds)[0]
+            names = [i.name for i in self.session.get_inputs()]
+            logits = self.session.run(["logits"], {n: feeds[n] for n in names})[0]
         else:
             import torch
 
+            feeds = teacher_inputs(self.model, feeds)
             with torch.inference_mode():
                 logits = (
                     self.model(**{k: torch.from_numpy(v) for k, v in feeds.items()})

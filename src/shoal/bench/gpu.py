@@ -38,6 +38,7 @@ from shoal.bench.kernels import (
 from shoal.devices import resolve_device
 from shoal.errors import ConfigError
 from shoal.models.cohort import ShoalModel
+from shoal.models.teacher import teacher_inputs
 from shoal.serve.runtime import LocalRunner
 
 
@@ -75,8 +76,7 @@ def _teacher_case(teacher: Any, dtype: torch.dtype, batch: int, flops: int) -> C
     dev = next(teacher.parameters()).device
 
     def run(x: dict[str, torch.Tensor]) -> torch.Tensor:
-        ids, mask, types = (t.to(dev) for t in _args(x))
-        out = teacher(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        out = teacher(**{n: t.to(dev) for n, t in teacher_inputs(teacher, x).items()}).logits
         return out.float().cpu()
 
     name = "teacher HF eager" + (" bf16" if dtype == torch.bfloat16 else "")

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from shoal.models.cohort import ShoalModel
+from shoal.models.teacher import input_names, teacher_inputs
 from shoal.serve.runtime import LocalRunner, RuntimeConfig, WorkerPool
 from shoal.serve.runtime.allocation import available_cores, workers_for
 from shoal.serve.runtime.ort import quantize_int8
@@ -99,7 +100,8 @@ def cohort_flops(cfg: Any, k: int, batch: int, length: int, fused: bool = True) 
 
 
 def teacher_flops(cfg: Any, batch: int, length: int) -> int:
-    per = layer_flops(batch, length, cfg.hidden_size, cfg.intermediate_size)
+    ffn = getattr(cfg, "intermediate_size", None) or cfg.hidden_dim  # DistilBERT's name
+    per = layer_flops(batch, length, cfg.hidden_size, ffn)
     return cfg.num_hidden_layers * per + head_flops(batch, cfg.hidden_size, cfg.num_labels)
 
 
@@ -182,7 +184,7 @@ def _args(x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch
 def export_onnx(teacher: Any, folder: Path, sample: dict[str, torch.Tensor]) -> Path:
     """The teacher as ONNX with dynamic batch and length (TorchScript exporter)."""
     path = folder / "teacher.onnx"
-    names = ["input_ids", "attention_mask", "token_type_ids"]
+    names = input_names(teacher)
     axes = {n: {0: "batch", 1: "length"} for n in names} | {"logits": {0: "batch"}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -469,7 +471,7 @@ def _in_process_cases(
                 None,
                 t,
                 teacher_flops(tcfg, b, length),
-                lambda x: teacher(**x).logits,
+                lambda x: teacher(**teacher_inputs(teacher, x)).logits,
             )
         )
         cases.extend(
@@ -479,7 +481,9 @@ def _in_process_cases(
                 None,
                 t,
                 teacher_flops(tcfg, b, length),
-                lambda x, s=session: s.run(None, {a: v.numpy() for a, v in x.items()}),
+                lambda x, s=session: s.run(
+                    None, {a.name: x[a.name].numpy() for a in s.get_inputs()}
+                ),
             )
             for name, session in sessions
         )

@@ -30,10 +30,10 @@ from shoal.distill.augment import (
 )
 from shoal.distill.cache import TokenStore
 from shoal.distill.evaluate import score
-from shoal.distill.trainer import TrainConfig, train
+from shoal.distill.trainer import Checkpoint, TrainConfig, train
 from shoal.errors import ConfigError, DataError
 from shoal.models.cohort import NAMED_PLANS, ShoalModel, layer_plan
-from shoal.models.teacher import load_teacher
+from shoal.models.teacher import accepts_token_types, load_teacher
 
 log = logging.getLogger(__name__)
 METHODS = ("stack", "boost", "average")
@@ -195,16 +195,15 @@ def cache_teacher(
     logits = torch.zeros(len(enc), teacher.config.num_labels)
     teacher.eval()
     dev = model_device(teacher)
+    takes_types = accepts_token_types(teacher)
     bar = tqdm(total=len(enc), desc="teacher outputs", unit="ex", dynamic_ncols=True)
     for b in iterate(enc, batch_size, shuffle=False, pad_id=pad_id):
         bar.update(len(b["index"]))
         b = to_device(b, dev)
-        out = teacher(
-            input_ids=b["input_ids"],
-            attention_mask=b["attention_mask"],
-            token_type_ids=b["token_type_ids"],
-            output_hidden_states=True,
-        )
+        inputs = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
+        if takes_types:
+            inputs["token_type_ids"] = b["token_type_ids"]
+        out = teacher(**inputs, output_hidden_states=True)
         idx = b["index"].tolist()
         final.set_(idx, out.hidden_states[-1])
         middle.set_(idx, out.hidden_states[depth])
@@ -444,7 +443,7 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
         if stop_after is not None and k - state["done"] >= stop_after:
             return {"stopped_after": k, "table": table}
         t1 = time.perf_counter()
-        _train_student(model, k, enc["train"], cache, ensemble, pad, config)
+        _train_student(model, k, enc["train"], cache, ensemble, pad, config, out)
         alpha = add_student(model, k, enc["train"], cache, ensemble, pad, config)
         seconds.append(time.perf_counter() - t1)
         evaluator.add(k)
@@ -460,7 +459,7 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     joint_seconds = 0.0
     if config.joint_epochs > 0 and not state.get("joint_done"):
         t1 = time.perf_counter()
-        _train_jointly(model, enc["train"], cache, pad, config)
+        _train_jointly(model, enc["train"], cache, pad, config, out)
         joint_seconds = time.perf_counter() - t1
         evaluator = PrefixEvaluator(model, enc, pad)
         for k in range(model.n_students):
@@ -550,7 +549,9 @@ def _checkpoint(
 
 # Settings that may differ when a run resumes or extends one in the same folder (``out``:
 # the folder may have been moved).
-_RESUMABLE = frozenset({"n_students", "min_gain", "threads", "device", "cache_dir", "out"})
+_RESUMABLE = frozenset(
+    {"n_students", "min_gain", "threads", "device", "cache_dir", "out", "train.checkpoint_every"}
+)
 
 
 def _check_same_run(out: Path, config: DistillConfig) -> None:
@@ -617,9 +618,12 @@ def _train_student(
     ensemble: Ensemble | None,
     pad: int,
     config: DistillConfig,
+    out: Path,
 ) -> None:
     """Train student k against the residual and the stacking target; others stay frozen.
-    ``ensemble`` is None for averaged students (they fit the teacher itself)."""
+    ``ensemble`` is None for averaged students (they fit the teacher itself). The training
+    state is checkpointed every ``config.train.checkpoint_every`` steps under
+    ``out/checkpoints``, and a run of the same command continues from there."""
     student = model.students[k]
     hidden = model.config.hidden_size
     dev = model_device(model)
@@ -695,7 +699,18 @@ def _train_student(
         config.train,
         set_train=student.train,
         desc=f"student {k + 1}/{config.n_students}",
+        checkpoint=_step_checkpoint(out, f"student-{k + 1}", config, len(enc)),
+        resume=True,
     )
+
+
+def _step_checkpoint(out: Path, name: str, config: DistillConfig, examples: int) -> Checkpoint:
+    """The mid-training checkpoint of one student (or of the joint stage)."""
+    settings = asdict(config)
+    for key in ("n_students", "threads", "device", "out", "cache_dir", "min_gain"):
+        settings.pop(key, None)
+    settings["train"].pop("checkpoint_every")
+    return Checkpoint(out / "checkpoints" / f"{name}.pt", {**settings, "examples": examples})
 
 
 def _shuffled(enc: Encoded, config: DistillConfig, pad: int, offset: int):
@@ -705,7 +720,12 @@ def _shuffled(enc: Encoded, config: DistillConfig, pad: int, offset: int):
 
 
 def _train_jointly(
-    model: ShoalModel, enc: Encoded, cache: TeacherCache, pad: int, config: DistillConfig
+    model: ShoalModel,
+    enc: Encoded,
+    cache: TeacherCache,
+    pad: int,
+    config: DistillConfig,
+    out: Path,
 ) -> None:
     """Train every student at once on the mean over k of prefix k's loss.
 
@@ -761,6 +781,8 @@ def _train_jointly(
         replace(config.train, epochs=config.joint_epochs, lr=config.joint_lr or config.train.lr),
         set_train=model.students.train,
         desc="joint",
+        checkpoint=_step_checkpoint(out, "joint", config, len(enc)),
+        resume=True,
     )
 
 

@@ -11,13 +11,15 @@ import torch
 from tqdm.auto import tqdm
 
 from shoal.data import Encoded, encode, iterate, load_task, long_examples, with_dev_split
-from shoal.devices import resolve_device
+from shoal.devices import autocast, resolve_device
 from shoal.distill.augment import augment_key, augment_with_teacher
 from shoal.distill.evaluate import predict_logits, score
 from shoal.distill.losses import consistency_loss, kd_loss, label_loss
-from shoal.distill.trainer import TrainConfig, train
+from shoal.distill.trainer import Checkpoint, TrainConfig, train
 from shoal.errors import ConfigError, DataError
 from shoal.models.teacher import load_teacher, logits_of
+
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +76,13 @@ class FinetuneConfig:
     cache_dir: str | None = None
     """Where the teacher's outputs on the training set are cached (default OUT/cache). A
     ``shoal distill`` cache of the same teacher, data and augmentation is reused."""
+    precision: str = "auto"
+    """Training arithmetic: 'bf16' (bfloat16 autocast, float32 weights and optimiser),
+    'fp32', or 'auto' (bf16 where the device computes it natively: CUDA with bf16, or a CPU
+    with AVX512-BF16/AMX; fp32 elsewhere, where emulated bf16 is slower)."""
+    resume: bool = False
+    """Continue an interrupted run of the same command from OUT/checkpoint.pt (written every
+    ``train.checkpoint_every`` steps); the run ends as an uninterrupted one would."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-5, epochs=2.0))
     """Optimiser and schedule."""
 
@@ -85,6 +94,8 @@ class FinetuneConfig:
                 f"select_min_words={self.select_min_words}, train_min_words="
                 f"{self.train_min_words}: both must be 0 (no filter) or more"
             )
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision={self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.rdrop < 0:
             raise ConfigError(f"rdrop={self.rdrop} must be >= 0 (0 turns R-Drop off)")
         if self.augment < 0 or not 0.0 < self.augment_p <= 1.0 or self.augment_candidates < 1:
@@ -185,15 +196,20 @@ def finetune(config: FinetuneConfig) -> dict:
 
     model.to(device)
     forward = logits_of(model)
+    mixed = autocast(device, config.precision)
 
     def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        with mixed():
+            return _step(b)
+
+    def _step(b: dict[str, torch.Tensor]) -> torch.Tensor:
         if not config.rdrop:
-            return objective(forward(b), b)
+            return objective(forward(b).float(), b)
         # one forward of the batch stacked on itself: two independent dropout masks
         twice = {
             k: torch.cat([b[k], b[k]]) for k in ("input_ids", "attention_mask", "token_type_ids")
         }
-        first, second = forward(twice).chunk(2)
+        first, second = forward(twice).float().chunk(2)
         mean = (objective(first, b) + objective(second, b)) / 2
         return mean + config.rdrop * consistency_loss(first, second)
 
@@ -234,6 +250,8 @@ def finetune(config: FinetuneConfig) -> dict:
         on_best=save,
         set_train=model.train,
         desc="finetune",
+        checkpoint=Checkpoint(out / CHECKPOINT_NAME, _fingerprint(config, len(train_set))),
+        resume=config.resume,
     )
     from transformers import AutoModelForSequenceClassification
 
@@ -249,6 +267,7 @@ def finetune(config: FinetuneConfig) -> dict:
         "distill_from": config.distill_from,
         "teacher_outputs": teacher_source,
         "teacher_seconds": round(teacher_seconds, 1),
+        "precision": "bf16" if mixed.enabled else "fp32",
         "train_seconds": round(result.seconds, 1),
         "steps": result.steps,
         "total_seconds": None,
@@ -267,6 +286,18 @@ def finetune(config: FinetuneConfig) -> dict:
         json.dumps({"config": asdict(config), "report": report}, indent=2)
     )
     return report
+
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def _fingerprint(config: FinetuneConfig, examples: int) -> dict:
+    """What must match for a checkpoint to continue this run (not where it runs)."""
+    settings = asdict(config)
+    for key in ("resume", "threads", "device", "out", "cache_dir"):
+        settings.pop(key)
+    settings["train"].pop("checkpoint_every")
+    return {**settings, "train_examples": examples}
 
 
 @torch.inference_mode()

@@ -16,8 +16,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from shoal.errors import ConfigError, ModelError
+from shoal.models.families import family_of
 from shoal.models.fused import FusedStudents
-from shoal.models.layers import Embeddings, Student, additive_mask
+from shoal.models.layers import (
+    ACTIVATIONS,
+    Embeddings,
+    RelativePositionBias,
+    Student,
+    activation,
+    additive_mask,
+)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -37,8 +45,22 @@ class ShoalConfig:
     intermediate_size: int
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
+    """Rows of the segment-embedding table; 0 for families without one (DistilBERT, MPNet)."""
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
+    family: str = "bert"
+    """The teacher's ``model_type`` (``shoal.models.families``)."""
+    positions: str = "absolute"
+    """'absolute' (0..L-1) or 'padded' (from pad_token_id + 1: RoBERTa, XLM-R, MPNet)."""
+    embedding_size: int | None = None
+    """Width of the embedding tables when narrower than hidden_size (ELECTRA's projection)."""
+    relative_attention_num_buckets: int = 0
+    """Buckets of a relative position bias shared by every layer (MPNet); 0: none."""
+    hidden_act: str = "gelu"
+    """Activation of the students' feed-forward blocks."""
+    head_activation: str = "tanh"
+    """Between the head's dense layer and its output: 'tanh' (BERT, RoBERTa, MPNet), 'gelu'
+    (ELECTRA) or 'relu' (DistilBERT)."""
     num_labels: int = 2
     id2label: dict[str, str] = field(default_factory=dict)
     """Label names by class id (string keys, as in Hugging Face configs)."""
@@ -62,6 +84,11 @@ class ShoalConfig:
             raise ConfigError(f"n_students={self.n_students} must be >= 1")
         if self.student_layers < 1:
             raise ConfigError(f"student_layers={self.student_layers} must be >= 1")
+        if self.positions not in ("absolute", "padded"):
+            raise ConfigError(f"positions={self.positions!r} must be 'absolute' or 'padded'")
+        for name in (self.hidden_act, self.head_activation):
+            if name not in ACTIVATIONS:
+                raise ConfigError(f"activation {name!r} is not one of {', '.join(ACTIVATIONS)}")
         if self.combine not in ("sum", "mean"):
             raise ConfigError(f"combine={self.combine!r} must be 'sum' or 'mean'")
         if self.hidden_size % self.num_attention_heads:
@@ -87,17 +114,19 @@ class CohortOutput:
 
 
 class Head(nn.Module):
-    """BERT's pooler (dense + tanh on the first token) and classifier."""
+    """The first token's classifier: dense + activation + output layer, the shape of BERT's
+    pooler and classifier and of the RoBERTa, ELECTRA, DistilBERT and MPNet heads."""
 
-    def __init__(self, hidden: int, num_labels: int, dropout: float) -> None:
+    def __init__(self, hidden: int, num_labels: int, dropout: float, act: str = "tanh") -> None:
         super().__init__()
         self.pooler = nn.Linear(hidden, hidden)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden, num_labels)
+        self.act_fn = activation(act)
 
     def forward(self, first_token: torch.Tensor) -> torch.Tensor:
         """(B, H) -> (B, num_labels)."""
-        return self.classifier(self.dropout(torch.tanh(self.pooler(first_token))))
+        return self.classifier(self.dropout(self.act_fn(self.pooler(first_token))))
 
 
 class ShoalModel(nn.Module):
@@ -115,6 +144,13 @@ class ShoalModel(nn.Module):
             c.layer_norm_eps,
             c.pad_token_id,
             c.dropout,
+            positions=c.positions,
+            embedding_size=c.embedding_size,
+        )
+        self.relative_attention_bias = (
+            RelativePositionBias(c.relative_attention_num_buckets, c.num_attention_heads)
+            if c.relative_attention_num_buckets
+            else None
         )
         self.students = nn.ModuleList(
             Student(
@@ -124,15 +160,17 @@ class ShoalModel(nn.Module):
                 c.intermediate_size,
                 c.layer_norm_eps,
                 c.dropout,
+                c.hidden_act,
             )
             for _ in range(c.n_students)
         )
         if c.head_per_student:
             self.heads = nn.ModuleList(
-                Head(c.hidden_size, c.num_labels, c.dropout) for _ in range(c.n_students)
+                Head(c.hidden_size, c.num_labels, c.dropout, c.head_activation)
+                for _ in range(c.n_students)
             )
         else:
-            self.head = Head(c.hidden_size, c.num_labels, c.dropout)
+            self.head = Head(c.hidden_size, c.num_labels, c.dropout, c.head_activation)
         self.register_buffer("alpha", torch.ones(c.n_students))
         self.meta: dict[str, Any] = {}
         self._fused: FusedStudents | None = None
@@ -158,11 +196,15 @@ class ShoalModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings (B, L, H) and the additive mask (B, 1, 1, L)."""
+        """Embeddings (B, L, H) and the additive mask: (B, 1, 1, L), or (B, heads, L, L) with
+        the relative position bias added (MPNet), what every student layer adds to its scores."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids)
-        return x, additive_mask(attention_mask, x.dtype)
+        x = self.embeddings(input_ids, token_type_ids, attention_mask)
+        mask = additive_mask(attention_mask, x.dtype)
+        if self.relative_attention_bias is not None:
+            mask = mask + self.relative_attention_bias(input_ids.shape[1]).to(x.dtype)
+        return x, mask
 
     def forward(
         self,
@@ -325,7 +367,8 @@ class ShoalModel(nn.Module):
         *,
         head_per_student: bool = False,
     ) -> ShoalModel:
-        """Build a cohort whose embeddings, layers and head are copied from a BERT teacher.
+        """Build a cohort whose embeddings, layers and head are copied from a teacher of any
+        supported family (``shoal.models.families``).
 
         Args:
             init: which teacher layers each student copies: 'bottom' (layers 0..m-1 for
@@ -334,24 +377,15 @@ class ShoalModel(nn.Module):
                 2 and 5 of 6), or explicit layers: a list of layer indices per student, or
                 text such as '0,5' (every student) or '2,5/0,5' (one list per student).
         """
-        bert = getattr(teacher, "bert", None)
-        if bert is None or not hasattr(bert, "encoder"):
-            raise ModelError(
-                f"{type(teacher).__name__} is not a BERT-family classifier "
-                f"(no .bert.encoder); Shoal copies BERT layers"
-            )
         tc = teacher.config
-        n_t = len(bert.encoder.layer)
-        plan = layer_plan(init, n_students, student_layers, n_t)
+        family = family_of(getattr(tc, "model_type", None))
+        teacher_layers = family.teacher_layers(teacher)
+        plan = layer_plan(init, n_students, student_layers, len(teacher_layers))
         config = ShoalConfig(
-            vocab_size=tc.vocab_size,
-            hidden_size=tc.hidden_size,
-            num_attention_heads=tc.num_attention_heads,
-            intermediate_size=tc.intermediate_size,
-            max_position_embeddings=tc.max_position_embeddings,
-            type_vocab_size=tc.type_vocab_size,
-            layer_norm_eps=tc.layer_norm_eps,
-            pad_token_id=tc.pad_token_id or 0,
+            **family.config(tc),
+            family=family.model_type,
+            positions=family.positions,
+            head_activation=family.head_activation,
             num_labels=tc.num_labels,
             id2label={str(i): str(v) for i, v in tc.id2label.items()},
             n_students=n_students,
@@ -359,15 +393,14 @@ class ShoalModel(nn.Module):
             head_per_student=head_per_student,
         )
         model = cls(config)
-        model.embeddings.load_state_dict(bert.embeddings.state_dict(), strict=False)
+        family.copy_embeddings(teacher, model.embeddings)
+        if family.extra is not None:
+            family.extra(teacher, model)
         for student, layers in zip(model.students, plan):
             for ours, t in zip(student.layers, layers):
-                ours.load_hf(bert.encoder.layer[t])
-        with torch.no_grad():
-            for head in model.heads if head_per_student else [model.head]:
-                if bert.pooler is not None:
-                    head.pooler.load_state_dict(bert.pooler.dense.state_dict())
-                head.classifier.load_state_dict(teacher.classifier.state_dict())
+                family.copy_layer(teacher_layers[t], ours)
+        for head in model.heads if head_per_student else [model.head]:
+            family.copy_head(teacher, head)
         model.meta["init_layers"] = plan
         return model
 

@@ -32,6 +32,7 @@ class FusedStudents(nn.Module):
         self.heads = first.heads
         self.hidden = first.query.in_features
         self.eps = first.attn_norm.eps
+        self.act_fn = first.act_fn
         dtype = dtype or first.query.weight.dtype
         for j in range(self.n_layers):
             layers = [s.layers[j] for s in students]
@@ -95,7 +96,8 @@ class FusedStudents(nn.Module):
 
         Args:
             emb: (B, L, H) embeddings.
-            mask: (B, 1, 1, L) additive attention mask.
+            mask: (B, 1, 1, L) additive attention mask, or (B, heads, L, L) with a relative
+                position bias in it.
             cls_only: the last layer computes only the first token (what the head reads).
         Returns:
             (k, B, H) first-token states when ``cls_only``, else (k, B, L, H).
@@ -104,7 +106,7 @@ class FusedStudents(nn.Module):
         heads, d = self.heads, h // self.heads
         emb = emb.to(self.qkv0_w.dtype)
         mask = mask.to(emb.dtype)
-        kmask = mask.expand(b, 1, 1, n).repeat(k, 1, 1, 1)  # (k*B, 1, 1, L)
+        kmask = mask.expand(b, -1, -1, n).repeat(k, 1, 1, 1)  # (k*B, 1 | heads, 1 | L, L)
         x = emb.reshape(1, b * n, h)  # broadcast over students until the first residual
         for j in range(self.n_layers):
             last_cls = cls_only and j == self.n_layers - 1
@@ -119,7 +121,10 @@ class FusedStudents(nn.Module):
             if last_cls:
                 q = q[:, :1]
             att = F.scaled_dot_product_attention(
-                q.transpose(1, 2), kk.transpose(1, 2), v.transpose(1, 2), attn_mask=kmask
+                q.transpose(1, 2),
+                kk.transpose(1, 2),
+                v.transpose(1, 2),
+                attn_mask=kmask[:, :, :1] if last_cls else kmask,
             )
             rows = 1 if last_cls else n
             att = att.transpose(1, 2).reshape(k, b * rows, h)
@@ -127,6 +132,8 @@ class FusedStudents(nn.Module):
             y = torch.baddbmm(self._w("out_b", j, k), att, self._w("out_w", j, k))
             x = self._norm(resid + y, j, "ln1", k)  # (k, B*rows, H)
             y = torch.baddbmm(self._w("ffn_in_b", j, k), x, self._w("ffn_in_w", j, k))
-            y = torch.baddbmm(self._w("ffn_out_b", j, k), F.gelu(y), self._w("ffn_out_w", j, k))
+            y = torch.baddbmm(
+                self._w("ffn_out_b", j, k), self.act_fn(y), self._w("ffn_out_w", j, k)
+            )
             x = self._norm(x + y, j, "ln2", k)
         return x.view(k, b, h) if cls_only else x.view(k, b, n, h)

@@ -1,14 +1,39 @@
-"""BERT building blocks with the Hugging Face BERT weight layout, so teacher layers copy over."""
+"""The students' building blocks: BERT-shaped post-LN layers that every supported teacher
+family's layers copy into (``shoal.models.families``)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "tanh": torch.tanh,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+"""Activations by their Hugging Face ``hidden_act`` names (those the supported families use)."""
+
+
+def activation(name: str):
+    """The function of an activation name; refuses names the students do not implement."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"activation {name!r} is not one of {', '.join(ACTIVATIONS)}") from None
+
 
 class Embeddings(nn.Module):
-    """Word + position + token-type embeddings, then LayerNorm (BERT's embedding block)."""
+    """Word + position (+ token-type) embeddings, then LayerNorm (BERT's embedding block).
+
+    ``positions='padded'`` numbers the tokens from ``pad_id + 1`` and gives padding the pad
+    id (RoBERTa, XLM-R and MPNet, after fairseq); ``type_vocab=0`` has no segment table
+    (DistilBERT, MPNet); ``embedding_size`` narrower than ``hidden`` adds ELECTRA's projection.
+    """
 
     def __init__(
         self,
@@ -19,31 +44,84 @@ class Embeddings(nn.Module):
         eps: float,
         pad_id: int,
         dropout: float = 0.1,
+        *,
+        positions: str = "absolute",
+        embedding_size: int | None = None,
     ) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(vocab_size, hidden, padding_idx=pad_id)
-        self.position_embeddings = nn.Embedding(max_positions, hidden)
-        self.token_type_embeddings = nn.Embedding(type_vocab, hidden)
-        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+        width = embedding_size or hidden
+        self.positions = positions
+        self.pad_id = pad_id
+        self.word_embeddings = nn.Embedding(vocab_size, width, padding_idx=pad_id)
+        self.position_embeddings = nn.Embedding(max_positions, width)
+        self.token_type_embeddings = nn.Embedding(type_vocab, width) if type_vocab else None
+        self.LayerNorm = nn.LayerNorm(width, eps=eps)
         self.dropout = nn.Dropout(dropout)
+        self.project = nn.Linear(width, hidden) if width != hidden else None
 
     def forward(
-        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, L) ids -> (B, L, H)."""
         n = input_ids.shape[1]
-        if n > self.position_embeddings.num_embeddings:
+        offset = self.pad_id + 1 if self.positions == "padded" else 0
+        if n + offset > self.position_embeddings.num_embeddings:
             raise ValueError(
                 f"sequence of {n} tokens exceeds the model's "
-                f"{self.position_embeddings.num_embeddings} positions; truncate"
+                f"{self.position_embeddings.num_embeddings - offset} positions; truncate"
             )
-        pos = torch.arange(n, device=input_ids.device)
-        x = self.word_embeddings(input_ids) + self.position_embeddings(pos)[None]
-        if token_type_ids is None:
-            x = x + self.token_type_embeddings.weight[0]
+        if self.positions == "padded":
+            keep = (
+                input_ids.ne(self.pad_id) if attention_mask is None else attention_mask.ne(0)
+            ).long()
+            pos = torch.cumsum(keep, dim=1) * keep + self.pad_id
+            x = self.word_embeddings(input_ids) + self.position_embeddings(pos)
         else:
-            x = x + self.token_type_embeddings(token_type_ids)
-        return self.dropout(self.LayerNorm(x))
+            pos = torch.arange(n, device=input_ids.device)
+            x = self.word_embeddings(input_ids) + self.position_embeddings(pos)[None]
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                x = x + self.token_type_embeddings.weight[0]
+            else:
+                x = x + self.token_type_embeddings(token_type_ids)
+        x = self.dropout(self.LayerNorm(x))
+        return x if self.project is None else self.project(x)
+
+
+class RelativePositionBias(nn.Module):
+    """MPNet's relative position bias: one learnt scalar per head and distance bucket, added to
+    every layer's attention scores (T5's bucketing: exact distances up to a quarter of the
+    buckets each way, logarithmic up to ``max_distance``)."""
+
+    def __init__(self, buckets: int, heads: int, max_distance: int = 128) -> None:
+        super().__init__()
+        self.buckets = buckets
+        self.max_distance = max_distance
+        self.weight = nn.Parameter(torch.zeros(buckets, heads))
+
+    def forward(self, n: int) -> torch.Tensor:
+        """(1, heads, L, L) bias for a sequence of ``n`` tokens."""
+        pos = torch.arange(n, device=self.weight.device)
+        rel = pos[None, :] - pos[:, None]  # memory - context
+        half = self.buckets // 2
+        exact = half // 2
+        dist = -rel
+        bucket = (dist < 0).long() * half
+        dist = dist.abs()
+        large = (
+            exact
+            + (
+                torch.log(dist.float().clamp(min=1) / exact)
+                / math.log(self.max_distance / exact)
+                * (half - exact)
+            ).long()
+        )
+        large = large.clamp(max=half - 1)
+        bucket = bucket + torch.where(dist < exact, dist, large)
+        return F.embedding(bucket, self.weight).permute(2, 0, 1)[None]
 
 
 def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -55,12 +133,20 @@ class Layer(nn.Module):
     """One post-LN transformer layer, parameter names as in Hugging Face ``BertLayer``."""
 
     def __init__(
-        self, hidden: int, heads: int, intermediate: int, eps: float, dropout: float = 0.1
+        self,
+        hidden: int,
+        heads: int,
+        intermediate: int,
+        eps: float,
+        dropout: float = 0.1,
+        act: str = "gelu",
     ) -> None:
         super().__init__()
         if hidden % heads:
             raise ValueError(f"hidden size {hidden} is not a multiple of {heads} heads")
         self.heads = heads
+        self.act = act
+        self.act_fn = activation(act)
         self.query = nn.Linear(hidden, hidden)
         self.key = nn.Linear(hidden, hidden)
         self.value = nn.Linear(hidden, hidden)
@@ -74,8 +160,9 @@ class Layer(nn.Module):
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor, *, first_only: bool = False
     ) -> torch.Tensor:
-        """(B, L, H) and additive (B, 1, 1, L) mask -> (B, L, H).
+        """(B, L, H) and additive mask -> (B, L, H).
 
+        The mask is (B, 1, 1, L), or (B, heads, L, L) with a relative position bias in it.
         With ``first_only`` only the first token is computed (its keys and values still cover
         every token): (B, L, H) -> (B, 1, H), what a head that reads [CLS] needs of a last layer.
         """
@@ -90,30 +177,13 @@ class Layer(nn.Module):
             split(self.query(rows)),
             split(self.key(x)),
             split(self.value(x)),
-            attn_mask=mask,
+            attn_mask=mask[:, :, :1] if first_only else mask,
             dropout_p=self.dropout.p if self.training else 0.0,
         )
         att = att.transpose(1, 2).reshape(b, rows.shape[1], h)
         x = self.attn_norm(rows + self.dropout(self.attn_out(att)))
-        y = self.ffn_out(F.gelu(self.ffn_in(x)))
+        y = self.ffn_out(self.act_fn(self.ffn_in(x)))
         return self.ffn_norm(x + self.dropout(y))
-
-    def load_hf(self, layer: nn.Module) -> None:
-        """Copy the weights of a Hugging Face ``BertLayer``."""
-        pairs = [
-            (self.query, layer.attention.self.query),
-            (self.key, layer.attention.self.key),
-            (self.value, layer.attention.self.value),
-            (self.attn_out, layer.attention.output.dense),
-            (self.attn_norm, layer.attention.output.LayerNorm),
-            (self.ffn_in, layer.intermediate.dense),
-            (self.ffn_out, layer.output.dense),
-            (self.ffn_norm, layer.output.LayerNorm),
-        ]
-        with torch.no_grad():
-            for ours, theirs in pairs:
-                ours.weight.copy_(theirs.weight)
-                ours.bias.copy_(theirs.bias)
 
 
 class Student(nn.Module):
@@ -127,10 +197,11 @@ class Student(nn.Module):
         intermediate: int,
         eps: float,
         dropout: float = 0.1,
+        act: str = "gelu",
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            Layer(hidden, heads, intermediate, eps, dropout) for _ in range(n_layers)
+            Layer(hidden, heads, intermediate, eps, dropout, act) for _ in range(n_layers)
         )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:

@@ -143,12 +143,30 @@ def logits_of(model: Any) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
     moved to the model's device; the logits stay there."""
     from shoal.devices import model_device, to_device
 
+    names = input_names(model)
+
     def forward(b: dict[str, torch.Tensor]) -> torch.Tensor:
         b = to_device(b, model_device(model))
-        return model(
-            input_ids=b["input_ids"],
-            attention_mask=b["attention_mask"],
-            token_type_ids=b["token_type_ids"],
-        ).logits
+        return model(**{n: b[n] for n in names}).logits
 
     return forward
+
+
+def input_names(model: Any) -> list[str]:
+    """The inputs a classifier's forward takes of ``input_ids``, ``attention_mask`` and
+    ``token_type_ids``."""
+    names = ["input_ids", "attention_mask"]
+    return names + (["token_type_ids"] if accepts_token_types(model) else [])
+
+
+def teacher_inputs(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``batch`` the classifier's forward takes."""
+    return {n: batch[n] for n in input_names(model) if n in batch}
+
+
+def accepts_token_types(model: Any) -> bool:
+    """Whether a classifier's forward takes ``token_type_ids`` (DistilBERT and MPNet have no
+    segment embeddings; RoBERTa-style models take them but have a single segment)."""
+    import inspect
+
+    return "token_type_ids" in inspect.signature(model.forward).parameters

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shoal.errors import ConfigError, ModelError, ShoalError
+from shoal.types import token_limit
 
 log = logging.getLogger("shoal.serve")
 
@@ -257,7 +258,7 @@ def build_app(cohort_dir: str | Path, config: ServeConfig, runner: Any = None) -
 
     model_cfg, meta = read_cohort(cohort_dir)
     n = int(model_cfg["n_students"])
-    positions = int(model_cfg.get("max_position_embeddings", 512))
+    positions = token_limit(model_cfg)
     max_length = config.max_length or int(meta.get("max_length") or min(positions, 512))
     if max_length > positions:
         raise ConfigError(

@@ -128,7 +128,7 @@ def test_the_report_scores_the_kept_checkpoint_not_the_last_step(kd_config, tmp_
     from shoal.distill.trainer import TrainResult
     from shoal.evaluation import evaluate_model
 
-    def best_then_broken(named, step, batches, config, *, evaluate, on_best, set_train, desc):
+    def best_then_broken(named, step, batches, config, *, evaluate, on_best, set_train, desc, **_):
         on_best(evaluate())  # the checkpoint kept on disk
         with torch.no_grad():  # later steps ruin the model: it answers class 1 for everything
             for name, p in named:

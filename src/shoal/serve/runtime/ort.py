@@ -38,12 +38,15 @@ class _FirstToken(nn.Module):
         return self.student.first_token(x, mask)
 
 
-def export_student(student: Student, hidden: int) -> bytes:
-    """One student as an ONNX graph (dynamic batch and length), serialised in memory."""
+def export_student(student: Student, hidden: int, bias_heads: int = 0) -> bytes:
+    """One student as an ONNX graph (dynamic batch and length), serialised in memory.
+
+    ``bias_heads`` > 0: the mask input is (B, heads, L, L), a relative position bias added to
+    the padding mask (MPNet); else (B, 1, 1, L)."""
     # Eval mode on the wrapper too: the tracer records dropout of modules left in training.
     graph = _FirstToken(student).eval()
     x = torch.zeros(1, 8, hidden)
-    mask = torch.zeros(1, 1, 1, 8)
+    mask = torch.zeros(1, bias_heads, 8, 8) if bias_heads else torch.zeros(1, 1, 1, 8)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
@@ -53,7 +56,12 @@ def export_student(student: Student, hidden: int) -> bytes:
             buf,
             input_names=["x", "mask"],
             output_names=["first"],
-            dynamic_axes={"x": {0: "batch", 1: "length"}, "mask": {0: "batch", 3: "length"}},
+            dynamic_axes={
+                "x": {0: "batch", 1: "length"},
+                "mask": {0: "batch", 2: "rows", 3: "length"}
+                if bias_heads
+                else {0: "batch", 3: "length"},
+            },
             opset_version=17,
             dynamo=False,
         )
@@ -111,11 +119,18 @@ class OrtStudents:
         students: the students, in cohort order (float32 weights).
         threads: intra-op threads of every session.
         quantize: run int8 graphs (:func:`quantize_int8`) instead of float32 ones.
+        bias_heads: heads of the cohort's relative position bias (0: none).
     """
 
-    def __init__(self, students: list[Student], threads: int, quantize: bool = False) -> None:
+    def __init__(
+        self,
+        students: list[Student],
+        threads: int,
+        quantize: bool = False,
+        bias_heads: int = 0,
+    ) -> None:
         hidden = students[0].layers[0].query.in_features
-        graphs = [export_student(s, hidden) for s in students]
+        graphs = [export_student(s, hidden, bias_heads) for s in students]
         if quantize:
             graphs = [quantize_int8(g) for g in graphs]
         self.sessions = [session(g, threads) for g in graphs]
@@ -132,11 +147,12 @@ class OrtStudents:
     def __call__(
         self, emb: torch.Tensor, mask: torch.Tensor, k: int, *, cls_only: bool = True
     ) -> torch.Tensor:
-        """First k students on shared embeddings: (B, L, H), (B, 1, 1, L) -> (k, B, H)."""
+        """First k students on shared embeddings: (B, L, H), mask as ``ShoalModel.embed``
+        makes it -> (k, B, H)."""
         if not cls_only:
             raise ValueError("the ONNX graphs compute the first token only")
         feeds = {
             "x": np.ascontiguousarray(emb.float().numpy()),
-            "mask": np.ascontiguousarray(mask.float().numpy()),
+            "mask": np.ascontiguousarray(mask.float().expand(emb.shape[0], -1, -1, -1).numpy()),
         }
         return torch.from_numpy(np.stack([s.run(None, feeds)[0] for s in self.sessions[:k]]))

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from shoal.errors import ConfigError
+from shoal.types import token_limit
 from shoal.serve.costmodel import CostModel
 from shoal.serve.runtime.allocation import available_cores
 
@@ -180,7 +181,7 @@ def load_or_profile(
         cache_dir: where profiles live; None for :func:`default_cache_dir`.
         refresh: measure even when a cached profile exists.
     """
-    max_len = int(model_config.get("max_position_embeddings", 512))
+    max_len = token_limit(dict(model_config))
     ks = profile.resolve_ks(target.n_students)
     lengths = tuple(sorted({min(n, max_len) for n in profile.lengths}))
     batches = tuple(sorted(set(profile.batches)))

@@ -116,7 +116,13 @@ class LocalRunner:
         chosen = [self.model.students[i] for i in want]
         fused: FusedStudents | OrtStudents
         if self.backend == "onnxruntime":
-            fused = OrtStudents(chosen, torch.get_num_threads(), quantize=self.quantized)
+            c = self.model.config
+            fused = OrtStudents(
+                chosen,
+                torch.get_num_threads(),
+                quantize=self.quantized,
+                bias_heads=c.num_attention_heads if c.relative_attention_num_buckets else 0,
+            )
         else:
             fused = FusedStudents(chosen, self.dtype)
         self._stacks[want] = fused.to(self.device)
