@@ -447,13 +447,31 @@ def bench_kernels(
         "splits them evenly over the single-threaded workers.",
     ),
     layers: int = typer.Option(2, help="Layers per student of the built cohort."),
+    teacher: str = typer.Option(
+        "default",
+        help="Teacher to compare against (and to build the cohort from): any supported "
+        "family's folder, e.g. runs/mpnet-base for a 12-layer teacher.",
+    ),
+    large_batch: int = typer.Option(64, help="The batch size measured besides batch 1."),
+    data: str = typer.Option(
+        "../shared/data/sst2/test.tsv",
+        help="Sentences whose token lengths are measured (a TSV with a 'sentence' column); "
+        "synthetic ids when missing.",
+    ),
 ) -> None:
     """Micro-benchmark the cohort (fused, ONNX Runtime, threaded, workers) against the teacher."""
     from shoal.bench.kernels import kernels_command
 
     try:
         kernels_command(
-            out, cohort=cohort or None, iters=iters, n_students=students, student_layers=layers
+            out,
+            cohort=cohort or None,
+            iters=iters,
+            n_students=students,
+            student_layers=layers,
+            teacher=teacher,
+            large_batch=large_batch,
+            data=data,
         )
     except ShoalError as e:
         _fail(e)
@@ -474,7 +492,7 @@ def bench_gpu(
     batches: str = typer.Option("1,8,32,128", help="Comma-separated batch sizes."),
     iters: int = typer.Option(100, help="Timed iterations per case."),
     data: str = typer.Option(
-        "/work/shared/data/sst2/test.tsv", help="SST-2 TSV whose sentences are the inputs."
+        "../shared/data/sst2/test.tsv", help="SST-2 TSV whose sentences are the inputs."
     ),
 ) -> None:
     """The cohort (fused, every k, fp32 and bf16) against its teacher on one CUDA device."""

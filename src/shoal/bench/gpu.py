@@ -61,7 +61,7 @@ class GpuBenchConfig:
     warmup: int = 10
     length: int | None = None
     """Tokens per input; None: the median SST-2 test length (25 with the default tokenizer)."""
-    data: str = "/work/shared/data/sst2/test.tsv"
+    data: str = "../shared/data/sst2/test.tsv"
     """SST-2 sentences (a TSV with a 'sentence' column); synthetic ids when missing."""
     command: str = field(default_factory=lambda: " ".join(sys.argv))
 

@@ -22,7 +22,6 @@ import contextlib
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ import torch
 
 from shoal.models.cohort import ShoalModel
 from shoal.models.teacher import input_names, teacher_inputs
+from shoal.provenance import git_commit
 from shoal.serve.runtime import LocalRunner, RuntimeConfig, WorkerPool
 from shoal.serve.runtime.allocation import available_cores, workers_for
 from shoal.serve.runtime.ort import quantize_int8
@@ -68,7 +68,7 @@ class KernelsConfig:
     large_batch: int = 64
     length: int | None = None
     """Tokens per input; None: the median SST-2 test length (25 with the default tokenizer)."""
-    data: str = "/work/shared/data/sst2/test.tsv"
+    data: str = "../shared/data/sst2/test.tsv"
     """SST-2 sentences (a TSV with a 'sentence' column); synthetic ids when missing."""
     threads: tuple[int, ...] = ()
     """Intra-op thread counts to measure in-process cases at; () means 1 and all cores."""
@@ -391,7 +391,7 @@ def run_kernels(config: KernelsConfig) -> dict[str, Any]:
 
 def provenance(config: Any) -> dict[str, Any]:
     """The command, the settings and the commit a result came from."""
-    return {"command": config.command, "config": asdict(config), "git_commit": _git_commit()}
+    return {"command": config.command, "config": asdict(config), "git_commit": git_commit()}
 
 
 def shapes(model: ShoalModel, teacher: Any, source: str) -> dict[str, dict[str, Any]]:
@@ -691,26 +691,6 @@ def _multiprocess_ratios(
                 row[key] = teacher["p50_ms"] / full["p50_ms"]
         out[system] = row
     return out
-
-
-def _git_commit() -> str | None:
-    """$SHOAL_GIT_COMMIT when set (a copy of the tree on another machine, whose own .git may
-    be stale), else HEAD with '-dirty' for uncommitted changes."""
-    if os.environ.get("SHOAL_GIT_COMMIT"):
-        return os.environ["SHOAL_GIT_COMMIT"]
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # ------------------------------------------------------------------------------ output

@@ -31,6 +31,7 @@ from shoal.bench import report
 from shoal.bench.loadgen import CLIENTS, Client, run_load_sync
 from shoal.bench.workload import WorkloadConfig, build_workload
 from shoal.errors import ConfigError
+from shoal.provenance import git_commit
 from shoal.serve.runtime.allocation import available_cores
 
 SHOAL_SYSTEMS: dict[str, tuple[str, ...]] = {
@@ -362,9 +363,7 @@ def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     import torch
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    commit = git_commit()
     cpu = platform.processor()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():

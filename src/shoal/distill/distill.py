@@ -34,6 +34,7 @@ from shoal.distill.trainer import Checkpoint, TrainConfig, train
 from shoal.errors import ConfigError, DataError
 from shoal.models.cohort import NAMED_PLANS, ShoalModel, layer_plan
 from shoal.models.teacher import accepts_token_types, load_teacher
+from shoal.provenance import command_line, git_commit
 
 log = logging.getLogger(__name__)
 METHODS = ("stack", "boost", "average")
@@ -479,6 +480,8 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     model.meta.update(
         {
             "prefix_accuracy": table,
+            "command": command_line(),
+            "commit": git_commit(),
             "teacher": config.teacher,
             "data": config.data,
             "method": config.method,

@@ -18,6 +18,7 @@ from shoal.distill.losses import consistency_loss, kd_loss, label_loss
 from shoal.distill.trainer import Checkpoint, TrainConfig, train
 from shoal.errors import ConfigError, DataError
 from shoal.models.teacher import load_teacher, logits_of
+from shoal.provenance import command_line, git_commit
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -259,6 +260,8 @@ def finetune(config: FinetuneConfig) -> dict:
     best = AutoModelForSequenceClassification.from_pretrained(out).to(device).eval()
     forward = logits_of(best)
     report: dict = {
+        "command": command_line(),
+        "commit": git_commit(),
         "model": config.model,
         "data": config.data,
         "device": str(device),

@@ -85,7 +85,7 @@ def test_worker_layouts_without_a_peak_for_their_cores_get_no_overhead_ratio():
 def test_results_name_the_commit_given_by_the_environment(monkeypatch):
     """A copy of the tree on another machine may carry a stale .git: the commit given in
     $SHOAL_GIT_COMMIT is the one recorded."""
-    from shoal.bench.kernels import _git_commit
+    from shoal.provenance import git_commit as _git_commit
 
     monkeypatch.delenv("SHOAL_GIT_COMMIT", raising=False)
     head = _git_commit()

@@ -24,9 +24,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from shoal.errors import ConfigError
-from shoal.types import token_limit
 from shoal.serve.costmodel import CostModel
 from shoal.serve.runtime.allocation import available_cores
+from shoal.types import token_limit
 
 log = logging.getLogger(__name__)
 
