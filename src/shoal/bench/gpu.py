@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from shoal.devices import resolve_device
 from shoal.errors import ConfigError
 from shoal.models.cohort import ShoalModel
 from shoal.models.teacher import teacher_inputs
+from shoal.provenance import command_line
 from shoal.serve.runtime import LocalRunner
 
 
@@ -63,7 +63,7 @@ class GpuBenchConfig:
     """Tokens per input; None: the median SST-2 test length (25 with the default tokenizer)."""
     data: str = "../shared/data/sst2/test.tsv"
     """SST-2 sentences (a TSV with a 'sentence' column); synthetic ids when missing."""
-    command: str = field(default_factory=lambda: " ".join(sys.argv))
+    command: str = field(default_factory=command_line)
 
     def __post_init__(self) -> None:
         if not self.batches or min(self.batches) < 1:

@@ -22,7 +22,6 @@ import contextlib
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -37,7 +36,7 @@ import torch
 
 from shoal.models.cohort import ShoalModel
 from shoal.models.teacher import input_names, teacher_inputs
-from shoal.provenance import git_commit
+from shoal.provenance import command_line, git_commit
 from shoal.serve.runtime import LocalRunner, RuntimeConfig, WorkerPool
 from shoal.serve.runtime.allocation import available_cores, workers_for
 from shoal.serve.runtime.ort import quantize_int8
@@ -74,7 +73,7 @@ class KernelsConfig:
     """Intra-op thread counts to measure in-process cases at; () means 1 and all cores."""
     multiprocess: bool = True
     onnx: bool = True
-    command: str = field(default_factory=lambda: " ".join(sys.argv))
+    command: str = field(default_factory=command_line)
 
 
 # ------------------------------------------------------------------------------ FLOPs

@@ -1,0 +1,114 @@
+"""Copy headline numbers from a command's own JSON output into docs/results/summary.json.
+
+    python scripts/record_summary.py teacher mpnet-base/sst2 RUN/shoal_finetune.json
+    python scripts/record_summary.py cohort mpnet-base/sst2 runs/cohort-mpnet-sst2
+    python scripts/record_summary.py kernels mpnet-base docs/results/kernels-mpnet/kernels.json
+
+Each entry keeps the command and the commit that produced it (from the JSON where it records
+them; ``--command`` / ``--commit`` fill them in for outputs that do not). Accuracies are in
+points (percent), rounded to two decimals; k runs from 1 to N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+SUMMARY = Path(__file__).resolve().parent.parent / "docs" / "results" / "summary.json"
+
+
+def points(x: float | None) -> float | None:
+    return None if x is None else round(100 * x, 2)
+
+
+def teacher_entry(report_path: Path) -> dict[str, Any]:
+    raw = json.loads(report_path.read_text())
+    report = raw.get("report", raw)
+    return {
+        "test_accuracy": points(report["test"]["accuracy"]),
+        "dev_accuracy": points(report["dev"]["accuracy"]) if "dev" in report else None,
+        "train_seconds": report.get("train_seconds"),
+        "steps": report.get("steps"),
+        "command": report.get("command"),
+        "commit": report.get("commit"),
+    }
+
+
+def cohort_entry(cohort: Path) -> dict[str, Any]:
+    meta = json.loads((cohort / "shoal_meta.json").read_text())
+    config = json.loads((cohort / "config.json").read_text())
+    table = sorted(meta["prefix_accuracy"], key=lambda row: row["k"])
+    entry: dict[str, Any] = {
+        "test_accuracy_by_k": [points(row.get("test_accuracy")) for row in table],
+        "dev_accuracy_by_k": [points(row.get("dev_accuracy")) for row in table],
+        "layers": config["student_layers"],
+        "students": config["n_students"],
+        "hidden_size": config["hidden_size"],
+        "train_seconds": meta.get("train_seconds", {}).get("total"),
+        "command": meta.get("command"),
+        "commit": meta.get("commit"),
+    }
+    if any("test_f1" in row for row in table):
+        entry["test_f1_by_k"] = [points(row.get("test_f1")) for row in table]
+    return entry
+
+
+def _p50(cases: list[dict[str, Any]], system: str, batch: int, threads: int) -> float | None:
+    found = [
+        c["p50_ms"]
+        for c in cases
+        if c["system"] == system
+        and c["batch"] == batch
+        and c["threads"] == threads
+        and (c["k"] is None or c["k"] == max(x["k"] or 0 for x in cases if x["system"] == system))
+    ]
+    return found[0] if found else None
+
+
+def kernels_entry(path: Path) -> dict[str, Any]:
+    """Speedups of the full cohort over the teacher at batch 1 and the large batch, on as many
+    threads as the machine has cores (the in-process cases), same precision on both sides."""
+    result = json.loads(path.read_text())
+    cases = result["cases"]
+    threads = max(c["threads"] for c in cases if c["system"] == "teacher HF eager")
+    large = result["config"]["large_batch"]
+    entry: dict[str, Any] = {"threads": threads, "large_batch": large}
+    pairs = {
+        "teacher_torch": ("cohort fused", "teacher HF eager"),
+        "teacher_onnx": ("cohort ONNX Runtime", "teacher ONNX Runtime"),
+        "teacher_onnx_int8": ("cohort ONNX Runtime int8", "teacher ONNX Runtime int8"),
+    }
+    for name, (ours, theirs) in pairs.items():
+        for batch, tag in ((1, "b1"), (large, f"b{large}")):
+            a, b = _p50(cases, ours, batch, threads), _p50(cases, theirs, batch, threads)
+            entry[f"speedup_vs_{name}_{tag}"] = round(b / a, 2) if a and b else None
+    entry["command"] = result.get("command")
+    entry["commit"] = result.get("git_commit")
+    return entry
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=["teacher", "cohort", "kernels"])
+    parser.add_argument("key", help="e.g. mpnet-base/sst2 (teacher, cohort) or mpnet-base")
+    parser.add_argument("source", type=Path, help="the JSON (or cohort folder) to copy from")
+    parser.add_argument("--command", help="the command, where the JSON does not record it")
+    parser.add_argument("--commit", help="the commit, where the JSON does not record it")
+    parser.add_argument("--summary", type=Path, default=SUMMARY)
+    args = parser.parse_args()
+    build = {"teacher": teacher_entry, "cohort": cohort_entry, "kernels": kernels_entry}
+    entry = build[args.kind](args.source)
+    for field in ("command", "commit"):
+        if getattr(args, field):
+            entry[field] = getattr(args, field)
+    section = {"teacher": "teachers", "cohort": "cohorts", "kernels": "kernels"}[args.kind]
+    summary = json.loads(args.summary.read_text()) if args.summary.is_file() else {}
+    summary.setdefault(section, {})[args.key] = entry
+    args.summary.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{section}[{args.key!r}] = {json.dumps(entry)}")
+
+
+if __name__ == "__main__":
+    main()
