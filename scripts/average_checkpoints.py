@@ -5,6 +5,8 @@
 
 The output folder gets the averaged ``model.safetensors`` and the first checkpoint's config and
 tokenizer files, so it loads like any Hugging Face checkpoint.
+
+Reproduces the weight-averaging row of docs/results/teacher.md ("What did not beat the recipe").
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@
 Prints one JSON line per checkpoint and one per ensemble of the first 2, 3, ... checkpoints,
 in the order given. A question for teacher selection (does an ensemble of fine-tunes beat its
 best member?), not something the server runs.
+
+Reproduces the ensembles row of docs/results/teacher.md ("What did not beat the recipe").
 """
 
 from __future__ import annotations

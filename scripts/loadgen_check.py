@@ -6,6 +6,8 @@ the open-loop sender drives it at ``--rate`` requests/s for ``--seconds``. With 
 the delay is the client's (and the loopback's) own cost. Writes a JSON summary.
 
     python scripts/loadgen_check.py --out docs/results/loadgen_check.json
+
+Reproduces the transport table of docs/results/serve.md ("Why the raw-socket load generator").
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ classifier); 'mean' feeds the same classifier the mean of the last hidden states
 tokens, the pooling a sentence-embedding model such as all-MiniLM-L6-v2 was trained with.
 Prints one JSON line per (pooling, seed). A question for teacher recipes (does the pretrained
 pooling fine-tune better?), not something the server runs: checkpoints are not saved.
+
+Reproduces the mean-pooled head row of docs/results/teacher.md; its output is
+docs/results/teacher_pooling_sst2.jsonl.
 """
 
 from __future__ import annotations

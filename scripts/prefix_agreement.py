@@ -2,6 +2,8 @@
 prediction with k students differs from the prediction with the first student alone.
 
     python scripts/prefix_agreement.py runs/cohort-sst2-v2 ../shared/data/sst2 --max-length 64
+
+Reproduces the share of changed answers quoted in docs/results/distill.md (method ablation).
 """
 
 from __future__ import annotations

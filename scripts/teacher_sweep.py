@@ -10,6 +10,9 @@ one `shoal finetune` uses inside a run, so test plays no part in choosing.
         "lr8e-5-s0=--epochs 2 --lr 8e-5 --seed 0" "lr5e-5-s0=--epochs 2 --lr 5e-5 --seed 0"
 
 Each positional argument is NAME=FLAGS; the run writes its checkpoint to OUT/NAME.
+
+Reproduces the eight-recipe SST-2 sweep of docs/results/teacher.md; every run's command is in
+docs/results/teacher_sweep_sst2_h100.jsonl.
 """
 
 from __future__ import annotations
