@@ -134,7 +134,7 @@ def distill(
     method: str = typer.Option(
         "average",
         help="average (independent students, averaged; measured best) | stack (boosting + "
-        "virtual stacking, METHOD.md) | boost (boosting only).",
+        "virtual stacking, docs/method.md) | boost (boosting only).",
     ),
     init: str = typer.Option(
         "bottom",

@@ -39,7 +39,7 @@ SHOAL_SYSTEMS: dict[str, tuple[str, ...]] = {
     "shoal-bf16": ("--dtype", "bfloat16"),  # bf16 matmuls (CPUs with native bf16, GPUs)
     "shoal-onnx": ("--backend", "onnxruntime"),  # students on ONNX Runtime (CPU)
     "shoal-onnx-int8": ("--backend", "onnxruntime", "--dtype", "int8"),  # quantized students
-    # one single-threaded worker per core: the students run side by side (kernels.md, session 6)
+    # one single-threaded worker per core: the students run side by side (kernels.md)
     "shoal-onnx-per-core": (
         "--backend",
         "onnxruntime",

@@ -1,4 +1,4 @@
-"""The ablations METHOD.md names, trained by the same code on the same data and budget.
+"""The ablations docs/method.md names, trained by the same code on the same data and budget.
 
 Budget is counted in layer-epochs (one pass of one transformer layer over the training set), so
 a single 2-layer student trains N times as many epochs as each cohort student, and the deep
@@ -14,7 +14,7 @@ from pathlib import Path
 from shoal.distill.distill import DistillConfig, distill
 
 VARIANTS = {
-    "stack": "boosting + virtual stacking (METHOD.md default)",
+    "stack": "boosting + virtual stacking (the method's own recipe)",
     "boost": "boosting without stacking",
     "average": "independently distilled students, averaged",
     "single": "one 2-layer student (same budget)",

@@ -86,7 +86,7 @@ def copies_per_example(
     ``copies * words / mean words`` variants (rounded at random, at most ``4 * copies``), so
     the copies go to long texts. Meant for training sets of short phrases scored on whole
     sentences (SST-2: 9 against 20 words on average); there it measured no gain over uniform
-    copies (``docs/results/distill.md``, session 5).
+    copies (``docs/results/distill.md``).
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting={weighting!r} must be one of {WEIGHTINGS}")

@@ -62,8 +62,8 @@ class DistillConfig:
     """Dropout in the students while they train (BERT's 0.1; inference never drops)."""
     method: str = "average"
     """'average' (independently distilled students, averaged: the default, because it beat
-    METHOD.md's boosting in the SST-2 ablations, see docs/results/distill.md), 'stack'
-    (boosting + virtual stacking, METHOD.md) or 'boost' (boosting without stacking)."""
+    docs/method.md's boosting in the SST-2 ablations, see docs/results/distill.md), 'stack'
+    (boosting + virtual stacking, docs/method.md) or 'boost' (boosting without stacking)."""
     w_res: float = 1.0
     """Weight of the residual (boosting) MSE."""
     w_stack: float = 1.0
@@ -78,7 +78,7 @@ class DistillConfig:
     """L / L_0 in Theorem 1's step size; > 1 shrinks each alpha."""
     space: str = "hidden"
     """Where the students are boosted: 'hidden' (summed first-token states read by one shared
-    head; METHOD.md's default) or 'logits' (each student has its own head, their logits are
+    head; docs/method.md's default) or 'logits' (each student has its own head, their logits are
     summed, and each student's states imitate the teacher's)."""
     boost_on: str = "tokens"
     """Rows of the boosting loss that alpha is computed on: 'tokens' (every real token) or
@@ -88,7 +88,7 @@ class DistillConfig:
     joint_epochs: float = 0.0
     """After boosting, train all students together for this many epochs on the loss of every
     prefix (``mean_k L(b_k)``), so later students learn what earlier ones leave out; 0 keeps
-    pure stagewise boosting (METHOD.md)."""
+    pure stagewise boosting (docs/method.md)."""
     joint_lr: float | None = None
     """Peak learning rate of the joint phase (default: the students' lr)."""
     min_gain: float | None = None
