@@ -106,3 +106,17 @@ def test_other_families_are_refused_by_name(model_type):
     assert repr(model_type) in message
     for name in FAMILY_NAMES:
         assert name in message
+
+
+def test_int8_students_run_for_every_family(family_teacher):
+    from shoal.serve.runtime.runner import LocalRunner
+
+    _, teacher, tok = family_teacher
+    batch = inputs(tok, PAIRS)
+    cohort = ShoalModel.from_teacher(teacher, 2, 2, "skip").eval()
+    args = (batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), 2)
+    fp32 = LocalRunner(cohort, threads=1).run(*args)
+    int8 = LocalRunner(cohort, backend="onnxruntime", dtype="int8", threads=1).run(*args)
+    assert int8.shape == fp32.shape
+    # weights quantized to 8 bits: close to float32, not equal to it
+    assert float((int8 - fp32).abs().max()) < 0.1 * float(fp32.abs().max()) + 0.05
