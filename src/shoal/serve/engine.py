@@ -14,6 +14,7 @@ import copy
 import itertools
 import logging
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -176,7 +177,7 @@ class TextEncoder:
         for name, t in (("text", text), ("pair", pair)):
             if t is None:
                 continue
-            if not t.strip():
+            if is_blank(t):
                 raise InputError(f"{where}: the {name} is empty; send non-empty text")
             if len(t) > self.max_chars:
                 raise InputTooLong(
@@ -206,6 +207,12 @@ class TextEncoder:
         ids = list(out["input_ids"])
         types = list(out.get("token_type_ids") or [0] * len(ids))
         return Encoded(ids, types, truncated=truncated)
+
+
+def is_blank(text: str) -> bool:
+    """True when the text shows nothing: only whitespace, control or format characters (NUL,
+    zero-width spaces, joiners, byte-order marks)."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text)
 
 
 # ------------------------------------------------------------------------------ results
@@ -323,6 +330,9 @@ class Engine:
         self._observers: list[Callable[[BatchRecord], None]] = []
         self.inflight = 0
         """Requests in the batch executing now."""
+        self.batch_failures = 0
+        """Batches that failed in a row (0 once a batch runs)."""
+        self._last_failure = -float("inf")
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -496,9 +506,12 @@ class Engine:
     def _update(self, plan: Plan, result: BatchOutput | Exception, seconds: float) -> None:
         now = self.clock()
         if isinstance(result, BaseException):
+            self.batch_failures += 1
+            self._last_failure = now
             for it in plan.items:
                 self._fail(it.id, BackendError(f"inference failed: {result!r}"))
         else:
+            self.batch_failures = 0
             logits, probs = result
             start = now - seconds
             for it, row, p in zip(plan.items, logits, probs, strict=True):
@@ -568,6 +581,11 @@ class Engine:
     def _check_idle(self) -> None:
         if not len(self.scheduler) and not self.inflight and not self._futures:
             self._idle.set()
+
+    @property
+    def seconds_since_failure(self) -> float:
+        """Seconds since the last failed batch (infinite if none failed)."""
+        return self.clock() - self._last_failure
 
     @property
     def queue_depth(self) -> int:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import types
@@ -36,7 +37,25 @@ class ServeConfig:
     port: int = 8000
     """TCP port."""
     api_key: str | None = None
-    """If set, clients must send ``Authorization: Bearer <key>`` (all routes but /health)."""
+    """If set, clients must send ``Authorization: Bearer <key>`` on every route but /health and
+    /ping (/docs, /redoc and /openapi.json included). A key given here shows in ``ps``; prefer
+    --api-key-file or the SHOAL_API_KEY environment variable."""
+    api_key_file: str | None = None
+    """File holding the API key (surrounding whitespace ignored); instead of --api-key."""
+    max_body_bytes: int | None = None
+    """Most bytes of request body, declared or streamed (413 above). None: room for
+    max_client_batch_size pairs of max_input_chars characters at 2 bytes each, plus 64 KiB of
+    JSON (2.5 MiB with the defaults)."""
+    max_connections: int = 512
+    """Most open client connections: a new one at the cap closes the longest-idle connection,
+    and a request arriving with the cap reached (or that many requests in flight) gets 503."""
+    header_timeout_s: float = 10.0
+    """Seconds a connection may take to send a complete request head, from connecting or from
+    its previous response; then it is closed."""
+    keep_alive_s: float = 5.0
+    """Seconds an idle keep-alive connection stays open after a response."""
+    max_header_bytes: int = 16_384
+    """Most bytes of request line plus headers (400 above)."""
     log_level: str = "info"
     """Python logging level: debug, info, warning, error."""
     # -- pruning policy
@@ -67,8 +86,12 @@ class ServeConfig:
     """Most padded tokens (batch x longest input) in one batch."""
     max_batch_size: int = 64
     """Most inputs in one batch."""
-    queue_capacity: int = 1024
-    """Most inputs waiting; beyond it requests get 429 with Retry-After."""
+    queue_capacity: int | None = None
+    """Most inputs waiting; beyond it requests get 429 with Retry-After. None: what the
+    cohort can answer within the latency target at its profiled capacity,
+    ``floor(latency_target * headroom * throughput)``, where throughput is inputs per second in
+    batches of max_batch_size at half of max_length with the fewest students pruning may use
+    (all of them with --no-pruning); at least max_batch_size."""
     max_wait_ms: float = 0.0
     """FIFO only: how long the oldest input may wait for a fuller batch."""
     # -- requests
@@ -115,11 +138,16 @@ class ServeConfig:
             "max_input_chars",
             "max_client_batch_size",
             "retry_after_s",
+            "max_body_bytes",
+            "max_connections",
+            "max_header_bytes",
         )
         for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
-        for name in ("latency_target_ms", "drain_timeout_s", "headroom"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}={value} must be at least 1")
+        timeouts = ("header_timeout_s", "keep_alive_s")
+        for name in ("latency_target_ms", "drain_timeout_s", "headroom", *timeouts):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be > 0")
         if self.max_wait_ms < 0 or self.up_hold_s < 0:
@@ -133,11 +161,52 @@ class ServeConfig:
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("api_key is empty; give a non-empty key or leave it out")
 
+    @property
+    def body_limit(self) -> int:
+        """``max_body_bytes``, or its default derived from the per-request limits."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return self.max_client_batch_size * 2 * self.max_input_chars * 2 + 65_536
+
     def public(self) -> dict[str, Any]:
         """The resolved config as JSON data, with the API key hidden."""
         out = dataclasses.asdict(self)
         out["api_key"] = None if self.api_key is None else "***"
+        out["max_body_bytes"] = self.body_limit
         return out
+
+
+API_KEY_ENV = "SHOAL_API_KEY"
+
+
+def resolve_api_key(config: ServeConfig, environ: typing.Mapping[str, str]) -> ServeConfig:
+    """The config with ``api_key`` set from --api-key, --api-key-file or ``SHOAL_API_KEY``
+    (at most one of them), and ``api_key_file`` cleared."""
+    sources = [
+        name
+        for name, given in (
+            ("--api-key", config.api_key is not None),
+            ("--api-key-file", config.api_key_file is not None),
+            (API_KEY_ENV, bool(environ.get(API_KEY_ENV))),
+        )
+        if given
+    ]
+    if len(sources) > 1:
+        raise ConfigError(f"the API key is given by {' and '.join(sources)}; give it once")
+    key = config.api_key
+    if config.api_key_file is not None:
+        try:
+            key = Path(config.api_key_file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(
+                f"cannot read the API key file {config.api_key_file} ({e}); "
+                "give a readable UTF-8 file holding the key"
+            ) from None
+        if not key:
+            raise ConfigError(f"the API key file {config.api_key_file} is empty; put the key in it")
+    elif environ.get(API_KEY_ENV):
+        key = environ[API_KEY_ENV].strip()
+    return dataclasses.replace(config, api_key=key, api_key_file=None)
 
 
 # ------------------------------------------------------------------------------ wiring
@@ -160,7 +229,19 @@ def read_cohort(cohort_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]
             "cohort; distil it first with `shoal distill`"
         )
     meta_path = path / META_NAME
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if not meta_path.is_file():
+        return config, {}
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(
+            f"{meta_path} is not valid JSON ({e}); restore it from the `shoal distill` "
+            "output, or delete it to serve without stored accuracy"
+        ) from None
+    if not isinstance(meta, dict):
+        raise ModelError(
+            f"{meta_path} holds a {type(meta).__name__}, not a JSON object; restore it"
+        )
     return config, meta
 
 
@@ -222,21 +303,33 @@ def start_runtime(cohort_dir: str | Path, config: ServeConfig) -> Any:
         dtype=config.dtype,
         backend=config.backend,
     )
-    return Runtime.start(
-        cohort_dir, rc, cache_dir=config.profile_cache, refresh_profile=config.refresh_profile
-    )
+    try:
+        return Runtime.start(
+            cohort_dir, rc, cache_dir=config.profile_cache, refresh_profile=config.refresh_profile
+        )
+    except ShoalError:
+        raise
+    except Exception as e:  # safetensors / torch errors on a damaged weights file
+        weights = Path(cohort_dir) / "model.safetensors"
+        raise ModelError(
+            f"cannot load the cohort's weights {weights} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else e!r}); the file is missing or damaged: "
+            "copy it again or re-run `shoal distill`"
+        ) from None
 
 
 def load_tokenizer(cohort_dir: str | Path) -> Any:
-    """The tokenizer saved with the cohort. transformers does not know the cohort's
-    ``model_type`` and warns about it on every load; the warning is noise here."""
+    """The tokenizer saved with the cohort, never running code the folder ships
+    (``trust_remote_code=False``: an ``auto_map`` in its config is refused, not imported).
+    transformers does not know the cohort's ``model_type`` and warns about it on every load;
+    the warning is noise here."""
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     try:
-        return AutoTokenizer.from_pretrained(str(cohort_dir))
+        return AutoTokenizer.from_pretrained(str(cohort_dir), trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise ModelError(
             f"{cohort_dir} has no usable tokenizer ({e}); save one with the "
@@ -266,6 +359,19 @@ def build_app(cohort_dir: str | Path, config: ServeConfig, runner: Any = None) -
             f"use --max-length {positions} or less"
         )
     policy = policy_config(config, n, meta)
+    tokenizer = load_tokenizer(cohort_dir)
+    if runner is None:
+        runner = start_runtime(cohort_dir, config)
+    if runner.cost_model is None:
+        runner.close()
+        raise ConfigError("the runtime has no cost model; start it with profiling on")
+    capacity = config.queue_capacity or derived_queue_capacity(
+        runner.cost_model,
+        k=policy.effective_floor if config.pruning else n,
+        batch=config.max_batch_size,
+        length=max(1, max_length // 2),
+        seconds=config.latency_target_ms / 1e3 * config.headroom,
+    )
     scheduler_config = SchedulerConfig(
         policy=policy,
         buffer_kind=config.buffer,
@@ -273,17 +379,11 @@ def build_app(cohort_dir: str | Path, config: ServeConfig, runner: Any = None) -
             bin_width=config.bin_width,
             max_element_tokens=config.max_batch_tokens,
             max_element_size=config.max_batch_size,
-            capacity=config.queue_capacity,
+            capacity=capacity,
             max_wait_s=config.max_wait_ms / 1e3,
         ),
         calibrate=config.calibrate,
     )
-    tokenizer = load_tokenizer(cohort_dir)
-    if runner is None:
-        runner = start_runtime(cohort_dir, config)
-    if runner.cost_model is None:
-        runner.close()
-        raise ConfigError("the runtime has no cost model; start it with profiling on")
     encoder = TextEncoder(
         tokenizer, max_length, truncate=config.truncate, max_chars=config.max_input_chars
     )
@@ -303,16 +403,29 @@ def build_app(cohort_dir: str | Path, config: ServeConfig, runner: Any = None) -
             **config.public(),
             "max_length": max_length,
             "effective_floor_k": policy.effective_floor,
+            "queue_capacity": capacity,
         },
     )
     limits = ApiLimits(
         max_client_batch_size=config.max_client_batch_size,
         api_key=config.api_key,
+        max_body_bytes=config.body_limit,
         retry_after_s=config.retry_after_s,
     )
     app = create_app(engine, encoder, info, limits, on_close=runner.close)
     app.state.engine = engine
     return app
+
+
+def derived_queue_capacity(
+    cost_model: Any, *, k: int, batch: int, length: int, seconds: float
+) -> int:
+    """Inputs the runtime answers in ``seconds`` running ``batch``-input batches of ``length``
+    tokens with ``k`` students back to back (as the cost model predicts); at least ``batch``."""
+    rate = cost_model.throughput(k, length, batch)
+    if not math.isfinite(rate):
+        return max(batch, 1024)
+    return max(batch, math.floor(rate * seconds))
 
 
 # ------------------------------------------------------------------------------ running
@@ -348,6 +461,8 @@ def _uvicorn_server(app: Any, config: ServeConfig) -> Any:
             )
             self.should_exit = True
 
+    from shoal.serve.connections import guarded_protocol
+
     return DrainingServer(
         uvicorn.Config(
             app,
@@ -356,6 +471,10 @@ def _uvicorn_server(app: Any, config: ServeConfig) -> Any:
             log_level=config.log_level,
             access_log=False,
             timeout_graceful_shutdown=math.ceil(config.drain_timeout_s),
+            http=guarded_protocol(config.header_timeout_s, config.max_connections),
+            limit_concurrency=config.max_connections,
+            timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]
+            h11_max_incomplete_event_size=config.max_header_bytes,
         )
     )
 
@@ -372,11 +491,17 @@ def serve_command(cohort_dir: str | Path, **options: Any) -> None:
     unknown = sorted(set(options) - fields)
     if unknown:
         raise ConfigError(f"unknown serve options {unknown}; known: {sorted(fields)}")
-    config = ServeConfig(**options)
+    config = resolve_api_key(ServeConfig(**options), os.environ)
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from shoal.serve.connections import fd_limit_warning, throttle_connection_logs
+
+    throttle_connection_logs()
     log.info("serving %s with %s", cohort_dir, json.dumps(config.public()))
+    warning = fd_limit_warning(config.max_connections, config.workers)
+    if warning:
+        log.warning(warning)
     app = build_app(cohort_dir, config)
     _uvicorn_server(app, config).run()
 

@@ -1,20 +1,22 @@
 """The HTTP API: TEI-compatible ``/predict``, Shoal's ``/v1/classify``, ``/health``, ``/info``
-and ``/metrics``. It speaks HTTP only: parse, hand the inputs to the engine, shape the answer."""
+and ``/metrics``; for Hugging Face and SageMaker clients also ``POST /`` and ``POST
+/invocations`` (the Inference API's answer shape), ``GET /`` (info) and ``GET /ping``. It speaks
+HTTP only: parse, hand the inputs to the engine, shape the answer."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-from collections.abc import AsyncIterator, Callable
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from shoal.serve.api.errors import ApiError, as_api_error, error_response, install_error_handlers
+from shoal.serve.api.guard import GuardLimits, GuardMiddleware
 from shoal.serve.api.observe import ObserveMiddleware, RequestTiming, ServeMetrics
 from shoal.serve.api.schemas import (
     ClassifyRequest,
@@ -32,6 +34,10 @@ from shoal.serve.engine import Draining, Engine, TextEncoder, Ticket
 from shoal.serve.engine import Prediction as EnginePrediction
 
 VERSION = "0.1.0"
+FAILING_AFTER = 3
+"""Batches failing in a row after which ``/health`` reports the server unready..."""
+FAILING_FOR_S = 10.0
+"""...for this many seconds after the last failure (or until a batch runs)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +63,10 @@ class ApiLimits:
     max_client_batch_size: int = 32
     """Most inputs in one request (413 above)."""
     api_key: str | None = None
-    """If set, every route but ``/health`` needs ``Authorization: Bearer <key>`` (401)."""
+    """If set, every route but ``/health`` and ``/ping`` (``/docs`` and ``/openapi.json``
+    included) needs ``Authorization: Bearer <key>`` (401, checked before the body is read)."""
+    max_body_bytes: int = 1 << 20
+    """Most bytes of request body (413 above, declared or streamed)."""
     retry_after_s: int = 1
     """``Retry-After`` sent with 429 and 503."""
 
@@ -93,23 +102,13 @@ def create_app(
         lifespan=lifespan,
         description="BERT-like classification by a cohort of shallow students.",
     )
-    metrics = ServeMetrics(engine)
+    workers = _worker_status(engine)
+    metrics = ServeMetrics(engine, workers)
     app.state.metrics = metrics
-    app.add_middleware(ObserveMiddleware, metrics=metrics)
+    guard = GuardLimits(api_key=limits.api_key, max_body_bytes=limits.max_body_bytes)
+    app.add_middleware(GuardMiddleware, limits=guard)
+    app.add_middleware(ObserveMiddleware, metrics=metrics)  # outermost: sees every answer
     install_error_handlers(app)
-    bearer = HTTPBearer(auto_error=False)
-
-    def authorize(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if limits.api_key is None:
-            return
-        given = creds.credentials if creds is not None else ""
-        if not hmac.compare_digest(given.encode(), limits.api_key.encode()):
-            raise ApiError(
-                401,
-                "unauthorized",
-                "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
-                {"WWW-Authenticate": "Bearer"},
-            )
 
     async def infer(
         request: Request,
@@ -148,21 +147,16 @@ def create_app(
         request.state.timing = RequestTiming.of(predictions)
         return predictions
 
-    def ranked(p: EnginePrediction, raw: bool) -> list[dict[str, Any]]:
-        values = p.logits if raw else p.scores
-        order = sorted(range(len(values)), key=lambda i: -values[i])
+    def ranked(p: EnginePrediction, function: str, top_k: int | None) -> list[dict[str, Any]]:
+        values = _scores(p, function)
+        order = sorted(range(len(values)), key=lambda i: -values[i])[:top_k]
         return [{"label": info.labels[i], "score": values[i]} for i in order]
 
-    @app.post(
-        "/predict",
-        response_model=list[Prediction] | list[list[Prediction]],
-        responses=_errors(400, 401, 408, 413, 422, 429, 503),
-        dependencies=[Depends(authorize)],
-    )
-    async def predict(body: PredictRequest, request: Request) -> Any:
-        """Classify a text, a pair or a batch (TEI's ``/predict``): labels by score."""
+    async def answer(body: PredictRequest, request: Request) -> tuple[list[Any], bool]:
+        """Ranked labels per input, and whether the request was a batch."""
         try:
             inputs, batched = parse_predict_inputs(body.inputs)
+            function = _function(body)
         except ValueError as e:
             raise ApiError(422, "validation", str(e)) from None
         preds = await infer(
@@ -173,14 +167,42 @@ def create_app(
             min_k=body.min_k,
             deadline_ms=body.deadline_ms,
         )
-        answers = [ranked(p, body.raw_scores) for p in preds]
+        top_k = body.parameters.top_k if body.parameters else None
+        return [ranked(p, function, top_k) for p in preds], batched
+
+    predict_errors = _errors(400, 401, 408, 413, 422, 429, 503)
+
+    @app.post(
+        "/predict",
+        response_model=list[Prediction] | list[list[Prediction]],
+        responses=predict_errors,
+    )
+    async def predict(body: PredictRequest, request: Request) -> Any:
+        """Classify a text, a pair or a batch (TEI's ``/predict``): labels by score."""
+        answers, batched = await answer(body, request)
         return JSONResponse(answers if batched else answers[0])
+
+    async def inference_api(body: PredictRequest, request: Request) -> Any:
+        """``/predict`` in the Hugging Face Inference API's shape: one list of labels per
+        input, a single text included (``[[{label, score}, ...]]``)."""
+        answers, _ = await answer(body, request)
+        return JSONResponse(answers)
+
+    for path, name in (("/", "inference_api_root"), ("/invocations", "sagemaker_invocations")):
+        app.add_api_route(
+            path,
+            inference_api,
+            methods=["POST"],
+            response_model=list[list[Prediction]],
+            responses=predict_errors,
+            name=name,
+            operation_id=name,
+        )
 
     @app.post(
         "/v1/classify",
         response_model=ClassifyResponse,
         responses=_errors(400, 401, 408, 413, 422, 429, 503),
-        dependencies=[Depends(authorize)],
     )
     async def classify(body: ClassifyRequest, request: Request) -> Any:
         """Classify texts; every label's probability and the students used per text."""
@@ -218,21 +240,41 @@ def create_app(
             }
         )
 
+    def unready() -> str | None:
+        """Why the server cannot answer now, or None when it can."""
+        if not (engine.accepting and engine.running):
+            return "the server is draining or stopped"
+        status = workers()
+        down = sum(1 for w in status if not w.alive)
+        if down:
+            return (
+                f"{down} of {len(status)} worker processes are down (restarting, with "
+                "backoff if they fail to start); see the server log"
+            )
+        if engine.batch_failures >= FAILING_AFTER and engine.seconds_since_failure < FAILING_FOR_S:
+            return f"the last {engine.batch_failures} batches failed; see the server log"
+        return None
+
     @app.get("/health", response_model=Health, responses=_errors(503))
     async def health() -> Any:
-        """200 while serving; 503 while draining or if the engine stopped."""
-        if not (engine.accepting and engine.running):
+        """200 while serving; 503 while draining, stopped, with a worker down, or after
+        several batches failed in a row."""
+        reason = unready()
+        if reason is not None:
             return error_response(
-                503,
-                "unhealthy",
-                "the server is draining or stopped",
-                {"Retry-After": str(limits.retry_after_s)},
+                503, "unhealthy", reason, {"Retry-After": str(limits.retry_after_s)}
             )
         return {"status": "ok", "active_students": engine.current_k}
 
-    @app.get(
-        "/info", response_model=Info, responses=_errors(401), dependencies=[Depends(authorize)]
-    )
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+
+    @app.get("/ping", response_model=Health, responses=_errors(503))
+    async def ping() -> Any:
+        """SageMaker's health check: ``/health`` under its name."""
+        return await health()
+
+    @app.get("/info", response_model=Info, responses=_errors(401))
+    @app.get("/", response_model=Info, responses=_errors(401), include_in_schema=False)
     async def get_info() -> Any:
         """The model, its students and their accuracy per prefix, current k, the config."""
         return {
@@ -251,17 +293,38 @@ def create_app(
             "config": info.config,
         }
 
-    @app.get(
-        "/metrics",
-        response_class=Response,
-        responses=_errors(401),
-        dependencies=[Depends(authorize)],
-    )
+    @app.get("/metrics", response_class=Response, responses=_errors(401))
     async def get_metrics() -> Response:
         """Prometheus text format."""
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+def _function(body: PredictRequest) -> str:
+    """The score function asked for: 'softmax', 'sigmoid' or 'none' (logits)."""
+    asked = body.parameters.function_to_apply if body.parameters else None
+    if body.raw_scores and asked not in (None, "none"):
+        raise ValueError(
+            f"raw_scores=true asks for logits but parameters.function_to_apply={asked!r} "
+            "asks for another function; send one of the two"
+        )
+    return "none" if body.raw_scores else (asked or "softmax")
+
+
+def _scores(p: EnginePrediction, function: str) -> Sequence[float]:
+    if function == "none":
+        return p.logits
+    if function == "sigmoid":
+        return [1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0 for x in p.logits]
+    return p.scores
+
+
+def _worker_status(engine: Engine) -> Callable[[], Sequence[Any]]:
+    """The runtime's non-blocking worker status (``WorkerStatus`` list); none for a runtime
+    without one."""
+    status = getattr(engine.runner, "status", None)
+    return status if callable(status) else (lambda: ())
 
 
 async def _unless_disconnected(request: Request, ticket: Ticket) -> list[EnginePrediction]:

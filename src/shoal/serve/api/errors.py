@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from shoal.errors import ShoalError
+from shoal.serve.api.observe import internal_error_message
 from shoal.serve.buffer import BufferFull
 from shoal.serve.engine import (
     BackendError,
@@ -148,6 +149,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ShoalError)
     async def _shoal(request: Request, exc: ShoalError) -> JSONResponse:
         err = as_api_error(exc)
+        if err.status == 500:  # the details (paths, pids, cores) go to the log only
+            rid = str(getattr(request.state, "request_id", "-"))
+            cause = exc.__cause__ or exc
+            log.error("request_id=%s %s %s: %s", rid, request.method, request.url.path, cause)
+            return error_response(err.status, err.error_type, internal_error_message(rid))
         return error_response(err.status, err.error_type, str(err), err.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -168,7 +174,8 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 404:
             msg = (
                 f"no route {request.url.path}; the routes are /predict, /v1/classify, "
-                "/health, /info, /metrics and /docs"
+                "/health, /info, /metrics, /docs, and for Hugging Face and SageMaker clients "
+                "POST /, /invocations and /ping"
             )
         elif exc.status_code == 405:
             msg = (

@@ -1,24 +1,30 @@
 """One timing record per request feeds the Prometheus histograms, a log line and the response
 headers (TEI style: ``x-total-time``, ``x-queue-time``, ``x-inference-time`` in ms, plus
-``x-students-used``). Batch-level counters come from the engine's batch records."""
+``x-students-used``). Every response carries an ``x-request-id`` that its log lines quote; an
+unexpected error is logged in full under that id and answered with a 500 that names only the
+id. Batch-level counters come from the engine's batch records; worker counts from the
+runtime's status."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shoal.serve.api.guard import refuse
 from shoal.serve.engine import BatchRecord, Engine, Prediction
 
 log = logging.getLogger("shoal.serve.access")
 
-INFERENCE_ROUTES = ("/predict", "/v1/classify")
+INFERENCE_ROUTES = ("/predict", "/v1/classify", "/", "/invocations")
 _LATENCY_BUCKETS = (
     0.001,
     0.0025,
@@ -38,7 +44,13 @@ _LATENCY_BUCKETS = (
     2.5,
     5.0,
     10.0,
+    15.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
 )
+"""Up to two minutes: past the default 10 s deadline, so a slow tail shows as itself."""
 
 
 @dataclass(frozen=True)
@@ -64,8 +76,10 @@ class RequestTiming:
 class ServeMetrics:
     """The app's Prometheus metrics, in their own registry (one per app)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, workers: Callable[[], Sequence[Any]] | None = None) -> None:
         self.registry = r = CollectorRegistry()
+        if workers is not None:
+            r.register(_WorkerCollector(workers))
         self.latency = Histogram(
             "shoal_request_latency_seconds",
             "Time from request to answer.",
@@ -146,6 +160,29 @@ class ServeMetrics:
         return generate_latest(self.registry)
 
 
+class _WorkerCollector:
+    """``shoal_workers_alive`` and ``shoal_worker_restarts_total`` from the runtime's status
+    (a list of ``WorkerStatus``), read at each scrape."""
+
+    def __init__(self, workers: Callable[[], Sequence[Any]]) -> None:
+        self.workers = workers
+
+    def collect(self) -> Iterator[Metric]:
+        status = list(self.workers())
+        alive = GaugeMetricFamily("shoal_workers_alive", "Worker processes alive now.")
+        alive.add_metric([], sum(1 for w in status if w.alive))
+        restarts = CounterMetricFamily(
+            "shoal_worker_restarts", "Worker restarts tried after a crash or hang."
+        )
+        restarts.add_metric([], sum(w.restarts for w in status))
+        yield alive
+        yield restarts
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}"
 
@@ -164,7 +201,10 @@ class ObserveMiddleware:
         start = time.perf_counter()
         state: dict[str, Any] = scope.setdefault("state", {})
         path = scope.get("path", "")
+        inference = path in INFERENCE_ROUTES and scope.get("method") == "POST"
+        state["request_id"] = rid = new_request_id()
         done = False
+        started = False
 
         def finish(status: int) -> float:
             nonlocal done
@@ -173,17 +213,23 @@ class ObserveMiddleware:
                 return total
             done = True
             timing: RequestTiming | None = state.get("timing")
-            if path in INFERENCE_ROUTES:
+            if inference:
                 self.metrics.observe_request(status, total, timing)
-            level = logging.INFO if path in INFERENCE_ROUTES else logging.DEBUG
+            level = logging.INFO if inference else logging.DEBUG
             if timing is None:
                 log.log(
-                    level, "%s %s %d total_ms=%s", scope.get("method"), path, status, _ms(total)
+                    level,
+                    "%s %s %d total_ms=%s request_id=%s",
+                    scope.get("method"),
+                    path,
+                    status,
+                    _ms(total),
+                    rid,
                 )
             else:
                 log.log(
                     level,
-                    "%s %s %d total_ms=%s queue_ms=%s inference_ms=%s k=%d inputs=%d",
+                    "%s %s %d total_ms=%s queue_ms=%s inference_ms=%s k=%d inputs=%d request_id=%s",
                     scope.get("method"),
                     path,
                     status,
@@ -192,14 +238,18 @@ class ObserveMiddleware:
                     _ms(timing.inference_s),
                     timing.students_used,
                     timing.n_inputs,
+                    rid,
                 )
             return total
 
         async def send_observed(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 total = finish(message["status"])
                 headers = MutableHeaders(scope=message)
                 headers["x-total-time"] = _ms(total)
+                headers["x-request-id"] = rid
                 timing: RequestTiming | None = state.get("timing")
                 if timing is not None:
                     headers["x-queue-time"] = _ms(timing.queue_s)
@@ -210,5 +260,16 @@ class ObserveMiddleware:
         try:
             await self.app(scope, receive, send_observed)
         except Exception:
-            finish(500)
-            raise
+            log.exception("request_id=%s %s %s failed", rid, scope.get("method"), path)
+            if started:
+                finish(500)
+                raise
+            await refuse(send_observed, 500, "backend", internal_error_message(rid), close=False)
+
+
+def internal_error_message(request_id: str) -> str:
+    """What a client sees of an unexpected failure: no internals, the id to quote."""
+    return (
+        f"the server failed on this request (request id {request_id}); the server log has the "
+        "details under that id; retry, and report it if it persists"
+    )

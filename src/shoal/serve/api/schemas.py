@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Text = Annotated[str, Field(min_length=1, pattern=r"\S")]
-"""A text to classify: not empty, not only whitespace."""
+"""A text to classify: not empty, not only whitespace (the encoder also refuses text made only
+of invisible characters such as NUL or zero-width spaces)."""
 Direction = Literal["left", "right", "Left", "Right"]
 """TEI writes ``Left``/``Right`` in its schema and ``right`` as the default; both are taken."""
 
@@ -20,14 +21,29 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class PredictParameters(_Body):
+    """The Hugging Face Inference API's text-classification ``parameters``."""
+
+    top_k: int | None = Field(None, ge=1, description="Return only the k best labels.")
+    function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
+        None,
+        description="Scores as softmax probabilities (the default), per-label sigmoids of the "
+        "logits, or the logits themselves ('none').",
+    )
+
+
 class PredictRequest(_Body):
-    """TEI ``/predict``: a text, a pair ``[a, b]`` or a batch ``[[a], [a, b], ...]``."""
+    """TEI ``/predict``: a text, a pair ``[a, b]`` or a batch ``[[a], [a, b], ...]``, with the
+    Inference API's optional ``parameters``."""
 
     inputs: Text | list[Text] | list[list[Text]] = Field(
         description="A text, a pair of texts [a, b], or a batch of [text] / [text, pair] lists.",
         examples=["a great movie"],
     )
     raw_scores: bool = Field(False, description="Return logits instead of probabilities.")
+    parameters: PredictParameters | None = Field(
+        None, description="Hugging Face Inference API options: top_k, function_to_apply."
+    )
     truncate: bool | None = Field(
         None,
         description="Truncate inputs longer than the model's max length; null uses the "

@@ -6,7 +6,9 @@ or (B, C) for a cohort with a head per student), the parent adds them and applie
 Every wait has a deadline and also watches the process's sentinel, so a dead worker is noticed
 at once and nothing hangs. A worker that dies
 with a batch in flight is restarted and the batch retried (``RuntimeConfig.retries`` times);
-after that the batch fails with ``WorkerCrashed`` -- never silently lost.
+after that the batch fails with ``WorkerCrashed`` -- never silently lost. A worker that fails to
+start is retried with exponential backoff (``RESTART_BACKOFF_S``); until the next attempt is
+due, batches that need it fail at once instead of each spawning a process.
 """
 
 from __future__ import annotations
@@ -67,6 +69,15 @@ class _Dead(Exception):
     """Internal: the worker died or timed out; the message says how."""
 
 
+class _BackingOff(WorkerCrashed):
+    """Internal: the worker failed to start and its next attempt is not due yet."""
+
+
+RESTART_BACKOFF_S = (1.0, 60.0)
+"""Seconds before retrying a worker that failed to start: the first wait, doubled after each
+further failure up to the second value."""
+
+
 @dataclass(frozen=True)
 class WorkerStatus:
     """A worker as health endpoints show it."""
@@ -79,7 +90,10 @@ class WorkerStatus:
     pid: int | None
     alive: bool
     restarts: int
-    """Times the runtime restarted this worker after a crash or hang."""
+    """Times the runtime tried to restart this worker after a crash or hang."""
+    start_failures: int = 0
+    """Failed starts in a row (0 once it runs); while above 0 the worker is down and backing
+    off."""
 
 
 @dataclass
@@ -92,6 +106,11 @@ class _Worker:
     lock: threading.Lock = field(default_factory=threading.Lock)
     restarts: int = 0
     inflight: int = 0
+    start_failures: int = 0
+    """Failed starts in a row; 0 once a start succeeds."""
+    retry_at: float = 0.0
+    """``time.monotonic()`` before which no restart is tried."""
+    start_error: str = ""
 
 
 def _exit_reason(process: Any) -> str:
@@ -227,16 +246,42 @@ class WorkerPool:
         w.info = msg[1]
 
     def _restart(self, w: _Worker) -> None:
-        """Replace w's process by a fresh one (caller holds ``w.lock``)."""
+        """Replace w's process by a fresh one (caller holds ``w.lock``).
+
+        Raises ``WorkerCrashed`` if it fails to start, or at once while backing off after a
+        failed start."""
         if self._closed.is_set():
             raise WorkerCrashed(f"worker {w.slot.index} is gone and the pool is closed")
+        wait_s = w.retry_at - time.monotonic()
+        if wait_s > 0:
+            raise _BackingOff(
+                f"worker {w.slot.index} failed to start {w.start_failures} time(s) "
+                f"({w.start_error}); next attempt in {wait_s:.1f} s"
+            )
         self._stop(w, graceful=False)
         w.restarts += 1
         log.warning(
             "restarting worker %d (%s), restart #%d", w.slot.index, describe(w.info), w.restarts
         )
-        self._spawn(w)
-        self._await_ready(w)
+        try:
+            self._spawn(w)
+            self._await_ready(w)
+        except WorkerCrashed as e:
+            self._back_off(w, e)
+            raise
+        w.start_failures, w.retry_at, w.start_error = 0, 0.0, ""
+
+    def _back_off(self, w: _Worker, error: Exception) -> None:
+        """Record a failed start and when the next one may be tried."""
+        self._stop(w, graceful=False)  # the process is dead or hung: not alive from now on
+        w.start_failures += 1
+        first, most = RESTART_BACKOFF_S
+        delay = min(most, first * 2 ** (w.start_failures - 1))
+        w.retry_at = time.monotonic() + delay
+        w.start_error = str(error).split(": it ", 1)[-1].split(";")[0]
+        log.error(
+            "worker %d failed to start (%s); next attempt in %g s", w.slot.index, error, delay
+        )
 
     def _stop(self, w: _Worker, graceful: bool) -> None:
         proc, conn = w.process, w.conn
@@ -284,19 +329,23 @@ class WorkerPool:
         while not self._closed.is_set():
             procs = [(w, w.process) for w in self._workers]
             sentinels = {p.sentinel: (w, p) for w, p in procs if p is not None}
-            ready = wait(list(sentinels), timeout=self.config.health_interval_s)
+            down = [w for w in self._workers if w.process is None]  # backing off
+            timeout = self.config.health_interval_s
+            ready = wait(list(sentinels), timeout=timeout) if sentinels else []
+            if not sentinels:
+                self._closed.wait(timeout)
             busy = failed = False
-            for s in ready:
-                w, proc = sentinels[s]
+            todo = [(w, p) for w, p in (sentinels[s] for s in ready)] + [(w, None) for w in down]
+            for w, proc in todo:
                 if self._closed.is_set() or not w.lock.acquire(blocking=False):
                     busy = True  # a dispatch holds it and will restart it itself
                     continue
                 try:
-                    if w.process is proc:
+                    if w.process is proc and time.monotonic() >= w.retry_at:
                         self._restart(w)
-                except Exception as e:  # a failed restart is retried on the next pass
-                    if not self._closed.is_set():
-                        log.error("could not restart worker %d: %s", w.slot.index, e)
+                except _BackingOff:
+                    failed = True
+                except Exception:  # logged by _back_off; retried when the backoff ends
                     failed = True
                 finally:
                     w.lock.release()
@@ -329,6 +378,7 @@ class WorkerPool:
                 w.info.get("pid"),
                 bool(w.process and w.process.is_alive()),
                 w.restarts,
+                w.start_failures,
             )
             for w in self._workers
         ]

@@ -128,6 +128,17 @@ class Runtime:
             )
         ]
 
+    def status(self) -> list[WorkerStatus]:
+        """Each worker as it stands now, without pinging (cheap enough for every /health and
+        metrics scrape); in-process: one entry, alive."""
+        if isinstance(self.backend, WorkerPool):
+            return self.backend.status()
+        return [
+            WorkerStatus(
+                0, str(self.backend.device), (), tuple(range(self.n_students)), os.getpid(), True, 0
+            )
+        ]
+
     def close(self) -> None:
         """Stop the workers (no-op in-process). Idempotent."""
         if isinstance(self.backend, WorkerPool):

@@ -1,0 +1,271 @@
+"""The HTTP API's guards and compatibility routes in process (httpx over ASGI, fake runtime):
+the key before the body, body limits (413) and abandoned uploads (499), readiness, Hugging Face
+and SageMaker routes and parameters, invisible text, and 500s that name a request id only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import pytest
+from test_api import INFO, assert_error, serving
+from test_engine_fakes import cohort_dir, make_engine
+
+from shoal.serve.api import ApiLimits, create_app
+from shoal.serve.api.app import FAILING_AFTER
+
+__all__ = ["cohort_dir"]
+pytestmark = pytest.mark.anyio
+KEY = "s3cret"
+AUTH = {"authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+def make_app(cohort, *, api_key=None, max_body_bytes=4096, rt=None):
+    engine, encoder, rt = make_engine(cohort, rt)
+    limits = ApiLimits(max_client_batch_size=4, api_key=api_key, max_body_bytes=max_body_bytes)
+    app = create_app(engine, encoder, INFO, limits, on_close=rt.close)
+    return app, engine, rt
+
+
+# ------------------------------------------------------------------------------ limits
+
+
+async def test_the_key_is_checked_before_the_body_is_read(cohort_dir):
+    app, _, rt = make_app(cohort_dir, api_key=KEY)
+    json_type = {"content-type": "application/json"}
+    async with serving(app) as client:
+        malformed = await client.post("/predict", content=b'{"inputs": "go', headers=json_type)
+        too_big = await client.post("/predict", content=b"x" * 100_000, headers=json_type)
+        keyed = await client.post(
+            "/predict", content=b'{"inputs": "go', headers={**json_type, **AUTH}
+        )
+    for resp in (malformed, too_big):
+        assert_error(resp, 401, "unauthorized", "Bearer")
+        assert resp.headers["connection"] == "close"  # the unread body is never read
+    assert_error(keyed, 422, "validation", "not valid JSON")
+    assert rt.calls == []
+
+
+async def test_oversized_bodies_get_413_declared_or_streamed(cohort_dir):
+    app, _, rt = make_app(cohort_dir, max_body_bytes=1000)
+    body = json.dumps({"inputs": "good " * 300}).encode()
+
+    async def chunks():
+        for i in range(0, len(body), 100):
+            yield body[i : i + 100]
+
+    async with serving(app) as client:
+        declared = await client.post("/predict", content=body)
+        streamed = await client.post("/predict", content=chunks())  # chunked: no length
+        small = await client.post("/predict", json={"inputs": "good"})
+    assert_error(declared, 413, "validation", f"{len(body)} bytes", "max_body_bytes=1000")
+    assert_error(streamed, 413, "validation", "max_body_bytes=1000")
+    assert small.status_code == 200 and len(rt.calls) == 1
+
+
+async def test_an_abandoned_upload_counts_as_499(cohort_dir):
+    app, _, rt = make_app(cohort_dir)
+    sent: list[dict] = []
+    messages = [
+        {"type": "http.request", "body": b'{"inputs": ', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "query_string": b"",
+        "root_path": "",
+        "server": ("shoal", 80),
+        "client": ("127.0.0.1", 1234),
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
+    }
+    async with serving(app) as client:
+        await app(scope, receive, send)
+        metrics = (await client.get("/metrics")).text
+    assert sent[0]["status"] == 499
+    assert 'shoal_requests_total{status="499"} 1.0' in metrics
+    assert 'status="400"' not in metrics and rt.calls == []
+
+
+async def test_docs_need_the_key_and_probes_do_not(cohort_dir):
+    app, _, _ = make_app(cohort_dir, api_key=KEY)
+    async with serving(app) as client:
+        for path in ("/docs", "/redoc", "/openapi.json", "/"):
+            assert_error(await client.get(path), 401, "unauthorized")
+            assert (await client.get(path, headers=AUTH)).status_code == 200, path
+        head = await client.head("/health")
+        ping = await client.get("/ping")
+    assert head.status_code == 200 and head.content == b""
+    assert ping.json()["status"] == "ok"
+
+
+# ------------------------------------------------------------------------------ compatibility
+
+
+async def test_inference_api_routes_and_parameters(cohort_dir):
+    app, _, _ = make_app(cohort_dir)
+    async with serving(app) as client:
+        root = await client.post("/", json={"inputs": "a good movie"})
+        sagemaker = await client.post("/invocations", json={"inputs": "a good movie"})
+        tei = await client.post("/predict", json={"inputs": "a good movie"})
+        top1 = await client.post("/", json={"inputs": "good", "parameters": {"top_k": 1}})
+        sig = await client.post(
+            "/predict", json={"inputs": "good", "parameters": {"function_to_apply": "sigmoid"}}
+        )
+        raw = await client.post(
+            "/predict", json={"inputs": "good", "parameters": {"function_to_apply": "none"}}
+        )
+        logits = await client.post("/predict", json={"inputs": "good", "raw_scores": True})
+        bad = await client.post(
+            "/predict", json={"inputs": "good", "parameters": {"function_to_apply": "tanh"}}
+        )
+        unknown = await client.post("/predict", json={"inputs": "good", "parameters": {"x": 1}})
+        clash = await client.post(
+            "/predict",
+            json={
+                "inputs": "good",
+                "raw_scores": True,
+                "parameters": {"function_to_apply": "softmax"},
+            },
+        )
+        info = await client.get("/")
+    assert root.status_code == 200 and root.json() == sagemaker.json() == [tei.json()]
+    assert len(top1.json()) == 1 and len(top1.json()[0]) == 1
+    assert top1.json()[0][0]["label"] == tei.json()[0]["label"]
+    by_label = {x["label"]: x["score"] for x in logits.json()}
+    sigmoid = {x["label"]: x["score"] for x in sig.json()}
+    for label, logit in by_label.items():
+        assert sigmoid[label] == pytest.approx(1 / (1 + math.exp(-logit)))
+    assert raw.json() == logits.json()
+    assert_error(bad, 422, "validation", "function_to_apply")
+    assert_error(unknown, 422, "validation", "parameters.x")
+    assert_error(clash, 422, "validation", "raw_scores", "function_to_apply='softmax'")
+    assert info.json()["n_students"] == 3
+
+
+@pytest.mark.parametrize("text", ["\x00\x00", "\u200b \u200b", "\ufeff\u200d"])
+async def test_invisible_text_counts_as_blank(cohort_dir, text):
+    app, _, rt = make_app(cohort_dir)
+    async with serving(app) as client:
+        resp = await client.post("/predict", json={"inputs": text})
+        pair = await client.post("/predict", json={"inputs": ["good", text]})
+    assert_error(resp, 422, "validation", "empty")
+    assert_error(pair, 422, "validation", "pair is empty")
+    assert rt.calls == []
+
+
+# ------------------------------------------------------------------------------ failures
+
+
+async def test_500_names_a_request_id_and_no_internals(cohort_dir, caplog):
+    app, _, rt = make_app(cohort_dir)
+    rt.fail = True
+    async with serving(app) as client:
+        resp = await client.post("/predict", json={"inputs": "good"})
+    body = assert_error(resp, 500, "backend", "request id")
+    rid = resp.headers["x-request-id"]
+    assert rid in body["error"] and "injected" not in body["error"] and "/" not in body["error"]
+    assert any(rid in r.getMessage() and "injected" in r.getMessage() for r in caplog.records)
+
+
+async def test_health_fails_after_batches_fail_in_a_row(cohort_dir):
+    app, engine, rt = make_app(cohort_dir)
+    rt.fail = True
+    async with serving(app) as client:
+        for i in range(FAILING_AFTER):
+            assert (await client.get("/health")).status_code == 200
+            assert (await client.post("/predict", json={"inputs": f"t{i}"})).status_code == 500
+        unhealthy = await client.get("/health")
+        rt.fail = False
+        assert (await client.post("/predict", json={"inputs": "good"})).status_code == 200
+        healthy = await client.get("/health")
+    assert_error(unhealthy, 503, "unhealthy", f"last {FAILING_AFTER} batches failed")
+    assert healthy.status_code == 200 and engine.batch_failures == 0
+
+
+async def test_worker_metrics_come_from_the_runtime_status(cohort_dir):
+    from shoal.serve.runtime import WorkerStatus
+
+    app, _, rt = make_app(cohort_dir)
+    workers = [
+        WorkerStatus(0, "cpu", (0,), (0, 1), 11, True, 2),
+        WorkerStatus(1, "cpu", (1,), (2,), None, False, 3, start_failures=2),
+    ]
+    rt.status = lambda: workers  # the runtime's non-blocking status
+    app, _, _ = make_app(cohort_dir, rt=rt)
+    async with serving(app) as client:
+        metrics = (await client.get("/metrics")).text
+        health = await client.get("/health")
+    assert "shoal_workers_alive 1.0" in metrics
+    assert "shoal_worker_restarts_total 5.0" in metrics
+    assert_error(health, 503, "unhealthy", "1 of 2 worker processes are down")
+    assert "11" not in health.json()["error"]  # no pids
+
+
+async def test_latency_buckets_reach_past_the_deadline(cohort_dir):
+    app, _, _ = make_app(cohort_dir)
+    async with serving(app) as client:
+        await client.post("/predict", json={"inputs": "good"})
+        metrics = (await client.get("/metrics")).text
+    assert 'shoal_request_latency_seconds_bucket{le="60.0"}' in metrics
+    await asyncio.sleep(0)
+
+
+# ------------------------------------------------------------------------------ cohort folder
+
+
+def test_a_tokenizer_auto_map_runs_no_code(cohort_dir, tmp_path):
+    import shutil
+
+    from shoal.serve.server import load_tokenizer
+
+    folder = tmp_path / "cohort"
+    shutil.copytree(cohort_dir, folder)
+    marker = tmp_path / "ran"
+    (folder / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import BertTokenizerFast\n"
+        "class EvilTokenizer(BertTokenizerFast):\n    pass\n"
+    )
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["auto_map"] = {"AutoTokenizer": [None, "evil.EvilTokenizer"]}
+    config_path.write_text(json.dumps(config))
+    try:
+        tokenizer = load_tokenizer(folder)
+    except Exception as e:  # refusing the folder is as good as ignoring its code
+        assert "trust_remote_code" in str(e) or "custom code" in str(e), e
+    else:
+        assert type(tokenizer).__name__ != "EvilTokenizer"
+    assert not marker.exists()
+
+
+def test_a_corrupt_meta_file_is_named(cohort_dir, tmp_path):
+    import shutil
+
+    from shoal.errors import ModelError
+    from shoal.serve.server import read_cohort
+
+    folder = tmp_path / "cohort"
+    shutil.copytree(cohort_dir, folder)
+    (folder / "shoal_meta.json").write_text('{"prefix_accuracy": [')
+    with pytest.raises(ModelError, match="shoal_meta.json is not valid JSON"):
+        read_cohort(folder)
