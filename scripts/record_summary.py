@@ -12,11 +12,32 @@ points (percent), rounded to two decimals; k runs from 1 to N.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 SUMMARY = Path(__file__).resolve().parent.parent / "docs" / "results" / "summary.json"
+
+
+def machine() -> str:
+    """This machine, as the results pages name it."""
+    import os
+    import platform
+
+    cpu = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        import torch
+
+        torch_version = f", torch {torch.__version__}"
+    except ImportError:
+        torch_version = ""
+    return f"{os.cpu_count()} cores, {cpu}{torch_version}"
 
 
 def points(x: float | None) -> float | None:
@@ -96,13 +117,18 @@ def main() -> None:
     parser.add_argument("source", type=Path, help="the JSON (or cohort folder) to copy from")
     parser.add_argument("--command", help="the command, where the JSON does not record it")
     parser.add_argument("--commit", help="the commit, where the JSON does not record it")
+    parser.add_argument("--teacher", help="a cohort's teacher key (default: the cohort's key)")
+    parser.add_argument("--page", help="the results page that reports it")
     parser.add_argument("--summary", type=Path, default=SUMMARY)
     args = parser.parse_args()
     build = {"teacher": teacher_entry, "cohort": cohort_entry, "kernels": kernels_entry}
     entry = build[args.kind](args.source)
-    for field in ("command", "commit"):
+    for field in ("command", "commit", "page"):
         if getattr(args, field):
             entry[field] = getattr(args, field)
+    if args.kind == "cohort":
+        entry["teacher"] = args.teacher or args.key
+    entry.setdefault("machine", machine())
     section = {"teacher": "teachers", "cohort": "cohorts", "kernels": "kernels"}[args.kind]
     summary = json.loads(args.summary.read_text()) if args.summary.is_file() else {}
     summary.setdefault(section, {})[args.key] = entry
