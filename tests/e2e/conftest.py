@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -58,11 +58,20 @@ def profile_cache(tmp_path_factory) -> Path:
 class ServerProcess:
     """One ``python -m shoal.serve.server`` child process; its output goes to ``log``."""
 
-    def __init__(self, cohort: Path, log: Path, *flags: str) -> None:
+    def __init__(
+        self,
+        cohort: Path,
+        log: Path,
+        *flags: str,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        """``env``: extra environment variables; ``preexec_fn``: run in the child before it
+        starts (resource limits)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 [
@@ -79,6 +88,7 @@ class ServerProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
+                preexec_fn=preexec_fn,
             )
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:

@@ -161,7 +161,7 @@ class ServeMetrics:
 
 
 class _WorkerCollector:
-    """``shoal_workers_alive`` and ``shoal_worker_restarts_total`` from the runtime's status
+    """``shoal_workers_alive`` and ``shoal_worker_restarts_total{worker}`` from the runtime's status
     (a list of ``WorkerStatus``), read at each scrape."""
 
     def __init__(self, workers: Callable[[], Sequence[Any]]) -> None:
@@ -172,9 +172,12 @@ class _WorkerCollector:
         alive = GaugeMetricFamily("shoal_workers_alive", "Worker processes alive now.")
         alive.add_metric([], sum(1 for w in status if w.alive))
         restarts = CounterMetricFamily(
-            "shoal_worker_restarts", "Worker restarts tried after a crash or hang."
+            "shoal_worker_restarts",
+            "Worker restarts tried after a crash or hang, by worker.",
+            labels=["worker"],
         )
-        restarts.add_metric([], sum(w.restarts for w in status))
+        for w in status:
+            restarts.add_metric([str(w.index)], w.restarts)
         yield alive
         yield restarts
 
