@@ -131,6 +131,24 @@ def test_idle_sockets_beyond_the_fd_limit_do_not_lock_clients_out(limited):
     assert accept_errors <= 1, limited.output()[-3000:]
 
 
+def test_a_trickled_request_head_is_cut_at_the_header_timeout(limited):
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=5) as s:
+        closed = False
+        for byte in head:  # one byte per 0.2 s: each would reset uvicorn's own timer
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            if _wait_all_closed([s], 0.2) == 0:
+                closed = True
+                break
+    elapsed = time.monotonic() - started
+    assert closed and HEADER_TIMEOUT_S - 0.5 < elapsed < HEADER_TIMEOUT_S + 5, elapsed
+
+
 def _wait_all_closed(socks: list[socket.socket], timeout_s: float) -> int:
     """Wait until the server has closed every socket (EOF or reset); how many stay open."""
     sel = selectors.DefaultSelector()
