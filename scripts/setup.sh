@@ -21,4 +21,10 @@ if ! command -v promtool >/dev/null && command -v apt-get >/dev/null && [ "$(id 
     --no-install-recommends prometheus) >/dev/null 2>&1 \
     || echo "setup.sh: could not install prometheus; the monitoring tests will skip" >&2
 fi
+# Chromium (Debian's package) for tests/e2e/test_dashboard_browser.py, which skips without it.
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends chromium) >/dev/null 2>&1 \
+    || echo "setup.sh: could not install chromium; the dashboard browser test will skip" >&2
+fi
 python -c "import torch, shoal; print('shoal', shoal.__version__, 'torch', torch.__version__)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class PrefixAccuracy:
     test_f1: float | None = None
 
 
-def token_limit(model_config: dict) -> int:
+def token_limit(model_config: dict[str, Any]) -> int:
     """The longest input a cohort config (``config.json`` as a dict) takes: its position table,
     less the positions that padded numbering (RoBERTa, XLM-R, MPNet) never uses."""
     positions = int(model_config.get("max_position_embeddings", 512))

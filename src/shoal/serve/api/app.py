@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from shoal.serve.api.dashboard import add_dashboard
 from shoal.serve.api.errors import ApiError, as_api_error, error_response, install_error_handlers
 from shoal.serve.api.guard import GuardLimits, GuardMiddleware
 from shoal.serve.api.observe import ObserveMiddleware, RequestTiming, ServeMetrics
@@ -298,6 +299,7 @@ def create_app(
         """Prometheus text format."""
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    add_dashboard(app, engine, info, metrics)
     return app
 
 

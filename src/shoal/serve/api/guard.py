@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 from dataclasses import dataclass
+from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -64,12 +65,23 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+QUERY_KEY_PATHS = frozenset({"/dashboard", "/dashboard/data"})
+"""Routes that also take the key as ``?key=`` (a browser cannot add a header to a page it
+opens)."""
+
+
 def authorized(scope: Scope, api_key: str) -> bool:
-    """True when the request carries ``Authorization: Bearer <api_key>`` (constant time)."""
+    """True when the request carries ``Authorization: Bearer <api_key>`` (constant time), or
+    ``?key=<api_key>`` on ``QUERY_KEY_PATHS``."""
     value = _header(scope, b"authorization") or b""
     scheme, _, given = value.partition(b" ")
     ok = hmac.compare_digest(given.strip(), api_key.encode())
-    return scheme.lower() == b"bearer" and ok
+    if scheme.lower() == b"bearer" and ok:
+        return True
+    if scope.get("path") not in QUERY_KEY_PATHS:
+        return False
+    query = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1"))
+    return any(hmac.compare_digest(k.encode(), api_key.encode()) for k in query.get("key", []))
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

@@ -137,6 +137,8 @@ class ServeMetrics:
         )
         scale.set_function(lambda: engine.cost_scale)
         engine.subscribe(self.observe_batch)
+        self.request_listeners: list[Callable[[int, float], None]] = []
+        """Also called with (status, seconds) of every request (the dashboard's feed)."""
 
     def observe_batch(self, batch: BatchRecord) -> None:
         self.batch_size.observe(batch.size)
@@ -146,6 +148,8 @@ class ServeMetrics:
         self.batches.labels(k=str(batch.k)).inc()
 
     def observe_request(self, status: int, total_s: float, timing: RequestTiming | None) -> None:
+        for listener in self.request_listeners:
+            listener(status, total_s)
         self.requests.labels(status=str(status)).inc()
         if status == 429:
             self.rejected.labels(reason="full").inc()
