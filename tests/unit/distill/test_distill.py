@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shoal.distill import boosting
+from shoal.distill import boosting, losses, teacher_outputs
 from shoal.distill import distill as distill_mod
 from shoal.distill.distill import DistillConfig, distill, student_outputs
+from shoal.distill.ensemble import accumulate
 from shoal.distill.trainer import TrainConfig
 from shoal.errors import ConfigError
 from shoal.models.cohort import ShoalModel
@@ -56,19 +57,19 @@ def test_ensemble_loss_does_not_increase_and_table_is_stored(tmp_path, tiny_data
 def test_stacking_targets_are_the_frozen_previous_students(tmp_path, tiny_data, monkeypatch):
     teacher = _deep_teacher(tmp_path)
     seen: list[torch.Tensor] = []
-    real = distill_mod.losses.stacking_loss
+    real = losses.stacking_loss
 
     def spy(projected, target, mask):
         seen.append(target.detach().clone())
         return real(projected, target, mask)
 
-    monkeypatch.setattr(distill_mod.losses, "stacking_loss", spy)
+    monkeypatch.setattr(losses, "stacking_loss", spy)
     captured = {}
-    real_train = distill_mod._train_student
+    real_train = distill_mod.train_student
 
-    def wrapped(model, k, enc, cache, ensemble, pad, config):
+    def wrapped(model, k, enc, cache, ensemble, pad, config, out):
         seen.clear()
-        real_train(model, k, enc, cache, ensemble, pad, config)
+        real_train(model, k, enc, cache, ensemble, pad, config, out)
         if k == 1:
             captured["targets"] = list(seen)
             captured["ensemble"] = ensemble.hidden.data.clone()
@@ -83,7 +84,7 @@ def test_stacking_targets_are_the_frozen_previous_students(tmp_path, tiny_data, 
             store.add_(idx, s)
         return store.data
 
-    monkeypatch.setattr(distill_mod, "_train_student", wrapped)
+    monkeypatch.setattr(distill_mod, "train_student", wrapped)
     distill(_config(teacher, tiny_data, tmp_path / "c", n_students=2))
     # b_1 = alpha_1 * s_1 of the (frozen) first student, and targets were its slices.
     torch.testing.assert_close(captured["ensemble"], captured["alpha0"] * captured["s0"])
@@ -254,7 +255,7 @@ def test_one_pass_update_equals_the_two_pass_reference(tmp_path, tiny_data, monk
         for idx, mask, s in student_outputs(model, k, enc, pad):
             r = boosting.residual(cache.final.gather(idx), before.hidden.gather(idx))
             acc.add(r.to(s.device)[mask.bool()], s[mask.bool()])
-        distill_mod._accumulate(model, k, enc, before, pad, acc.alpha())
+        accumulate(model, k, enc, before, pad, acc.alpha())
         captured[k] = (alpha, acc.alpha(), ensemble.hidden.data.clone(), before.hidden.data)
         return alpha
 
@@ -321,13 +322,13 @@ def test_min_gain_keeps_only_students_that_pay(tmp_path, tiny_data, space):
 def test_dropout_and_explicit_init_reach_the_students(tmp_path, tiny_data, monkeypatch):
     teacher = _deep_teacher(tmp_path)
     seen = {}
-    real = distill_mod._train_student
+    real = distill_mod.train_student
 
     def spy(model, k, *args, **kw):
         seen[k] = [m.p for m in model.students[k].modules() if isinstance(m, torch.nn.Dropout)]
         return real(model, k, *args, **kw)
 
-    monkeypatch.setattr(distill_mod, "_train_student", spy)
+    monkeypatch.setattr(distill_mod, "train_student", spy)
     cfg = _config(teacher, tiny_data, tmp_path / "c", n_students=2, init="3,1/0,2", dropout=0.0)
     distill(cfg)
     model = ShoalModel.from_pretrained(tmp_path / "c")
@@ -353,6 +354,6 @@ def test_init_naming_a_layer_the_teacher_lacks_is_refused_before_its_outputs_are
     tmp_path, tiny_data, monkeypatch
 ):
     teacher = _deep_teacher(tmp_path)  # 4 layers: 0..3
-    monkeypatch.setattr(distill_mod, "cache_teacher", lambda *a, **k: pytest.fail("cached"))
+    monkeypatch.setattr(teacher_outputs, "cache_teacher", lambda *a, **k: pytest.fail("cached"))
     with pytest.raises(ConfigError, match=r"names layers \[7\]; the teacher has 0..3"):
         distill(_config(teacher, tiny_data, tmp_path / "c", n_students=1, init="0,7"))

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from shoal.distill import distill as distill_mod
 from shoal.distill import finetune as finetune_mod
+from shoal.distill import students as students_mod
 from shoal.distill.distill import distill
 from shoal.distill.finetune import finetune
 from shoal.distill.trainer import Checkpoint, TrainConfig, train
@@ -136,7 +136,7 @@ def test_distill_continues_a_student_interrupted_mid_training(
     straight = distill(cfg)
     cut = replace(cfg, out=str(tmp_path / "cut"))
     with monkeypatch.context() as m:
-        m.setattr(distill_mod, "train", _interrupting(distill_mod, 5))  # inside student 1
+        m.setattr(students_mod, "train", _interrupting(students_mod, 5))  # inside student 1
         with pytest.raises(Interrupted):
             distill(cut)
     assert (tmp_path / "cut" / "checkpoints" / "student-1.pt").is_file()

@@ -1,0 +1,187 @@
+"""Training one student (or, with ``joint_epochs``, all of them together): the objective of
+each method, on the cached teacher outputs and the running ensemble."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from shoal.data import Encoded, iterate
+from shoal.devices import model_device, to_device
+from shoal.distill import boosting, losses
+from shoal.distill.config import DistillConfig
+from shoal.distill.ensemble import Ensemble, initial_scale
+from shoal.distill.resume import step_checkpoint
+from shoal.distill.teacher_outputs import TeacherCache
+from shoal.distill.trainer import train
+from shoal.models.cohort import ShoalModel
+
+
+def train_student(
+    model: ShoalModel,
+    k: int,
+    enc: Encoded,
+    cache: TeacherCache,
+    ensemble: Ensemble | None,
+    pad: int,
+    config: DistillConfig,
+    out: Path,
+) -> None:
+    """Train student k against the residual and the stacking target; others stay frozen.
+    ``ensemble`` is None for averaged students (they fit the teacher itself). The training
+    state is checkpointed every ``config.train.checkpoint_every`` steps under
+    ``out/checkpoints``, and a run of the same command continues from there."""
+    student = model.students[k]
+    hidden = model.config.hidden_size
+    dev = model_device(model)
+    proj = nn.Linear(hidden, hidden)  # maps the intermediate state onto b_{k-1}; discarded
+    with torch.no_grad():
+        proj.weight.copy_(torch.eye(hidden))
+        proj.bias.zero_()
+    proj.to(dev)
+    boost = ensemble is not None
+    stack = config.method != "boost" and config.w_stack > 0 and config.student_layers > 1
+    logit_space = config.space == "logits"
+    head = model.heads[k] if logit_space else model.head
+    model.embeddings.eval()
+    head.eval()
+    torch.manual_seed(config.train.seed + k)
+    # Post-LN students emit unit-scale states while later residuals are small: a learned
+    # scalar c lets student k fit r_k as c * s_k (alpha_k replaces c once it is trained).
+    c = nn.Parameter(torch.tensor(initial_scale(model, k, enc, cache, ensemble, pad), device=dev))
+
+    def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        b = to_device(b, dev)
+        idx, mask = b["index"].tolist(), b["attention_mask"]
+        with torch.no_grad():
+            x, amask = model.embed(b["input_ids"], mask, b["token_type_ids"])
+        states = student(x, amask)
+        teacher_states = cache.final.gather(idx, device=dev)
+        t_logits = cache.logits[b["index"]].to(dev)
+        prev = (
+            ensemble.hidden.gather(idx, device=dev)
+            if ensemble is not None and k > 0
+            else torch.zeros_like(teacher_states)
+        )
+        if logit_space:  # own head: the residual is in logits
+            z = c * head(states[-1][:, 0])
+            prev_logits = (
+                ensemble.logits[b["index"]].to(dev)
+                if ensemble is not None and k > 0
+                else torch.zeros_like(z)
+            )
+            loss = config.w_res * losses.residual_loss(
+                z[:, None], (t_logits - prev_logits)[:, None], mask[:, :1]
+            )
+            if not (boost and k > 0):
+                # A student that fits the whole teacher also imitates its states; a boosting
+                # student's states are free to encode whatever predicts the residual.
+                loss = loss + config.w_res * losses.masked_mse(states[-1], teacher_states, mask)
+            logits = prev_logits + z
+        else:
+            s = c * states[-1]
+            target = boosting.residual(teacher_states, prev)
+            loss = config.w_res * losses.residual_loss(s, target, mask)
+            if config.w_cls > 0:
+                loss = loss + config.w_cls * losses.masked_mse(s[:, :1], target[:, :1], mask[:, :1])
+            logits = head(prev[:, 0] + s[:, 0])
+        if stack:
+            imitate = prev if boost and k > 0 else cache.middle.gather(idx, device=dev)
+            loss = loss + config.w_stack * losses.stacking_loss(proj(states[-2]), imitate, mask)
+        if config.w_kd > 0 or config.w_ce > 0:
+            if config.w_kd > 0:
+                loss = loss + config.w_kd * losses.kd_loss(logits, t_logits, config.temperature)
+            if config.w_ce > 0:
+                loss = loss + config.w_ce * losses.label_loss(logits, b["labels"])
+        return loss
+
+    named = [(f"student.{n}", p) for n, p in student.named_parameters()]
+    named += [(f"proj.{n}", p) for n, p in proj.named_parameters()] if stack else []
+    named += [("scale", c)] if boost else []
+    named += [(f"head.{n}", p) for n, p in head.named_parameters()] if logit_space else []
+    train(
+        named,
+        step,
+        shuffled(enc, config, pad, 1000 * k),
+        config.train,
+        set_train=student.train,
+        desc=f"student {k + 1}/{config.n_students}",
+        checkpoint=step_checkpoint(out, f"student-{k + 1}", config, len(enc)),
+        resume=True,
+    )
+
+
+def shuffled(enc: Encoded, config: DistillConfig, pad: int, offset: int):
+    """``batches(epoch)`` for the trainer: a fresh seeded shuffle per epoch."""
+    size, seed = config.train.batch_size, config.train.seed + offset
+    return lambda e: list(iterate(enc, size, shuffle=True, seed=seed + e, pad_id=pad))
+
+
+def train_jointly(
+    model: ShoalModel,
+    enc: Encoded,
+    cache: TeacherCache,
+    pad: int,
+    config: DistillConfig,
+    out: Path,
+) -> None:
+    """Train every student at once on the mean over k of prefix k's loss.
+
+    Prefix k's loss is the boosting loss of ``b_k`` against the teacher's states (or logits,
+    with a head per student) plus the KD / label terms through the head; alphas, embeddings
+    and the shared head stay fixed, so each prefix remains the model the server runs.
+    """
+    n = model.n_students
+    logit_space = model.config.head_per_student
+    model.embeddings.eval()
+    for head in model.heads if logit_space else [model.head]:
+        head.eval()  # no dropout on the states the prefixes are scored on
+    weights = [model.weights(k).detach().clone() for k in range(1, n + 1)]
+    dev = model_device(model)
+
+    def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        b = to_device(b, dev)
+        idx, mask = b["index"].tolist(), b["attention_mask"]
+        with torch.no_grad():
+            x, amask = model.embed(b["input_ids"], mask, b["token_type_ids"])
+        outs = [model.students[i](x, amask)[-1] for i in range(n)]
+        t_logits = cache.logits[b["index"]].to(dev)
+        teacher_states = None if logit_space else cache.final.gather(idx, device=dev)
+        own = [model.heads[i](o[:, 0]) for i, o in enumerate(outs)] if logit_space else []
+        loss = torch.zeros((), device=dev)
+        for k in range(1, n + 1):
+            w = weights[k - 1]
+            if logit_space:
+                logits = sum(w[i] * own[i] for i in range(k))
+                assert isinstance(logits, torch.Tensor)
+                term = config.w_res * losses.residual_loss(
+                    logits[:, None], t_logits[:, None], mask[:, :1]
+                )
+            else:
+                b_k = sum(w[i] * outs[i] for i in range(k))
+                assert isinstance(b_k, torch.Tensor) and teacher_states is not None
+                term = config.w_res * losses.residual_loss(b_k, teacher_states, mask)
+                logits = model.head(b_k[:, 0])
+            if config.w_kd > 0:
+                term = term + config.w_kd * losses.kd_loss(logits, t_logits, config.temperature)
+            if config.w_ce > 0:
+                term = term + config.w_ce * losses.label_loss(logits, b["labels"])
+            loss = loss + term / n
+        return loss
+
+    named = [(f"students.{n_}", p) for n_, p in model.students.named_parameters()]
+    if logit_space:
+        named += [(f"heads.{n_}", p) for n_, p in model.heads.named_parameters()]
+    train(
+        named,
+        step,
+        shuffled(enc, config, pad, 7919),
+        replace(config.train, epochs=config.joint_epochs, lr=config.joint_lr or config.train.lr),
+        set_train=model.students.train,
+        desc="joint",
+        checkpoint=step_checkpoint(out, "joint", config, len(enc)),
+        resume=True,
+    )
