@@ -74,7 +74,7 @@ def test_readme_results_table_agrees_with_summary_json():
             _numbers(row[col["cohort test acc, k = 1 / 2 / 3"]]) == cohort["test_accuracy_by_k"]
         ), key
         assert _numbers(row[col["cohort (students x layers)"]])[1] == cohort["layers"], key
-        serving = summary["serving"].get(key.split("/", 1)[1])
+        serving = summary["serving"].get(cohort.get("serving", ""))
         p50 = row[col["low-load p50 vs teacher"]]
         burst = row[col["burst rate vs teacher"]]
         if serving is None:
