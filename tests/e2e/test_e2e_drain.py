@@ -11,7 +11,9 @@ import httpx
 
 def test_sigterm_drains_every_accepted_request(start_server):
     # One input per batch, so a burst leaves a long queue to drain.
-    srv = start_server("--max-batch-size", "1", "--drain-timeout-s", "60")
+    srv = start_server(
+        "--max-batch-size", "1", "--drain-timeout-s", "60", "--queue-capacity", "1024"
+    )  # room for the whole burst: this test is about draining, not admission
     n = 300
 
     async def load() -> tuple[list[tuple[int | str, float]], float]:

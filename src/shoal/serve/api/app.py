@@ -198,6 +198,8 @@ def create_app(
             responses=predict_errors,
             name=name,
             operation_id=name,
+            # '/' also answers GET (/info); the documented route is /invocations
+            include_in_schema=path != "/",
         )
 
     @app.post(
