@@ -157,7 +157,9 @@ def add_dashboard(app: FastAPI, engine: Engine, info: Any, metrics: Any) -> Dash
             "window_s": feed.window_s,
             "series": feed.series(),
             "prefix_accuracy": info.prefix_accuracy,
-            "policy": {k: v for k, v in asdict(policy).items() if not isinstance(v, (list, dict))},
+            "policy": {
+                k: v for k, v in asdict(policy).items() if not isinstance(v, (list, tuple, dict))
+            },
         }
 
     return feed
