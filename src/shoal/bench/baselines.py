@@ -23,7 +23,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from shoal.models.teacher import teacher_inputs
+from shoal.models.teacher import input_names, teacher_inputs
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class TeacherClassifier:
                 path = quantize_onnx(path)
             self.path = path
             self.session = ort_session(path, config.threads)  # 0 threads: ORT's default
+            self.names = [i.name for i in self.session.get_inputs()]
         elif config.backend == "torch":
             import torch
             from transformers import AutoModelForSequenceClassification
@@ -92,6 +93,7 @@ class TeacherClassifier:
             if config.threads:
                 torch.set_num_threads(config.threads)
             self.model = AutoModelForSequenceClassification.from_pretrained(config.model).eval()
+            self.names = input_names(self.model)
         else:
             raise ValueError(f"backend={config.backend!r} must be 'torch', 'onnx' or 'onnx-int8'")
 
@@ -110,12 +112,11 @@ class TeacherClassifier:
             "token_type_ids", np.zeros_like(feeds["input_ids"])
         ).astype(np.int64)
         if self.config.backend != "torch":
-            names = [i.name for i in self.session.get_inputs()]
-            logits = self.session.run(["logits"], {n: feeds[n] for n in names})[0]
+            logits = self.session.run(["logits"], {n: feeds[n] for n in self.names})[0]
         else:
             import torch
 
-            feeds = teacher_inputs(self.model, feeds)
+            feeds = {n: feeds[n] for n in self.names}
             with torch.inference_mode():
                 logits = (
                     self.model(**{k: torch.from_numpy(v) for k, v in feeds.items()})

@@ -37,7 +37,7 @@ from shoal.bench.kernels import (
 from shoal.devices import resolve_device
 from shoal.errors import ConfigError
 from shoal.models.cohort import ShoalModel
-from shoal.models.teacher import teacher_inputs
+from shoal.models.teacher import input_names
 from shoal.provenance import command_line
 from shoal.serve.runtime import LocalRunner
 
@@ -74,9 +74,10 @@ class GpuBenchConfig:
 
 def _teacher_case(teacher: Any, dtype: torch.dtype, batch: int, flops: int) -> Case:
     dev = next(teacher.parameters()).device
+    names = input_names(teacher)
 
     def run(x: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = teacher(**{n: t.to(dev) for n, t in teacher_inputs(teacher, x).items()}).logits
+        out = teacher(**{n: x[n].to(dev) for n in names}).logits
         return out.float().cpu()
 
     name = "teacher HF eager" + (" bf16" if dtype == torch.bfloat16 else "")

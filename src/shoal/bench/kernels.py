@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from shoal.models.cohort import ShoalModel
-from shoal.models.teacher import input_names, teacher_inputs
+from shoal.models.teacher import input_names
 from shoal.provenance import command_line, git_commit
 from shoal.serve.runtime import LocalRunner, RuntimeConfig, WorkerPool
 from shoal.serve.runtime.allocation import available_cores, workers_for
@@ -417,6 +417,7 @@ def _in_process_cases(
     large: int,
 ) -> list[Case]:
     n, ccfg, tcfg = model.n_students, model.config, teacher.config
+    names = input_names(teacher)
     sessions = [(name, ort_session(path, t)) for name, path in teacher_graphs]
     # (case name, runner, the k it is timed at)
     runners: list[tuple[str, LocalRunner, list[int]]] = [
@@ -470,7 +471,7 @@ def _in_process_cases(
                 None,
                 t,
                 teacher_flops(tcfg, b, length),
-                lambda x: teacher(**teacher_inputs(teacher, x)).logits,
+                lambda x: teacher(**{n: x[n] for n in names}).logits,
             )
         )
         cases.extend(
@@ -480,8 +481,8 @@ def _in_process_cases(
                 None,
                 t,
                 teacher_flops(tcfg, b, length),
-                lambda x, s=session: s.run(
-                    None, {a.name: x[a.name].numpy() for a in s.get_inputs()}
+                lambda x, s=session, feeds=[a.name for a in session.get_inputs()]: s.run(
+                    None, {n: x[n].numpy() for n in feeds}
                 ),
             )
             for name, session in sessions

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from shoal.data import Encoded, iterate
 from shoal.devices import model_device, to_device
 from shoal.distill.cache import TokenStore
-from shoal.models.teacher import accepts_token_types
+from shoal.models.teacher import input_names
 
 
 @dataclass
@@ -37,15 +37,12 @@ def cache_teacher(
     logits = torch.zeros(len(enc), teacher.config.num_labels)
     teacher.eval()
     dev = model_device(teacher)
-    takes_types = accepts_token_types(teacher)
+    names = input_names(teacher)
     bar = tqdm(total=len(enc), desc="teacher outputs", unit="ex", dynamic_ncols=True)
     for b in iterate(enc, batch_size, shuffle=False, pad_id=pad_id):
         bar.update(len(b["index"]))
         b = to_device(b, dev)
-        inputs = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
-        if takes_types:
-            inputs["token_type_ids"] = b["token_type_ids"]
-        out = teacher(**inputs, output_hidden_states=True)
+        out = teacher(**{n: b[n] for n in names}, output_hidden_states=True)
         idx = b["index"].tolist()
         final.set_(idx, out.hidden_states[-1])
         middle.set_(idx, out.hidden_states[depth])
