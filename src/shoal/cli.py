@@ -401,8 +401,12 @@ def bench_serve(
     shoal_flags: str = typer.Option(
         "", help="Extra `shoal serve` flags for every Shoal system, e.g. '--headroom 0.5'."
     ),
+    infinity: str = typer.Option(
+        ".venv-infinity/bin/infinity_emb",
+        help="Infinity's entry point for system 'infinity' (scripts/setup_infinity.sh).",
+    ),
 ) -> None:
-    """Shoal and the baselines under the same seeded workloads, side by side."""
+    """Shoal, the baselines and peer servers under the same seeded workloads, side by side."""
     from shoal.bench.serve_bench import ServeBenchConfig, run_serve_bench
 
     try:
@@ -425,6 +429,7 @@ def bench_serve(
             seed=seed,
             client=client,  # type: ignore[arg-type]
             extra_shoal_flags=tuple(shlex.split(shoal_flags)),
+            infinity=infinity,
         )
         run_serve_bench(cfg)
     except ShoalError as e:

@@ -378,6 +378,10 @@ def test_server_flags_map_onto_serve_config(cohort_dir):
     flags = "--no-pruning --deadline-ms none --max-accuracy-drop 1.5 --buffer fifo --port 9001"
     args = vars(_parser().parse_args([str(cohort_dir), *flags.split()]))
     args.pop("cohort_dir")
+    from shoal.serve.cluster.config import RayConfig
+
+    ray = {k: args.pop(k) for k in field_docs(RayConfig)}
+    assert RayConfig(**ray) == RayConfig()  # Ray's flags are their own group, off by default
     config = ServeConfig(**args)
     assert config.pruning is False and config.deadline_ms is None and config.port == 9001
     assert config.max_accuracy_drop == 1.5 and config.buffer == "fifo" and config.truncate

@@ -17,8 +17,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from shoal.bench.loadgen import (
     RawHTTPClient,
+    count_replicas,
     label_index,
     parse_prometheus,
+    request_for,
     run_load_sync,
     top_label,
 )
@@ -286,3 +288,50 @@ def test_raw_client_retries_a_connection_the_server_closed_while_idle() -> None:
     # uvicorn closes a kept-alive connection after timeout_keep_alive seconds of idleness.
     with _serve(app, threading.Event(), timeout_keep_alive=0.2) as url:
         assert asyncio.run(talk(url)) == [{"n": 1}, {"n": 2}]
+
+
+def _infinity_app(seen: list) -> FastAPI:
+    """Infinity's /classify shape: ``{"input": [text]}`` -> ``{"data": [[{label, score}]]}``."""
+    app = FastAPI()
+
+    @app.post("/classify")
+    async def classify(request: Request) -> Any:
+        body = await request.json()
+        seen.append(body)
+        (text,) = body["input"]
+        said = int(text.split("say=")[1])
+        scores = [{"label": n, "score": 0.9 if i == said else 0.1} for i, n in enumerate(NAMES)]
+        return {"object": "classify", "data": [scores], "model": "m"}
+
+    return app
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_infinity_api_sends_classify_bodies_and_reads_their_labels(client: str) -> None:
+    seen: list = []
+    texts = [f"t{i} say={i % 2}" for i in range(12)]
+    with _serve(_infinity_app(seen), threading.Event()) as url:
+        result = run_load_sync(
+            url, _workload(texts, [0] * 12), timeout_s=5.0, client=client, api="infinity"
+        )
+    assert [r.status for r in result.records] == [200] * 12
+    assert [r.predicted for r in result.records] == [i % 2 for i in range(12)]
+    assert sorted(b["input"][0] for b in seen) == sorted(texts)
+    assert not result.metrics_available  # Infinity has no Shoal metrics: no timeline
+
+
+def test_unknown_api_and_pairs_for_infinity_are_refused() -> None:
+    with pytest.raises(ValueError, match="api="):
+        run_load_sync("http://127.0.0.1:9", _workload(["a"], [0]), api="grpc")
+    with pytest.raises(ValueError, match="single texts"):
+        request_for("infinity", BenchRequest(offset_s=0, text="a", text_pair="b", label=0))
+
+
+def test_replicas_counted_from_merged_metrics() -> None:
+    merged = (
+        'shoal_active_students{node="n1",replica="a"} 3.0\n'
+        'shoal_active_students{node="n2",replica="b"} 1.0\n'
+        'shoal_queue_depth{node="n1",replica="a"} 4.0\n'
+    )
+    assert count_replicas(merged) == 2
+    assert count_replicas(METRICS) is None

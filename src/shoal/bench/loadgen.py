@@ -79,6 +79,9 @@ class MetricSample:
     real_tokens: float | None
     cost_scale: float | None = None
     """Measured over profiled batch time (the pruning policy's calibration)."""
+    replicas: int | None = None
+    """Replicas in the scrape (a Ray Serve application's merged metrics); None: one server.
+    With replicas, ``active_students`` is their mean and ``queue_depth`` their sum."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,13 @@ def parse_prometheus(text: str, names: Sequence[str] = METRIC_NAMES) -> dict[str
     return out
 
 
+def count_replicas(text: str) -> int | None:
+    """Distinct ``replica`` labels on the active-students gauge (merged metrics of a Ray
+    Serve application); None where the scrape has none (one server)."""
+    found = set(re.findall(rf'^{ACTIVE_STUDENTS}{{[^}}]*replica="([^"]+)"', text, re.M))
+    return len(found) or None
+
+
 def label_index(label: str, labels: Sequence[str]) -> int | None:
     """Class index of a returned label: a label name, ``"3"`` or HF-style ``"LABEL_3"``."""
     if label in labels:
@@ -126,6 +136,28 @@ def request_body(req: Request, extra: Mapping[str, Any] | None = None) -> dict[s
     """TEI ``/predict`` body: a single text, or a two-item list for a sentence pair."""
     inputs: str | list[str] = req.text if req.text_pair is None else [req.text, req.text_pair]
     return {**(extra or {}), "inputs": inputs}
+
+
+APIS = ("tei", "infinity")
+"""Request shapes the generator speaks: TEI's ``POST /predict`` (Shoal and the teacher
+baselines) or Infinity's ``POST /classify``."""
+
+
+def request_for(api: str, req: Request, extra: Mapping[str, Any] | None = None) -> tuple[str, Any]:
+    """The path and JSON body that ask ``api`` to classify one request."""
+    if api == "infinity":
+        if req.text_pair is not None:
+            raise ValueError("Infinity's /classify takes single texts, not pairs")
+        return "/classify", {**(extra or {}), "input": [req.text]}
+    return "/predict", request_body(req, extra)
+
+
+def answer_label(api: str, payload: Any) -> str:
+    """The top label of one answer: TEI's list of ``{label, score}``, or Infinity's
+    ``{"data": [[{label, score}, ...]]}``."""
+    if api == "infinity":
+        return top_label(payload["data"][0])
+    return top_label(payload)
 
 
 def top_label(payload: Any) -> str:
@@ -280,6 +312,7 @@ async def run_load(
     max_connections: int = 256,
     drain_s: float | None = None,
     client: Client = "httpx",
+    api: str = "tei",
 ) -> RunResult:
     """Send a workload open-loop and record every request; stops by itself.
 
@@ -299,10 +332,13 @@ async def run_load(
         client: 'httpx' (pooled, at most ``max_connections``), or 'raw'
             (:class:`RawHTTPClient`: one keep-alive connection per request in flight, a
             constant cost per request; for overload runs with hundreds in flight).
+        api: the request shape, one of ``APIS``.
 
     Returns:
         The run's records (exactly one per request, in workload order) and timeline.
     """
+    if api not in APIS:
+        raise ValueError(f"api={api!r} must be one of {APIS}")
     base = url.rstrip("/").removesuffix("/predict")
     labels = list(labels if labels is not None else workload.label_names)
     drain = timeout_s + 1.0 if drain_s is None else drain_s
@@ -347,15 +383,14 @@ async def run_load(
         status: int | str = ERROR
         predicted = queue_ms = inference_ms = students = None
         try:
-            resp = await asyncio.wait_for(
-                sender.post("/predict", json=request_body(req, extra)), timeout_s
-            )
+            path, body = request_for(api, req, extra)
+            resp = await asyncio.wait_for(sender.post(path, json=body), timeout_s)
             status = resp.status_code
             queue_ms = _float_header(resp.headers, "x-queue-time")
             inference_ms = _float_header(resp.headers, "x-inference-time")
             students = _int_header(resp.headers, "x-students-used")
             if status == 200:
-                predicted = label_index(top_label(resp.json()), labels)
+                predicted = label_index(answer_label(api, resp.json()), labels)
         except (asyncio.TimeoutError, httpx.TimeoutException):
             status = TIMEOUT
         except (
@@ -474,10 +509,15 @@ async def _scrape(
     values = parse_prometheus(resp.text)
     if not values:
         return True
+    replicas = count_replicas(resp.text)
+    active = values.get(ACTIVE_STUDENTS)
+    if active is not None and replicas:
+        active /= replicas
     timeline.append(
         MetricSample(
             t_s=now(),
-            active_students=values.get(ACTIVE_STUDENTS),
+            active_students=active,
+            replicas=replicas,
             queue_depth=values.get(QUEUE_DEPTH),
             padded_tokens=values.get(PADDED_TOKENS),
             real_tokens=values.get(REAL_TOKENS),

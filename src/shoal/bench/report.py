@@ -169,6 +169,57 @@ def plot_latency_vs_load(
     return _save(fig, ax, path)
 
 
+def plot_story(
+    sweeps: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | Path,
+    latency_target_s: float | None = None,
+    pruning: Sequence[str] = (),
+) -> Path:
+    """The method on one page: p99 latency against offered load for every system (top), and
+    for the systems that prune, the students k they used and the accuracy they served at
+    each load (bottom), so the latency held under a burst shows next to what it cost.
+
+    Args:
+        sweeps: system -> its low-load and burst summaries (``summarize`` output).
+        pruning: the systems whose k follows the load.
+    """
+    fig = Figure(figsize=(8, 7), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_lat, ax_k = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    colors: dict[str, Any] = {}
+    for name, runs in sweeps.items():
+        pts = sorted(
+            (r["offered_rate_rps"], r["p99_ms"])
+            for r in runs
+            if r.get("offered_rate_rps") is not None and r.get("p99_ms") is not None
+        )
+        if pts:
+            rate, p99 = zip(*pts, strict=True)
+            (line,) = ax_lat.plot(rate, p99, "o-", label=name)
+            colors[name] = line.get_color()
+    if latency_target_s is not None:
+        ax_lat.axhline(latency_target_s * 1e3, color="grey", ls=":", label="latency target")
+    ax_lat.set(yscale="log", ylabel="p99 latency (ms)", title="Latency against offered load")
+    ax_acc = ax_k.twinx()
+    for name in pruning:
+        pts = sorted(
+            (r["offered_rate_rps"], r.get("mean_students_used"), r.get("accuracy"))
+            for r in sweeps.get(name, ())
+            if r.get("offered_rate_rps") is not None and r.get("mean_students_used") is not None
+        )
+        if not pts:
+            continue
+        rate, k, acc = zip(*pts, strict=True)
+        ax_k.plot(rate, k, "o-", color=colors.get(name), label=f"{name}: students k")
+        served = [(x, 100 * a) for x, a in zip(rate, acc, strict=True) if a is not None]
+        if served:
+            ax_acc.plot(*zip(*served, strict=True), "s--", color=colors.get(name), alpha=0.6)
+    ax_k.set(xlabel="offered load (req/s)", ylabel="students k (solid)")
+    ax_acc.set_ylabel("served accuracy % (dashed)")
+    _save(fig, ax_k, path)
+    return _save(fig, ax_lat, path)
+
+
 def plot_timeline(
     timeline: Sequence[MetricSample],
     records: Sequence[Record],
@@ -214,7 +265,8 @@ def plot_timeline(
         )
     _step(ax_k, timeline, "active_students", "active k (/metrics)")
     _step(ax_k, timeline, "cost_scale", "measured / profiled batch time")
-    ax_k.set(ylabel="students k; cost scale")
+    _step(ax_k, timeline, "replicas", "replicas (Ray Serve)")
+    ax_k.set(ylabel="students k; cost scale; replicas")
     ax_k.legend(loc="upper left", fontsize="small")
 
     if not _step(ax_q, timeline, "queue_depth", "queue depth"):

@@ -51,10 +51,35 @@ SHOAL_SYSTEMS: dict[str, tuple[str, ...]] = {
     "shoal-no-pruning": ("--no-pruning",),
     "shoal-fifo": ("--no-pruning", "--buffer", "fifo", "--max-wait-ms", "5"),
     "deep-student": ("--no-pruning",),  # a 1-student cohort (--deep)
+    # the same server as a Ray Serve application on a local Ray (docs/ray.md)
+    "shoal-ray": ("--ray", "--replicas", "1", "--cpus-per-replica", "2"),
+    "shoal-ray-2x1": ("--ray", "--replicas", "2", "--cpus-per-replica", "1", "--threads", "1"),
+    "shoal-ray-autoscale": (
+        "--ray",
+        "--replicas",
+        "1",
+        "--max-replicas",
+        "2",
+        "--cpus-per-replica",
+        "1",
+        "--threads",
+        "1",
+        "--target-ongoing-requests",
+        "4",
+        "--upscale-delay-s",
+        "1",
+    ),
 }
 """The systems ``shoal serve`` runs, and the flags each adds to the common ones."""
 TEACHER_SYSTEMS = ("teacher-torch", "teacher-onnx", "teacher-onnx-int8", "teacher-litserve")
-ALL_SYSTEMS = (*SHOAL_SYSTEMS, *TEACHER_SYSTEMS)
+PEER_SYSTEMS = ("infinity",)
+"""Other servers of the teacher: Infinity (infinity-emb) with its own batching, over its
+``/classify`` route, from the environment ``scripts/setup_infinity.sh`` makes."""
+ALL_SYSTEMS = (*SHOAL_SYSTEMS, *TEACHER_SYSTEMS, *PEER_SYSTEMS)
+LOCAL_SYSTEMS = tuple(
+    s for s in (*SHOAL_SYSTEMS, *TEACHER_SYSTEMS) if "--ray" not in SHOAL_SYSTEMS.get(s, ())
+)
+"""What the base install runs: no Ray, no peer server's environment."""
 PRUNING_SYSTEMS = tuple(s for s, flags in SHOAL_SYSTEMS.items() if "--no-pruning" not in flags)
 """The systems whose number of students follows the load: each gets a burst timeline plot."""
 
@@ -73,7 +98,7 @@ class ServeBenchConfig:
     """A single deep student (a 1-student cohort), e.g. the 'deep' ablation; optional."""
     split: str = "test"
     out: str = "docs/results/bench"
-    systems: tuple[str, ...] = ALL_SYSTEMS
+    systems: tuple[str, ...] = LOCAL_SYSTEMS
     latency_target_ms: float = 100.0
     """The latency objective: goodput and the sustained rate are measured against it."""
     low_rate: float = 5.0
@@ -95,6 +120,8 @@ class ServeBenchConfig:
     port: int = 0
     """First port to use (0: pick free ones)."""
     extra_shoal_flags: tuple[str, ...] = field(default_factory=tuple)
+    infinity: str = ".venv-infinity/bin/infinity_emb"
+    """Infinity's command-line entry point (system 'infinity')."""
     client: Client = "httpx"
     """Load generator transport (``shoal.bench.loadgen``): 'raw' keeps its cost per request
     flat with hundreds of requests in flight, for rates near the machine's limit."""
@@ -107,6 +134,11 @@ class ServeBenchConfig:
             raise ConfigError(f"unknown systems {sorted(unknown)}; choose from {ALL_SYSTEMS}")
         if "deep-student" in self.systems and not self.deep:
             raise ConfigError("system 'deep-student' needs --deep (a 1-student cohort folder)")
+        if "infinity" in self.systems and not Path(self.infinity).is_file():
+            raise ConfigError(
+                f"system 'infinity' needs Infinity at {self.infinity}; create it with "
+                "bash scripts/setup_infinity.sh (or give its path with --infinity)"
+            )
 
 
 def _free_port() -> int:
@@ -140,6 +172,23 @@ def server_command(system: str, config: ServeBenchConfig, port: int) -> list[str
             *SHOAL_SYSTEMS[system],
         ]
         return cmd
+    if system == "infinity":
+        return [
+            config.infinity,
+            "v2",
+            "--model-id",
+            str(Path(config.teacher).resolve()),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--engine",
+            "torch",
+            "--device",
+            "cpu",
+            "--log-level",
+            "warning",
+        ]
     backend = {
         "teacher-torch": "torch",
         "teacher-onnx": "onnx",
@@ -257,6 +306,7 @@ def _bench_system(
     returns the run of the last (hardest) burst this system was given."""
     target_s = config.latency_target_ms / 1000
     last = None
+    api = "infinity" if system == "infinity" else "tei"
     with running(cmd, port, out / "logs" / f"{system}.log") as url:
         run_load_sync(
             url,
@@ -274,8 +324,9 @@ def _bench_system(
             labels=labels,
             timeout_s=30,
             client=config.client,
+            api=api,
         )  # warm-up, not recorded
-        res = run_load_sync(url, low, labels=labels, timeout_s=30, client=config.client)
+        res = run_load_sync(url, low, labels=labels, timeout_s=30, client=config.client, api=api)
         entry["low_load"] = report.summarize(
             res.records, target_s, timeline=res.timeline, duration_s=res.offered_duration_s
         )
@@ -303,6 +354,7 @@ def _bench_system(
                 labels=labels,
                 timeout_s=max(5.0, 20 * target_s),
                 client=config.client,
+                api=api,
             )
             s = report.summarize(
                 res.records, target_s, timeline=res.timeline, duration_s=res.offered_duration_s
@@ -328,7 +380,11 @@ def _write_report(config, results, runs_low, load_points, timeline_runs, out) ->
     """Plots and the markdown report from whatever systems completed."""
     target_s = config.latency_target_ms / 1000
     done = {k: v for k, v in results["systems"].items() if "low_load" in v}
+    sweeps = {k: [v["low_load"], *v.get("sweep", [])] for k, v in done.items()}
     plots = {
+        "Latency and students k against offered load": report.plot_story(
+            sweeps, out / "story.png", target_s, [s for s in done if s in PRUNING_SYSTEMS]
+        ),
         "Latency CDF at low load": report.plot_latency_cdf(
             runs_low, out / "latency_cdf.png", target_s
         ),
@@ -343,6 +399,9 @@ def _write_report(config, results, runs_low, load_points, timeline_runs, out) ->
         plots[f"{system} through its hardest burst: latency, k and queue"] = report.plot_timeline(
             run.timeline, run.records, out / f"timeline_{system}.png"
         )
+        replicas = [s.replicas for s in run.timeline if s.replicas is not None]
+        if replicas:
+            results["systems"][system]["replicas_seen"] = [min(replicas), max(replicas)]
     table = {
         name: {**v["low_load"], "sustained_burst_rate": v["sustained_burst_rate"]}
         for name, v in done.items()

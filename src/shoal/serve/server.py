@@ -339,8 +339,11 @@ def load_tokenizer(cohort_dir: str | Path) -> Any:
         hf_logging.set_verbosity(level)
 
 
-def build_app(cohort_dir: str | Path, config: ServeConfig, runner: Any = None) -> Any:
-    """The FastAPI app serving the cohort; ``runner`` defaults to a started ``Runtime``.
+def build_app(
+    cohort_dir: str | Path, config: ServeConfig, runner: Any = None, hooks: Any = None
+) -> Any:
+    """The FastAPI app serving the cohort; ``runner`` defaults to a started ``Runtime``;
+    ``hooks`` (``AppHooks``) for an app behind another proxy.
 
     The app's shutdown stops the engine and closes the runner.
     """
@@ -412,7 +415,7 @@ def build_app(cohort_dir: str | Path, config: ServeConfig, runner: Any = None) -
         max_body_bytes=config.body_limit,
         retry_after_s=config.retry_after_s,
     )
-    app = create_app(engine, encoder, info, limits, on_close=runner.close)
+    app = create_app(engine, encoder, info, limits, on_close=runner.close, hooks=hooks)
     app.state.engine = engine
     return app
 
@@ -506,13 +509,14 @@ def serve_command(cohort_dir: str | Path, **options: Any) -> None:
     _uvicorn_server(app, config).run()
 
 
-def field_docs() -> dict[str, str]:
-    """Each ``ServeConfig`` field's docstring (for ``--help`` texts), read from the source."""
+def field_docs(cls: type = ServeConfig) -> dict[str, str]:
+    """Each field's docstring of a config dataclass (for ``--help`` texts), read from the
+    source."""
     import ast
     import inspect
     import textwrap
 
-    body = ast.parse(textwrap.dedent(inspect.getsource(ServeConfig))).body[0].body  # type: ignore[attr-defined]
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
     for prev, node in zip(body, body[1:]):
         if (
@@ -525,15 +529,11 @@ def field_docs() -> dict[str, str]:
     return docs
 
 
-def _parser() -> argparse.ArgumentParser:
-    """One flag per ``ServeConfig`` field (``--latency-target-ms``; ``--no-pruning``)."""
-    p = argparse.ArgumentParser(
-        prog="python -m shoal.serve.server", description="Serve a Shoal cohort over HTTP."
-    )
-    p.add_argument("cohort_dir", help="Folder written by `shoal distill`.")
-    hints = typing.get_type_hints(ServeConfig)
-    docs = field_docs()
-    for f in dataclasses.fields(ServeConfig):
+def _add_flags(p: argparse._ActionsContainer, cls: type) -> None:
+    """One flag per field of a config dataclass (``--latency-target-ms``; ``--no-pruning``)."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         args = [a for a in typing.get_args(kind) if a is not type(None)]
@@ -552,18 +552,76 @@ def _parser() -> argparse.ArgumentParser:
                 return base(text)
 
             p.add_argument(flag, type=convert, default=f.default, help=doc)
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The single-host flags, then the Ray Serve ones (used with --ray)."""
+    from shoal.serve.cluster.config import RayConfig
+
+    p = argparse.ArgumentParser(
+        prog="python -m shoal.serve.server", description="Serve a Shoal cohort over HTTP."
+    )
+    p.add_argument("cohort_dir", help="Folder written by `shoal distill`.")
+    _add_flags(p, ServeConfig)
+    _add_flags(
+        p.add_argument_group(
+            "Ray Serve",
+            "Replicas of the whole server across a Ray cluster (pip install shoal[ray]).",
+        ),
+        RayConfig,
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from shoal.serve.cluster.config import RayConfig
+
     args = vars(_parser().parse_args(argv))
     cohort = args.pop("cohort_dir")
+    ray_fields = {f.name for f in dataclasses.fields(RayConfig)}
+    ray_args = {k: args.pop(k) for k in list(args) if k in ray_fields}
     try:
-        serve_command(cohort, **args)
+        ray_config = RayConfig(**ray_args)
+        if not (ray_config.ray or ray_config.ray_config_out):
+            changed = [
+                "--" + k.replace("_", "-")
+                for k, v in ray_args.items()
+                if v != getattr(RayConfig(), k)
+            ]
+            if changed:
+                raise ConfigError(f"{', '.join(changed)} only apply with --ray; add --ray")
+            serve_command(cohort, **args)
+        else:
+            ray_command(cohort, ray_config, **args)
     except ShoalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def ray_command(cohort_dir: str, ray_config: Any, **options: Any) -> None:
+    """``shoal serve COHORT --ray``: the same server as a Ray Serve application, or (with
+    --ray-config-out) the Serve config file that deploys it."""
+    config = ServeConfig(**options)
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    read_cohort(cohort_dir)
+    from shoal.serve.cluster import launch
+
+    try:
+        launch.prepare_environment(ray_config)
+        import ray.serve  # noqa: F401
+    except (ImportError, FileNotFoundError) as e:
+        raise ConfigError(
+            f"--ray needs Ray Serve ({e}); install it with pip install -e '.[ray]'"
+        ) from None
+    if ray_config.ray_config_out:
+        out = launch.write_serve_config(cohort_dir, config, ray_config)
+        print(f"wrote {out}; deploy it with: serve deploy {out}")
+        return
+    config = resolve_api_key(config, os.environ)
+    launch.serve_on_ray(cohort_dir, config, ray_config)
 
 
 if __name__ == "__main__":

@@ -174,3 +174,20 @@ def test_serve_report_plots_a_timeline_for_every_pruning_system(tmp_path, record
         assert (tmp_path / f"timeline_{name}.png").read_bytes().startswith(PNG_MAGIC)
         assert f"timeline_{name}.png" in (tmp_path / "bench.md").read_text()
     assert not (tmp_path / "timeline_shoal.png").exists()
+    md = (tmp_path / "bench.md").read_text()
+    assert (tmp_path / "story.png").read_bytes().startswith(PNG_MAGIC)
+    assert md.index("story.png") < md.index("latency_cdf.png")  # the story leads
+
+
+def test_story_plot_takes_sweeps_with_and_without_students(tmp_path, records, timeline) -> None:
+    from shoal.bench.report import plot_story
+
+    s = summarize(records, 0.05, timeline=timeline)
+    no_k = {**summarize(records[:5], 0.05), "mean_students_used": None}
+    png = plot_story(
+        {"shoal": [s, {**s, "offered_rate_rps": 50.0}], "teacher": [no_k], "empty": []},
+        tmp_path / "story.png",
+        0.05,
+        pruning=["shoal", "missing"],
+    )
+    assert png.read_bytes().startswith(PNG_MAGIC)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
 from shoal.bench.serve_bench import (
@@ -10,14 +13,22 @@ from shoal.bench.serve_bench import (
     ServeBenchConfig,
     server_command,
 )
+from shoal.serve.cluster.config import RayConfig
 from shoal.serve.runtime.allocation import available_cores
 from shoal.serve.server import ServeConfig, _parser
 
 
-def _serve_config(cmd: list[str]) -> tuple[str, ServeConfig]:
+def _configs(cmd: list[str]) -> tuple[str, ServeConfig, RayConfig]:
     assert cmd[1:3] == ["-m", "shoal.serve.server"]
     args = vars(_parser().parse_args(cmd[3:]))
-    return args.pop("cohort_dir"), ServeConfig(**args)
+    ray = {f.name: args.pop(f.name) for f in dataclasses.fields(RayConfig)}
+    return args.pop("cohort_dir"), ServeConfig(**args), RayConfig(**ray)
+
+
+def _serve_config(cmd: list[str]) -> tuple[str, ServeConfig]:
+    folder, config, ray = _configs(cmd)
+    assert not ray.ray
+    return folder, config
 
 
 CONFIG = ServeBenchConfig(cohort="c", teacher="t", data="d", deep="deep", max_length=64)
@@ -46,6 +57,45 @@ def test_shoal_variants_parse_into_the_server_config(system, expected):
     for field, value in expected.items():
         assert getattr(config, field) == value, field
     assert (system in PRUNING_SYSTEMS) == config.pruning  # those get a burst timeline
+
+
+@pytest.mark.parametrize(
+    "system, replicas, cpus, threads, scaling",
+    [
+        ("shoal-ray", 1, 2.0, None, None),
+        ("shoal-ray-2x1", 2, 1.0, 1, None),
+        ("shoal-ray-autoscale", 1, 1.0, 1, (1, 2)),
+    ],
+)
+def test_ray_systems_serve_the_same_server_on_ray(system, replicas, cpus, threads, scaling):
+    folder, config, ray = _configs(server_command(system, CONFIG, 8123))
+    assert folder == "c" and ray.ray and ray.ray_address is None  # a local Ray of their own
+    assert (ray.replicas, ray.cpus_per_replica, config.threads) == (replicas, cpus, threads)
+    auto = ray.autoscaling
+    assert (None if auto is None else (auto["min_replicas"], auto["max_replicas"])) == scaling
+    assert config.pruning and system in PRUNING_SYSTEMS
+
+
+def test_infinity_serves_the_teacher_with_its_own_defaults(tmp_path):
+    exe = tmp_path / "infinity_emb"
+    exe.write_text("#!/bin/sh\n")
+    cfg = ServeBenchConfig(
+        cohort="c", teacher="t", data="d", systems=("infinity",), infinity=str(exe)
+    )
+    cmd = server_command("infinity", cfg, 8124)
+    assert cmd[:2] == [str(exe), "v2"]
+    assert cmd[cmd.index("--model-id") + 1] == str(Path("t").resolve())
+    assert cmd[cmd.index("--port") + 1] == "8124" and "--batch-size" not in cmd
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+
+
+def test_infinity_missing_names_the_setup_script(tmp_path):
+    from shoal.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="setup_infinity.sh"):
+        ServeBenchConfig(
+            cohort="c", teacher="t", data="d", systems=("infinity",), infinity=str(tmp_path / "x")
+        )
 
 
 def test_every_system_has_a_command():

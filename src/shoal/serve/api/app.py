@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +72,17 @@ class ApiLimits:
     """``Retry-After`` sent with 429 and 503."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class AppHooks:
+    """What differs when the app runs as one replica behind another proxy (Ray Serve)."""
+
+    metrics_view: Callable[[bytes], Awaitable[bytes]] | None = None
+    """Turns this app's exposition into what ``/metrics`` answers (a replica answers every
+    replica's); None: this app's own."""
+    request_id_header: bool = True
+    """Add ``x-request-id`` to answers; False where the proxy in front adds it."""
+
+
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorResponse} for c in codes}
 
@@ -82,8 +93,10 @@ def create_app(
     info: ServiceInfo,
     limits: ApiLimits | None = None,
     on_close: Callable[[], None] | None = None,
+    hooks: AppHooks | None = None,
 ) -> FastAPI:
     """The FastAPI app; its lifespan starts the engine loop and stops it (then ``on_close``)."""
+    hooks = hooks or AppHooks()
     limits = limits or ApiLimits()
 
     @asynccontextmanager
@@ -108,7 +121,9 @@ def create_app(
     app.state.metrics = metrics
     guard = GuardLimits(api_key=limits.api_key, max_body_bytes=limits.max_body_bytes)
     app.add_middleware(GuardMiddleware, limits=guard)
-    app.add_middleware(ObserveMiddleware, metrics=metrics)  # outermost: sees every answer
+    app.add_middleware(
+        ObserveMiddleware, metrics=metrics, request_id_header=hooks.request_id_header
+    )  # outermost: sees every answer
     install_error_handlers(app)
 
     async def infer(
@@ -299,7 +314,10 @@ def create_app(
     @app.get("/metrics", response_class=Response, responses=_errors(401))
     async def get_metrics() -> Response:
         """Prometheus text format."""
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        text = metrics.render()
+        if hooks.metrics_view is not None:
+            text = await hooks.metrics_view(text)
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     add_dashboard(app, engine, info, metrics)
     return app

@@ -190,6 +190,17 @@ def new_request_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def _request_id(scope: Scope) -> str:
+    """The id a proxy in front gave the request (``x-request-id``, when short and plain), so
+    both logs quote one id; else a new one."""
+    for key, value in scope.get("headers", ()):
+        if key == b"x-request-id":
+            text = value.decode("latin-1")
+            if 0 < len(text) <= 64 and all(c.isalnum() or c in "-_." for c in text):
+                return text
+    return new_request_id()
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}"
 
@@ -197,9 +208,11 @@ def _ms(seconds: float) -> str:
 class ObserveMiddleware:
     """Pure ASGI middleware: adds the timing headers, records metrics, logs one line."""
 
-    def __init__(self, app: ASGIApp, metrics: ServeMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServeMetrics, request_id_header: bool = True) -> None:
         self.app = app
         self.metrics = metrics
+        self.request_id_header = request_id_header
+        """False where the proxy in front adds ``x-request-id`` to the answer itself."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -209,7 +222,7 @@ class ObserveMiddleware:
         state: dict[str, Any] = scope.setdefault("state", {})
         path = scope.get("path", "")
         inference = path in INFERENCE_ROUTES and scope.get("method") == "POST"
-        state["request_id"] = rid = new_request_id()
+        state["request_id"] = rid = _request_id(scope)
         done = False
         started = False
 
@@ -256,7 +269,8 @@ class ObserveMiddleware:
                 total = finish(message["status"])
                 headers = MutableHeaders(scope=message)
                 headers["x-total-time"] = _ms(total)
-                headers["x-request-id"] = rid
+                if self.request_id_header:
+                    headers["x-request-id"] = rid
                 timing: RequestTiming | None = state.get("timing")
                 if timing is not None:
                     headers["x-queue-time"] = _ms(timing.queue_s)

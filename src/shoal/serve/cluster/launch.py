@@ -1,0 +1,214 @@
+"""``shoal serve COHORT --ray``: join (or start) a Ray cluster, run the application, wait for
+SIGTERM / Ctrl-C, then drain it: every replica stops accepting (503 with Retry-After) and
+answers what it accepted, and the application is deleted."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from shoal.errors import ConfigError, ShoalError
+from shoal.serve.cluster.config import COORDINATOR, RayConfig
+
+log = logging.getLogger("shoal.serve.cluster")
+
+
+def serve_options(config: Any, ray_config: RayConfig) -> dict[str, Any]:
+    """The ``ServeConfig`` fields that differ from their defaults, as each replica gets them
+    (threads default to the CPUs a replica holds; GPU replicas run on 'cuda')."""
+    defaults = type(config)()
+    options = {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) != getattr(defaults, f.name)
+    }
+    if config.threads is None and ray_config.cpus_per_replica >= 1:
+        options["threads"] = int(ray_config.cpus_per_replica)
+    if ray_config.gpus_per_replica and config.device == "cpu":
+        options["device"] = "cuda"
+    return options
+
+
+def write_serve_config(cohort_dir: str, config: Any, ray_config: RayConfig) -> Path:
+    """Write the Serve config file equivalent to the flags (for ``serve deploy``)."""
+    import yaml
+
+    options = serve_options(config, ray_config)
+    if "api_key" in options:
+        raise ConfigError(
+            "a Serve config file would hold the API key in plain text; leave --api-key out and "
+            "set SHOAL_API_KEY in the application's runtime_env (env_vars), or give "
+            "--api-key-file with a path every node has"
+        )
+    out = Path(str(ray_config.ray_config_out))
+    data = ray_config.serve_config_file(str(Path(cohort_dir).resolve()), options)
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def prepare_environment(ray_config: RayConfig) -> None:
+    """Before Ray is imported: a local Ray and this process use token authentication (Ray
+    reads the mode once, at import), with a token made if ~/.ray has none."""
+    if ray_config.ray_address or os.environ.get("RAY_ADDRESS"):
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    token = Path.home() / ".ray" / "auth_token"
+    if os.environ["RAY_AUTH_MODE"] == "token" and not (
+        token.is_file() or os.environ.get("RAY_AUTH_TOKEN")
+    ):
+        ray_bin = Path(sys.executable).with_name("ray")
+        subprocess.run(
+            [str(ray_bin) if ray_bin.exists() else "ray", "get-auth-token", "--generate"],
+            stdout=subprocess.DEVNULL,
+            check=True,
+        )
+
+
+def serve_on_ray(cohort_dir: str, config: Any, ray_config: RayConfig) -> None:
+    """Run the cohort on Ray Serve until SIGTERM / Ctrl-C, then drain and delete it."""
+    import ray
+    from ray import serve
+
+    from shoal.serve.cluster.deployment import build_application
+    from shoal.serve.server import read_cohort
+
+    cohort = str(Path(cohort_dir).resolve())
+    read_cohort(cohort)  # a bad folder fails here, once, not in every replica
+    options = serve_options(config, ray_config)
+    address = ray_config.ray_address or os.environ.get("RAY_ADDRESS")
+    local = None if address else LocalRay.start()
+    ray.init(address=address or local.address, log_to_driver=True)  # type: ignore[union-attr]
+    try:
+        serve.start(
+            http_options={"host": config.host, "port": config.port},
+            proxy_location="HeadOnly" if ray_config.proxy == "head" else "EveryNode",
+        )
+        app = build_application(cohort, options, ray_config, config.drain_timeout_s)
+        try:
+            serve.run(app, name=ray_config.app_name, route_prefix="/")
+        except Exception as e:  # a replica's constructor raised: its first line says why
+            raise ShoalError(f"the Ray Serve application did not start: {_first_line(e)}") from None
+        # printed at any log level: supervisors and scripts wait for this line
+        print(
+            f"shoal: serving {cohort} on http://{config.host}:{config.port} through Ray Serve "
+            f"({address or 'a local Ray'}) with "
+            f"{json.dumps(ray_config.ingress_options(config.drain_timeout_s))}",
+            file=sys.stderr,
+            flush=True,
+        )
+        _wait_for_signal()
+        drain(ray_config.app_name, config.drain_timeout_s)
+        serve.delete(ray_config.app_name)
+    finally:
+        if local is not None:
+            serve.shutdown()
+        ray.shutdown()
+        if local is not None:
+            local.stop()
+
+
+class LocalRay:
+    """A one-node Ray started for this server (``ray start --head --block``) in a session of
+    its own, so a signal to the server's process group (Ctrl-C, a supervisor's SIGTERM) reaches
+    the server, which drains, and not Ray's processes under it; stopped after the drain."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], address: str) -> None:
+        self.proc = proc
+        self.address = address
+
+    @classmethod
+    def start(cls, timeout_s: float = 120.0) -> LocalRay:
+        """Start it; its HTTP proxy spreads requests over every replica (with one proxy,
+        Ray's default preference for replicas on the proxy's node would load one only)."""
+        import ray
+
+        port = _free_port()
+        ray_bin = Path(sys.executable).with_name("ray")
+        cmd = [
+            str(ray_bin) if ray_bin.exists() else "ray",
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ]
+        cmd.append("--node-ip-address=127.0.0.1")  # loopback, like the server itself
+        env = {**os.environ, "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env=env
+        )
+        address = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace")
+                raise ShoalError(f"could not start a local Ray: {err.strip()[-500:]}")
+            try:
+                ray.init(address=address, log_to_driver=False)
+                ray.shutdown()
+                return cls(proc, address)
+            except (ConnectionError, RuntimeError):
+                time.sleep(0.5)
+        proc.kill()
+        raise ShoalError(f"a local Ray did not start within {timeout_s} s")
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def drain(app_name: str, timeout_s: float) -> bool:
+    """Tell every replica to stop accepting, then wait until none has work left (or
+    ``timeout_s``). True when every accepted request was answered in time."""
+    from ray import serve
+
+    from shoal.serve.cluster.deployment import REPORT_EVERY_S
+
+    coordinator = serve.get_deployment_handle(COORDINATOR, app_name=app_name)
+    coordinator.drain.remote().result()
+    log.info("draining: new requests get 503; answering the accepted ones")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = coordinator.status.remote(3 * REPORT_EVERY_S).result()  # the live ones
+        if status and all(r["draining"] and r["busy"] == 0 for r in status.values()):
+            log.info("drained every replica; deleting the application")
+            return True
+        time.sleep(0.2)
+    log.warning("drain timed out after %s s; deleting the application", timeout_s)
+    return False
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, f: stop.set())
+    stop.wait()
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    shoal = [ln for ln in lines if "Error:" in ln and "shoal" in ln.lower()]
+    return (shoal or lines or [type(e).__name__])[-1]
