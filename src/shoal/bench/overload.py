@@ -84,6 +84,18 @@ class OverloadConfig:
     client: Client = "raw"
     """Load generator transport: 'raw' (constant cost per request however many are in
     flight) or 'httpx' (its pool's cost grows with the requests in flight)."""
+    tuned: bool = True
+    """Run the burst with pruning off and on, the queue sized to one latency target's worth
+    of work at capacity (``queue_target_fraction``)."""
+    default_flags: bool = False
+    """Also run the burst against a server with every flag at its default (derived queue
+    capacity, default threads, pruning on): what a user gets from ``shoal serve COHORT``."""
+    soak_s: float = 0.0
+    """Then soak a default-flags server this long at ``soak_factor`` x capacity, its memory
+    and open files sampled (0: no soak). The soak starts by holding ``idle_sockets`` idle
+    connections open under a 1,024-file limit while normal clients are answered."""
+    soak_factor: float = 0.8
+    idle_sockets: int = 1100
 
     def __post_init__(self) -> None:
         for name in (
@@ -107,7 +119,14 @@ class OverloadConfig:
 class _Server:
     """``python -m shoal.serve.server`` as a child process, with its memory sampled."""
 
-    def __init__(self, cohort: str, log: Path, flags: Sequence[str], nice: int = 0) -> None:
+    def __init__(
+        self,
+        cohort: str,
+        log: Path,
+        flags: Sequence[str],
+        nice: int = 0,
+        file_limit: int | None = None,
+    ) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -127,8 +146,10 @@ class _Server:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=None if file_limit is None else (lambda: _limit_files(file_limit)),
             )
         self.rss_mb: list[tuple[float, float]] = []
+        self.open_files: list[tuple[float, int]] = []
         self._stop = threading.Event()
 
     def wait_ready(self, timeout_s: float = 600.0) -> None:
@@ -150,7 +171,9 @@ class _Server:
 
         def sample() -> None:
             while not self._stop.wait(every_s):
-                self.rss_mb.append((time.monotonic() - t0, _rss_mb(self.proc.pid)))
+                t = time.monotonic() - t0
+                self.rss_mb.append((t, _rss_mb(self.proc.pid)))
+                self.open_files.append((t, _open_files(self.proc.pid)))
 
         self._stop.clear()
         thread = threading.Thread(target=sample, daemon=True)
@@ -169,6 +192,19 @@ class _Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+
+def _limit_files(n: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
+def _open_files(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
 
 
 def _rss_mb(pid: int) -> float:
@@ -239,9 +275,15 @@ def measure_capacity(
 
 
 def overload_run(
-    config: OverloadConfig, name: str, pruning: bool, capacity: float, queue: int, out: Path
+    config: OverloadConfig,
+    name: str,
+    pruning: bool,
+    capacity: float,
+    queue: int | None,
+    out: Path,
 ) -> dict[str, Any]:
-    """One on/off burst against a fresh server; the summary, checks and plot."""
+    """One on/off burst against a fresh server; the summary, checks and plot. ``queue``
+    None: the server with every flag at its default."""
     target_s = config.latency_target_ms / 1e3
     wl = build_workload(
         WorkloadConfig(
@@ -256,16 +298,21 @@ def overload_run(
             seed=config.seed,
         )
     )
-    flags = [
-        *_common_flags(config),
-        "--queue-capacity",
-        str(queue),
-        "--pruning" if pruning else "--no-pruning",
-    ]
+    if queue is None:
+        flags = _default_flags(config)
+    else:
+        flags = [
+            *_common_flags(config),
+            "--queue-capacity",
+            str(queue),
+            "--pruning" if pruning else "--no-pruning",
+        ]
     server = _Server(config.cohort, out / f"server_{name}.log", flags, config.nice)
     try:
         server.wait_ready()
-        n_students = int(httpx.get(server.url + "/info", trust_env=False).json()["n_students"])
+        info = httpx.get(server.url + "/info", trust_env=False).json()
+        n_students = int(info["n_students"])
+        queue = int(info["config"]["queue_capacity"])  # the derived one, with default flags
         before, hist0 = _scrape(server.url)
         with server.sampling_memory():
             result = run_load_sync(
@@ -306,6 +353,8 @@ def overload_run(
         == {k: int(v) for k, v in client.items() if k.isdigit()},
         "p99_under_target": summary["p99_ms"] is not None
         and summary["p99_ms"] <= config.latency_target_ms,
+        "p99_within_2x_target": summary["p99_ms"] is not None
+        and summary["p99_ms"] <= 2 * config.latency_target_ms,
         "server_p99_under_target": (server_latency["p99_ms"] or math.inf)
         <= config.latency_target_ms,
         "k_dropped_in_burst": bool(ks_in) and min(ks_in) < max(ks_after or ks_in),
@@ -333,6 +382,113 @@ def overload_run(
             "end": rss[-1] if rss else None,
         },
         "plot": str(plot),
+    }
+
+
+def _default_flags(config: OverloadConfig) -> list[str]:
+    """A server as ``shoal serve COHORT`` starts it: only the latency target (when not the
+    default) and the experiment's extra flags."""
+    target = (
+        []
+        if config.latency_target_ms == 100.0
+        else ["--latency-target-ms", str(config.latency_target_ms)]
+    )
+    return [*target, *config.extra_flags]
+
+
+def soak_run(config: OverloadConfig, capacity: float, out: Path) -> dict[str, Any]:
+    """``soak_s`` seconds of Poisson arrivals at ``soak_factor`` x capacity against a
+    default-flags server under a 1,024-file limit, after holding ``idle_sockets`` idle
+    connections open while normal clients were answered; memory and open files sampled."""
+    target_s = config.latency_target_ms / 1e3
+    server = _Server(
+        config.cohort, out / "server_soak.log", _default_flags(config), config.nice, 1024
+    )
+    try:
+        server.wait_ready()
+        idle = idle_sockets_check(server.url, config.idle_sockets)
+        wl = build_workload(
+            WorkloadConfig(
+                kind="poisson",
+                rate=config.soak_factor * capacity,
+                duration_s=config.soak_s,
+                data=config.data,
+                split=config.split,
+                seed=config.seed + 7,
+            )
+        )
+        with server.sampling_memory(every_s=min(5.0, max(0.25, config.soak_s / 20))):
+            result = run_load_sync(server.url, wl, timeout_s=30.0, poll_s=2.0, client=config.client)
+    finally:
+        exit_code = server.stop()
+    summary = summarize(
+        result.records, target_s, timeline=result.timeline, duration_s=wl.duration_s
+    )
+    rss = [(t, mb) for t, mb in server.rss_mb if not math.isnan(mb)]
+    files = [n for _, n in server.open_files if n >= 0]
+    # growth after the first minute (allocator and caches warm up), start to end
+    warm = [mb for t, mb in rss if t >= min(60.0, config.soak_s / 4)]
+    growth = (warm[-1] - warm[0]) if len(warm) >= 2 else None
+    status = {str(k): v for k, v in summary["status_counts"].items()}
+    return {
+        "offered_rps": config.soak_factor * capacity,
+        "seconds": config.soak_s,
+        "requests": len(wl),
+        "summary": summary,
+        "idle_sockets": idle,
+        "rss_mb": {
+            "start": rss[0][1] if rss else None,
+            "after_warm_up": warm[0] if warm else None,
+            "end": rss[-1][1] if rss else None,
+            "max": max(mb for _, mb in rss) if rss else None,
+            "growth_after_warm_up": growth,
+            "samples": rss,
+        },
+        "open_files": {"min": min(files, default=None), "max": max(files, default=None)},
+        "checks": {
+            "only_200": set(status) <= {"200"},
+            "no_hang": summary["timed_out"] == 0 and summary["errors"] == 0,
+            "p99_under_target": summary["p99_ms"] is not None
+            and summary["p99_ms"] <= config.latency_target_ms,
+            "idle_sockets_survived": idle["survived"],
+            "clean_exit": exit_code == 0,
+        },
+    }
+
+
+def idle_sockets_check(url: str, n: int, probes: int = 20) -> dict[str, Any]:
+    """Open ``n`` connections that send nothing, then send ``probes`` normal requests: the
+    server survives if every probe is answered 200 within 10 s."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n + 256:  # this process holds the idle sockets
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 512), hard))
+    host, port = url.removeprefix("http://").split(":")
+    held: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            try:
+                held.append(socket.create_connection((host, int(port)), timeout=5))
+            except OSError:
+                break  # the server closed or refused one: it is the server's choice to make
+        codes = []
+        t0 = time.monotonic()
+        with httpx.Client(base_url=url, timeout=10, trust_env=False) as client:
+            for _ in range(probes):
+                try:
+                    codes.append(client.post("/predict", json={"inputs": "a fine day"}).status_code)
+                except httpx.HTTPError as e:
+                    codes.append(type(e).__name__)
+        seconds = time.monotonic() - t0
+    finally:
+        for sock in held:
+            sock.close()
+    return {
+        "opened": len(held),
+        "probe_answers": codes,
+        "probe_seconds": seconds,
+        "survived": codes == [200] * probes and seconds < 10,
     }
 
 
@@ -378,11 +534,15 @@ def run_overload(config: OverloadConfig) -> dict[str, Any]:
         server.stop()
     cap = capacity["capacity_rps"]
     queue = max(4, round(cap * config.latency_target_ms / 1e3 * config.queue_target_fraction))
-    runs = [
-        overload_run(config, name, pruning, cap, queue, out)
-        for name, pruning in (("pruning_off", False), ("pruning_on", True))
-    ]
-    report = {"config": asdict(config), "capacity": capacity, "runs": runs}
+    variants: list[tuple[str, bool, int | None]] = []
+    if config.tuned:
+        variants += [("pruning_off", False, queue), ("pruning_on", True, queue)]
+    if config.default_flags:
+        variants.append(("default_flags", True, None))
+    runs = [overload_run(config, name, pruning, cap, q, out) for name, pruning, q in variants]
+    report: dict[str, Any] = {"config": asdict(config), "capacity": capacity, "runs": runs}
+    if config.soak_s > 0:
+        report["soak"] = soak_run(config, cap, out)
     write_json(report, out / "overload.json")
     return report
 
@@ -416,6 +576,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nice", type=int, default=0)
     p.add_argument("--client", choices=CLIENTS, default="raw")
     p.add_argument(
+        "--default-flags",
+        action="store_true",
+        help="also burst a server with every flag at its default",
+    )
+    p.add_argument("--no-tuned", action="store_false", dest="tuned", help="skip the tuned runs")
+    p.add_argument("--soak-s", type=float, default=0.0, help="then soak a default server (s)")
+    p.add_argument("--soak-factor", type=float, default=0.8)
+    p.add_argument("--idle-sockets", type=int, default=1100)
+    p.add_argument(
         "--server-flag",
         action="append",
         default=[],
@@ -439,6 +608,18 @@ def main(argv: list[str] | None = None) -> int:
                     }
                     for r in report["runs"]
                 },
+                **(
+                    {
+                        "soak": {
+                            "checks": report["soak"]["checks"],
+                            "rss_mb": {
+                                k: v for k, v in report["soak"]["rss_mb"].items() if k != "samples"
+                            },
+                        }
+                    }
+                    if "soak" in report
+                    else {}
+                ),
             },
             indent=2,
         )
