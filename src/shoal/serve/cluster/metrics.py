@@ -1,7 +1,7 @@
 """One Prometheus scrape for every replica: each replica's own exposition (the single-host
 metric names) gains ``replica`` and ``node`` labels, and the families are merged so one
 ``/metrics`` answer holds them all. PromQL then sums over replicas as usual, e.g.
-``histogram_quantile(0.99, sum by (le) (rate(shoal_request_duration_seconds_bucket[1m])))``."""
+``histogram_quantile(0.99, sum by (le) (rate(shoal_request_latency_seconds_bucket[1m])))``."""
 
 from __future__ import annotations
 
