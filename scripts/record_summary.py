@@ -3,6 +3,8 @@
     python scripts/record_summary.py teacher mpnet-base/sst2 RUN/shoal_finetune.json
     python scripts/record_summary.py cohort mpnet-base/sst2 runs/cohort-mpnet-sst2
     python scripts/record_summary.py kernels mpnet-base docs/results/kernels-mpnet/kernels.json
+    python scripts/record_summary.py serving mpnet-base/sst2 docs/results/bench-mpnet/bench.json
+    python scripts/record_summary.py ray ray docs/results/ray/bench.json
 
 Each entry keeps the command and the commit that produced it (from the JSON where it records
 them; ``--command`` / ``--commit`` fill them in for outputs that do not). Accuracies are in
@@ -110,9 +112,70 @@ def kernels_entry(path: Path) -> dict[str, Any]:
     return entry
 
 
+def _low_p50(systems: dict[str, Any], name: str) -> float | None:
+    return (systems.get(name, {}).get("low_load") or {}).get("p50_ms")
+
+
+def _sustained(systems: dict[str, Any], name: str) -> float | None:
+    return systems.get(name, {}).get("sustained_burst_rate")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def serving_entry(path: Path, system: str = "shoal-onnx-int8") -> dict[str, Any]:
+    """Shoal's system against the teacher on transformers and against Infinity, one run."""
+    bench = json.loads(path.read_text())
+    systems = bench["systems"]
+    top = max(bench["config"]["burst_rates"])
+    entry: dict[str, Any] = {"system": system, "cohort": bench["config"]["cohort"]}
+    ours_p50, ours_rate = _low_p50(systems, system), _sustained(systems, system)
+    entry["low_load_p50_ms"] = ours_p50
+    entry["sustained_rate_per_s"] = ours_rate
+    acc = (systems.get(system, {}).get("low_load") or {}).get("accuracy")
+    entry["served_accuracy"] = points(acc)
+    for peer, key in (("teacher-torch", "teacher_torch"), ("infinity", "infinity")):
+        if peer not in systems:
+            continue
+        p50, rate = _low_p50(systems, peer), _sustained(systems, peer)
+        entry[f"{key}_low_load_p50_ms"] = p50
+        entry[f"{key}_sustained_rate_per_s"] = rate
+        entry[f"{key}_served_accuracy"] = points(
+            (systems[peer].get("low_load") or {}).get("accuracy")
+        )
+        entry[f"low_load_p50_ratio_vs_{key}"] = _ratio(p50, ours_p50)
+        entry[f"burst_rate_ratio_vs_{key}"] = _ratio(ours_rate, rate)
+    entry["burst_rate_is_lower_bound"] = ours_rate == top
+    entry["commit"] = bench["machine"].get("commit")
+    return entry
+
+
+def ray_entry(path: Path) -> dict[str, Any]:
+    """The Ray path against the single-host server, and 2 replicas x 1 thread against 1 x 2."""
+    systems = json.loads(path.read_text())["systems"]
+    single, on_ray = _low_p50(systems, "shoal"), _low_p50(systems, "shoal-ray")
+    entry: dict[str, Any] = {
+        "single_host_low_load_p50_ms": single,
+        "ray_low_load_p50_ms": on_ray,
+        "added_p50_ms": round(on_ray - single, 2) if single and on_ray else None,
+        "sustained_rate_1x2_per_s": _sustained(systems, "shoal-ray"),
+        "sustained_rate_2x1_per_s": _sustained(systems, "shoal-ray-2x1"),
+        "replicas_throughput_ratio": _ratio(
+            _sustained(systems, "shoal-ray-2x1"), _sustained(systems, "shoal-ray")
+        ),
+    }
+    auto = systems.get("shoal-ray-autoscale", {})
+    if auto:
+        entry["autoscale_replicas_seen"] = auto.get("replicas_seen")
+        entry["autoscale_sustained_rate_per_s"] = auto.get("sustained_burst_rate")
+    entry["commit"] = json.loads(path.read_text())["machine"].get("commit")
+    return entry
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["teacher", "cohort", "kernels"])
+    parser.add_argument("kind", choices=["teacher", "cohort", "kernels", "serving", "ray"])
     parser.add_argument("key", help="e.g. mpnet-base/sst2 (teacher, cohort) or mpnet-base")
     parser.add_argument("source", type=Path, help="the JSON (or cohort folder) to copy from")
     parser.add_argument("--command", help="the command, where the JSON does not record it")
@@ -121,7 +184,13 @@ def main() -> None:
     parser.add_argument("--page", help="the results page that reports it")
     parser.add_argument("--summary", type=Path, default=SUMMARY)
     args = parser.parse_args()
-    build = {"teacher": teacher_entry, "cohort": cohort_entry, "kernels": kernels_entry}
+    build = {
+        "teacher": teacher_entry,
+        "cohort": cohort_entry,
+        "kernels": kernels_entry,
+        "serving": serving_entry,
+        "ray": ray_entry,
+    }
     entry = build[args.kind](args.source)
     for field in ("command", "commit", "page"):
         if getattr(args, field):
@@ -129,9 +198,18 @@ def main() -> None:
     if args.kind == "cohort":
         entry["teacher"] = args.teacher or args.key
     entry.setdefault("machine", machine())
-    section = {"teacher": "teachers", "cohort": "cohorts", "kernels": "kernels"}[args.kind]
     summary = json.loads(args.summary.read_text()) if args.summary.is_file() else {}
-    summary.setdefault(section, {})[args.key] = entry
+    if args.kind == "ray":  # one section of its own: ray.added_p50_ms, ...
+        section = "ray"
+        summary["ray"] = {**summary.get("ray", {}), **entry}
+    else:
+        section = {
+            "teacher": "teachers",
+            "cohort": "cohorts",
+            "kernels": "kernels",
+            "serving": "serving",
+        }[args.kind]
+        summary.setdefault(section, {})[args.key] = entry
     args.summary.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{section}[{args.key!r}] = {json.dumps(entry)}")
 

@@ -437,6 +437,42 @@ def bench_serve(
     typer.echo((out / "bench.md").read_text())
 
 
+@bench.command("ray-shapes")
+def bench_ray_shapes(
+    cohort: str = typer.Option(..., help="Shoal cohort folder."),
+    data: str = typer.Option("default", help="Where the request texts come from."),
+    split: str = typer.Option("test"),
+    out: Path = typer.Option(Path("docs/results/ray")),
+    cpus: int = typer.Option(2, help="CPUs each shape gets."),
+    batch: int = typer.Option(32),
+    max_length: int = typer.Option(64),
+    calls: int = typer.Option(100),
+    concurrency: int = typer.Option(8),
+    seconds: float = typer.Option(10.0),
+) -> None:
+    """Whole-cohort Ray Serve replicas against students fanned out over deployments."""
+    from shoal.bench.ray_shapes import ShapesConfig, run_shapes
+
+    try:
+        result = run_shapes(
+            ShapesConfig(
+                cohort=cohort,
+                data=data,
+                split=split,
+                out=str(out),
+                cpus=cpus,
+                batch=batch,
+                max_length=max_length,
+                calls=calls,
+                concurrency=concurrency,
+                seconds=seconds,
+            )
+        )
+    except ShoalError as e:
+        _fail(e)
+    typer.echo(json.dumps({k: result[k] for k in ("shapes", "fan_out_over_whole")}, indent=2))
+
+
 @bench.command("kernels")
 def bench_kernels(
     out: Path = typer.Option(Path("docs/results"), help="Where JSON and plots go."),
