@@ -68,6 +68,8 @@ SHOAL_SYSTEMS: dict[str, tuple[str, ...]] = {
         "4",
         "--upscale-delay-s",
         "1",
+        "--autoscale-window-s",
+        "2",
     ),
 }
 """The systems ``shoal serve`` runs, and the flags each adds to the common ones."""

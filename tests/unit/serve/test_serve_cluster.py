@@ -137,3 +137,16 @@ def test_app_builder_binds_both_deployments_and_refuses_bad_args(tmp_path):
         app_builder({"serve": {}})
     with pytest.raises(ConfigError, match="bad 'serve' options"):
         app_builder({"cohort": str(tmp_path), "serve": {"no_such_flag": 1}})
+
+
+def test_deploy_files_are_what_the_writer_writes():
+    pytest.importorskip("yaml")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("w", ROOT / "scripts/write_ray_deploy.py")
+    writer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(writer)
+    serve_text = writer.serve_file()
+    stale = "stale: run python scripts/write_ray_deploy.py"
+    assert (ROOT / "deploy/ray/serve.yaml").read_text() == serve_text, stale
+    assert (ROOT / "deploy/ray/rayservice.yaml").read_text() == writer.rayservice_file(serve_text)

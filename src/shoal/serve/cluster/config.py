@@ -43,6 +43,8 @@ class RayConfig:
     """Autoscaling: seconds the load must stay above target before a replica is added."""
     downscale_delay_s: float = 60.0
     """Autoscaling: seconds the load must stay below target before a replica is removed."""
+    autoscale_window_s: float = 10.0
+    """Autoscaling: seconds of load averaged for each decision (Serve's look-back period)."""
     cpus_per_replica: float = 1.0
     """CPUs Ray reserves for each replica (set --threads to match)."""
     gpus_per_replica: float = 0.0
@@ -77,6 +79,8 @@ class RayConfig:
                 )
         if not self.target_ongoing_requests > 0:
             raise ConfigError(f"target_ongoing_requests={self.target_ongoing_requests} must be > 0")
+        if not self.autoscale_window_s > 0:
+            raise ConfigError(f"autoscale_window_s={self.autoscale_window_s} must be > 0")
         if self.upscale_delay_s < 0 or self.downscale_delay_s < 0:
             raise ConfigError(
                 f"upscale_delay_s={self.upscale_delay_s} and "
@@ -107,6 +111,7 @@ class RayConfig:
             "target_ongoing_requests": self.target_ongoing_requests,
             "upscale_delay_s": self.upscale_delay_s,
             "downscale_delay_s": self.downscale_delay_s,
+            "look_back_period_s": self.autoscale_window_s,
         }
 
     def ingress_options(self, drain_timeout_s: float, log_level: str = "INFO") -> dict[str, Any]:
