@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 COHORT = "/mnt/models/cohort"
 RAY = RayConfig(ray=True, replicas=2, max_replicas=8, cpus_per_replica=2)
 SERVE = ServeConfig(host="0.0.0.0")
-HEADER = f"""# Serve config for `serve deploy deploy/ray/serve.yaml` on a running Ray cluster; written by
-# `shoal serve {COHORT} --ray --replicas 2 --max-replicas 8 --cpus-per-replica 2
-#  --host 0.0.0.0 --ray-config-out deploy/ray/serve.yaml`.
+HEADER = f"""# Serve config for `serve deploy deploy/ray/serve.yaml` on a running Ray cluster;
+# written by `shoal serve {COHORT} --ray --replicas 2 --max-replicas 8 --cpus-per-replica 2
+# --host 0.0.0.0 --ray-config-out deploy/ray/serve.yaml`.
 # The cohort folder must be at the same path on every node (a shared volume).
 """
 
