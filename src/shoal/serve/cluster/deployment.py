@@ -48,6 +48,7 @@ class Coordinator:
     def __init__(self) -> None:
         self._reports: dict[str, ReplicaReport] = {}
         self._draining = False
+        self._merged: tuple[frozenset[tuple[str, float]], bytes] | None = None
 
     def report(self, replica: str, node: str, exposition: bytes, busy: int, draining: bool) -> bool:
         """Store one replica's report; answers whether the application is draining."""
@@ -59,7 +60,14 @@ class Coordinator:
         return {r: v for r, v in self._reports.items() if now - v.at < max_age_s}
 
     def metrics(self) -> bytes:
-        return merge_expositions({r: (v.node, v.exposition) for r, v in self._live().items()})
+        """Every live replica's last exposition, merged once per new set of reports (scrapes
+        between reports reuse it)."""
+        live = self._live()
+        key = frozenset((r, v.at) for r, v in live.items())
+        if self._merged is None or self._merged[0] != key:
+            text = merge_expositions({r: (v.node, v.exposition) for r, v in live.items()})
+            self._merged = (key, text)
+        return self._merged[1]
 
     def drain(self) -> None:
         """From now on every replica stops accepting (503) and answers what it accepted."""
@@ -143,10 +151,9 @@ class Cohort:
             await asyncio.sleep(REPORT_EVERY_S)
 
     async def _cluster_metrics(self, local: bytes) -> bytes:
-        """``/metrics``: every live replica's metrics; this replica's alone if the
-        coordinator cannot be reached."""
+        """``/metrics``: every live replica's metrics as last reported (at most
+        ``REPORT_EVERY_S`` old); this replica's alone if the coordinator cannot be reached."""
         try:
-            await self._report(local)
             return bytes(await self._coordinator.metrics.remote())
         except Exception as e:
             log.warning("merged metrics unavailable (%s); answering this replica's", e)

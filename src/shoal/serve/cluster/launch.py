@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -87,12 +88,20 @@ def serve_on_ray(cohort_dir: str, config: Any, ray_config: RayConfig) -> None:
     read_cohort(cohort)  # a bad folder fails here, once, not in every replica
     options = serve_options(config, ray_config)
     address = ray_config.ray_address or os.environ.get("RAY_ADDRESS")
-    local = None if address else LocalRay.start()
-    ray.init(address=address or local.address, log_to_driver=True)  # type: ignore[union-attr]
+    # Until the application runs, SIGTERM / Ctrl-C stop start-up through the cleanup below
+    # (a local Ray is stopped, not left behind); then they start the drain.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_on_signal)
+    local = None
     try:
+        if not address:
+            local = LocalRay.start()
+        ray.init(address=address or local.address, log_to_driver=True)  # type: ignore[union-attr]
         serve.start(
             http_options={"host": config.host, "port": config.port},
             proxy_location="HeadOnly" if ray_config.proxy == "head" else "EveryNode",
+            # the replicas log each request themselves; the proxy's access log would repeat it
+            logging_config={"log_level": config.log_level.upper(), "enable_access_log": False},
         )
         app = build_application(cohort, options, ray_config, config.drain_timeout_s)
         try:
@@ -111,11 +120,18 @@ def serve_on_ray(cohort_dir: str, config: Any, ray_config: RayConfig) -> None:
         drain(ray_config.app_name, config.drain_timeout_s)
         serve.delete(ray_config.app_name)
     finally:
-        if local is not None:
-            serve.shutdown()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)  # the cleanup itself is not interrupted
+        if local is not None and ray.is_initialized():
+            with contextlib.suppress(Exception):
+                serve.shutdown()
         ray.shutdown()
         if local is not None:
             local.stop()
+
+
+def _exit_on_signal(sig: int, frame: Any) -> None:
+    raise SystemExit(128 + sig)
 
 
 class LocalRay:
@@ -146,32 +162,41 @@ class LocalRay:
         ]
         cmd.append("--node-ip-address=127.0.0.1")  # loopback, like the server itself
         env = {**os.environ, "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env=env
-        )
+        # its output goes to a file: a pipe nobody reads would fill and stall it
+        with tempfile.NamedTemporaryFile(
+            prefix="shoal-ray-start-", suffix=".log", delete=False
+        ) as log:
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            )
         address = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace")
-                raise ShoalError(f"could not start a local Ray: {err.strip()[-500:]}")
-            try:
-                ray.init(address=address, log_to_driver=False)
-                ray.shutdown()
-                return cls(proc, address)
-            except (ConnectionError, RuntimeError):
-                time.sleep(0.5)
-        proc.kill()
-        raise ShoalError(f"a local Ray did not start within {timeout_s} s")
+        local = cls(proc, address)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    err = Path(log.name).read_text(errors="replace").strip()[-500:]
+                    raise ShoalError(f"could not start a local Ray ({log.name}): {err}")
+                try:
+                    ray.init(address=address, log_to_driver=False)
+                    ray.shutdown()
+                    return local
+                except (ConnectionError, RuntimeError):
+                    time.sleep(0.5)
+            raise ShoalError(f"a local Ray did not start within {timeout_s} s; see {log.name}")
+        except BaseException:  # also a signal during start-up: leave nothing running
+            local.stop()
+            raise
 
     def stop(self) -> None:
+        """SIGTERM to its session, then SIGKILL to whatever of it is left after 5 s."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # Ray's processes it started, if any remain
+        self.proc.wait()
 
 
 def _free_port() -> int:
