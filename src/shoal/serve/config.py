@@ -76,7 +76,8 @@ class ServeConfig:
     cohort can answer within the latency target at its profiled capacity,
     ``floor(latency_target * headroom * throughput)``, where throughput is inputs per second in
     batches of max_batch_size at half of max_length with the fewest students pruning may use
-    (all of them with --no-pruning); at least max_batch_size."""
+    (all of them with --no-pruning); at least max_client_batch_size, so that every allowed
+    request fits (a request is queued whole or refused)."""
     max_wait_ms: float = 0.0
     """FIFO only: how long the oldest input may wait for a fuller batch."""
     # -- requests

@@ -194,6 +194,7 @@ def build_app(
         batch=config.max_batch_size,
         length=max(1, max_length // 2),
         seconds=config.latency_target_ms / 1e3 * config.headroom,
+        floor=config.max_client_batch_size,
     )
     scheduler_config = SchedulerConfig(
         policy=policy,
@@ -241,14 +242,15 @@ def build_app(
 
 
 def derived_queue_capacity(
-    cost_model: Any, *, k: int, batch: int, length: int, seconds: float
+    cost_model: Any, *, k: int, batch: int, length: int, seconds: float, floor: int = 1
 ) -> int:
     """Inputs the runtime answers in ``seconds`` running ``batch``-input batches of ``length``
-    tokens with ``k`` students back to back (as the cost model predicts); at least ``batch``."""
+    tokens with ``k`` students back to back (as the cost model predicts); at least ``floor``
+    (the most inputs one request may bring, which must always fit)."""
     rate = cost_model.throughput(k, length, batch)
     if not math.isfinite(rate):
-        return max(batch, 1024)
-    return max(batch, math.floor(rate * seconds))
+        return max(floor, 1024)
+    return max(floor, math.floor(rate * seconds))
 
 
 # ------------------------------------------------------------------------------ running

@@ -47,8 +47,10 @@ def test_queue_capacity_is_the_work_drainable_within_the_target():
     points = tuple((k, b, n, 1e-3 * k * b) for k in (1, 2) for b in (1, 64) for n in (1, 128))
     cost = CostModel(points=points)
     assert derived_queue_capacity(cost, k=1, batch=64, length=16, seconds=0.08) == 80
-    assert derived_queue_capacity(cost, k=2, batch=64, length=16, seconds=0.08) == 64  # floor
+    assert derived_queue_capacity(cost, k=2, batch=64, length=16, seconds=0.08) == 40
     assert derived_queue_capacity(cost, k=2, batch=8, length=16, seconds=1.0) == 500
+    # never below what one request may bring: such a request would be refused forever
+    assert derived_queue_capacity(cost, k=2, batch=64, length=16, seconds=0.01, floor=32) == 32
 
 
 def test_fd_limit_warning_names_the_fix():
