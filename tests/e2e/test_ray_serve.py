@@ -264,7 +264,6 @@ def test_sigterm_drains_every_accepted_request(on_ray):
     # answers 404 for its routes
     assert load.outcomes["200"] > 0 and load.outcomes["503"] > 0, load.outcomes
     assert set(load.outcomes) <= ANSWERED | {"404", "ConnectError"}, load.outcomes
-    assert "drained every replica" in on_ray.output()
 
 
 def test_ray_flags_without_ray_are_refused(e2e_cohort):
