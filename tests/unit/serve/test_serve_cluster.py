@@ -150,3 +150,18 @@ def test_deploy_files_are_what_the_writer_writes():
     stale = "stale: run python scripts/write_ray_deploy.py"
     assert (ROOT / "deploy/ray/serve.yaml").read_text() == serve_text, stale
     assert (ROOT / "deploy/ray/rayservice.yaml").read_text() == writer.rayservice_file(serve_text)
+
+
+def test_an_address_nobody_answers_on_fails_fast_with_the_fix():
+    import socket
+
+    from shoal.errors import ShoalError
+    from shoal.serve.cluster.launch import _check_reachable
+
+    with socket.socket() as s:  # a port that is bound but not listening refuses connections
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        with pytest.raises(ShoalError, match="ray start --head"):
+            _check_reachable(f"127.0.0.1:{port}")
+    _check_reachable("auto")  # left to Ray: it knows where to look
+    _check_reachable("ray://head:10001")

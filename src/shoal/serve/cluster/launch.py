@@ -96,7 +96,15 @@ def serve_on_ray(cohort_dir: str, config: Any, ray_config: RayConfig) -> None:
     try:
         if not address:
             local = LocalRay.start()
-        ray.init(address=address or local.address, log_to_driver=True)  # type: ignore[union-attr]
+        else:
+            _check_reachable(address)
+        try:
+            ray.init(address=address or local.address, log_to_driver=True)  # type: ignore[union-attr]
+        except (ConnectionError, RuntimeError) as e:
+            raise ShoalError(
+                f"cannot join the Ray cluster at {address} ({_first_line(e)}); start one with "
+                "`ray start --head`, or leave --ray-address out for a local Ray"
+            ) from None
         serve.start(
             http_options={"host": config.host, "port": config.port},
             proxy_location="HeadOnly" if ray_config.proxy == "head" else "EveryNode",
@@ -128,6 +136,21 @@ def serve_on_ray(cohort_dir: str, config: Any, ray_config: RayConfig) -> None:
         ray.shutdown()
         if local is not None:
             local.stop()
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a ``HOST:PORT`` nobody listens on (Ray itself retries for minutes)."""
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as e:
+        raise ShoalError(
+            f"no Ray cluster answers at {address} ({e}); start one there with "
+            "`ray start --head --port PORT`, or leave --ray-address out for a local Ray"
+        ) from None
 
 
 def _exit_on_signal(sig: int, frame: Any) -> None:
