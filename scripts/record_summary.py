@@ -157,7 +157,8 @@ def serving_entry(path: Path, system: str = "shoal-onnx-int8") -> dict[str, Any]
 
 def ray_entry(path: Path) -> dict[str, Any]:
     """The Ray path against the single-host server, and 2 replicas x 1 thread against 1 x 2."""
-    systems = json.loads(path.read_text())["systems"]
+    bench = json.loads(path.read_text())
+    systems = bench["systems"]
     single, on_ray = _low_p50(systems, "shoal"), _low_p50(systems, "shoal-ray")
     entry: dict[str, Any] = {
         "single_host_low_load_p50_ms": single,
@@ -173,7 +174,7 @@ def ray_entry(path: Path) -> dict[str, Any]:
     if auto:
         entry["autoscale_replicas_seen"] = auto.get("replicas_seen")
         entry["autoscale_sustained_rate_per_s"] = auto.get("sustained_burst_rate")
-    entry["commit"] = json.loads(path.read_text())["machine"].get("commit")
+    entry["commit"] = bench["machine"].get("commit")
     return entry
 
 

@@ -53,16 +53,21 @@ class ShapesConfig:
             raise ConfigError(f"seconds={self.seconds} must be > 0")
 
 
+def _runner(cohort: str) -> Any:
+    """The cohort on one thread of this actor (every shape gets one thread per CPU)."""
+    from shoal.models.cohort import ShoalModel
+    from shoal.serve.runtime.runner import LocalRunner
+
+    return LocalRunner(ShoalModel.from_pretrained(cohort), threads=1)
+
+
 def _deployments() -> tuple[Any, Any, Any]:
     from ray import serve
 
     @serve.deployment(max_ongoing_requests=64)
     class Whole:
         def __init__(self, cohort: str) -> None:
-            from shoal.models.cohort import ShoalModel
-            from shoal.serve.runtime.runner import LocalRunner
-
-            self.runner = LocalRunner(ShoalModel.from_pretrained(cohort), threads=1)
+            self.runner = _runner(cohort)
             self.runner.warmup()
 
         def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -71,10 +76,7 @@ def _deployments() -> tuple[Any, Any, Any]:
     @serve.deployment(max_ongoing_requests=64)
     class Shard:
         def __init__(self, cohort: str, students: list[int]) -> None:
-            from shoal.models.cohort import ShoalModel
-            from shoal.serve.runtime.runner import LocalRunner
-
-            self.runner = LocalRunner(ShoalModel.from_pretrained(cohort), threads=1)
+            self.runner = _runner(cohort)
             self.students = students
             self.runner.warmup(students)
 
@@ -85,10 +87,7 @@ def _deployments() -> tuple[Any, Any, Any]:
     @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
     class FanOut:
         def __init__(self, cohort: str, *shards: Any) -> None:
-            from shoal.models.cohort import ShoalModel
-            from shoal.serve.runtime.runner import LocalRunner
-
-            self.head = LocalRunner(ShoalModel.from_pretrained(cohort), threads=1)
+            self.head = _runner(cohort)
             self.shards = shards
 
         async def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
