@@ -38,6 +38,8 @@ def test_sigterm_drains_every_accepted_request(start_server):
             await asyncio.wait_for(first_answer.wait(), 60)
             srv.proc.send_signal(15)  # SIGTERM while most requests still wait
             signalled = time.monotonic()
+            while "received SIGTERM" not in srv.output():  # the server has seen it
+                await asyncio.sleep(0.005)
             late = asyncio.ensure_future(one(n))  # arrives while draining
             results = await asyncio.gather(*tasks, late)
             return results, signalled

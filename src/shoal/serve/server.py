@@ -274,6 +274,7 @@ def _uvicorn_server(app: Any, config: ServeConfig) -> Any:
                 super().handle_exit(sig, frame)
                 return
             self._draining = True
+            app.state.engine.accepting = False  # before the loop reads another request
             log.info("received %s: draining (new requests get 503)", signal.Signals(sig).name)
             self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain()))
 
