@@ -70,6 +70,8 @@ SHOAL_SYSTEMS: dict[str, tuple[str, ...]] = {
         "1",
         "--autoscale-window-s",
         "2",
+        "--autoscale-report-s",
+        "0.5",
     ),
 }
 """The systems ``shoal serve`` runs, and the flags each adds to the common ones."""

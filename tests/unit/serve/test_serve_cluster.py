@@ -30,6 +30,8 @@ def test_autoscaling_bounds_start_within_them():
     assert scaling["min_replicas"] == 1 and scaling["max_replicas"] == 4
     assert scaling["initial_replicas"] == 2 and scaling["target_ongoing_requests"] == 8
     assert RayConfig(replicas=9, max_replicas=3).autoscaling["initial_replicas"] == 3
+    fast = RayConfig(max_replicas=2, autoscale_report_s=0.5, autoscale_window_s=3).autoscaling
+    assert fast["metrics_interval_s"] == 0.5 and fast["look_back_period_s"] == 3
 
 
 @pytest.mark.parametrize(
@@ -37,6 +39,7 @@ def test_autoscaling_bounds_start_within_them():
     [
         ({"replicas": 0}, "replicas=0"),
         ({"min_replicas": 2}, "needs --max-replicas"),
+        ({"max_replicas": 2, "autoscale_report_s": 10, "autoscale_window_s": 10}, "below"),
         ({"min_replicas": 3, "max_replicas": 2}, "min_replicas=3"),
         ({"gpus_per_replica": -1}, "gpus_per_replica=-1"),
         ({"max_queued_requests": 0}, "max_queued_requests=0"),

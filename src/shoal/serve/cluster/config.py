@@ -45,6 +45,10 @@ class RayConfig:
     """Autoscaling: seconds the load must stay below target before a replica is removed."""
     autoscale_window_s: float = 10.0
     """Autoscaling: seconds of load averaged for each decision (Serve's look-back period)."""
+    autoscale_report_s: float = 2.0
+    """Autoscaling: seconds between the load reports that replicas and routers send the
+    autoscaler (Serve's metrics_interval_s, 10 s by default there); below the window, so each
+    decision averages several reports."""
     cpus_per_replica: float = 1.0
     """CPUs Ray reserves for each replica (set --threads to match)."""
     gpus_per_replica: float = 0.0
@@ -81,6 +85,14 @@ class RayConfig:
             raise ConfigError(f"target_ongoing_requests={self.target_ongoing_requests} must be > 0")
         if not self.autoscale_window_s > 0:
             raise ConfigError(f"autoscale_window_s={self.autoscale_window_s} must be > 0")
+        if self.max_replicas is not None and not (
+            0 < self.autoscale_report_s < self.autoscale_window_s
+        ):
+            raise ConfigError(
+                f"autoscale_report_s={self.autoscale_report_s} must be > 0 and below "
+                f"autoscale_window_s={self.autoscale_window_s} (the autoscaler averages "
+                "several reports per decision)"
+            )
         if self.upscale_delay_s < 0 or self.downscale_delay_s < 0:
             raise ConfigError(
                 f"upscale_delay_s={self.upscale_delay_s} and "
@@ -112,6 +124,7 @@ class RayConfig:
             "upscale_delay_s": self.upscale_delay_s,
             "downscale_delay_s": self.downscale_delay_s,
             "look_back_period_s": self.autoscale_window_s,
+            "metrics_interval_s": self.autoscale_report_s,
         }
 
     def ingress_options(self, drain_timeout_s: float, log_level: str = "INFO") -> dict[str, Any]:

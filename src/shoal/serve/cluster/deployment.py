@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +171,10 @@ def build_application(
 ) -> Application:
     """The bound application ``serve.run`` takes, placed as ``config`` says."""
     level = str(serve_options.get("log_level", "info")).upper()
-    return Cohort.options(**config.ingress_options(drain_timeout_s, level)).bind(
+    with warnings.catch_warnings():  # Serve warns that metrics_interval_s will become a variable
+        warnings.filterwarnings("ignore", ".*metrics_interval_s", DeprecationWarning)
+        cohort = Cohort.options(**config.ingress_options(drain_timeout_s, level))
+    return cohort.bind(
         cohort_dir,
         serve_options,
         Coordinator.options(logging_config={"log_level": level, "enable_access_log": False}).bind(),
