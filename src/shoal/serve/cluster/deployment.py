@@ -161,9 +161,12 @@ class Cohort:
             return merge_expositions({self._replica: (self._node, local)})
 
     async def __del__(self) -> None:
-        self._reporter.cancel()
+        reporter = getattr(self, "_reporter", None)  # None: the constructor raised first
+        if reporter is None:
+            return
+        reporter.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._reporter
+            await reporter
 
 
 def build_application(
