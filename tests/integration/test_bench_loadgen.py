@@ -15,15 +15,10 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from shoal.bench.loadgen import (
-    RawHTTPClient,
-    count_replicas,
-    label_index,
-    parse_prometheus,
-    request_for,
-    run_load_sync,
-    top_label,
-)
+from shoal.bench.loadgen import run_load_sync
+from shoal.bench.metrics_timeline import count_replicas, parse_prometheus
+from shoal.bench.protocol import label_index, request_for, top_label
+from shoal.bench.rawhttp import RawHTTPClient
 from shoal.bench.report import summarize
 from shoal.bench.workload import Request as BenchRequest
 from shoal.bench.workload import Workload

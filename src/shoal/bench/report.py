@@ -26,7 +26,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from shoal.bench.loadgen import MetricSample, Record
+from shoal.bench.records import MetricSample, Record
 
 LoadPoint = tuple[float, float, float]  # (offered req/s, p50 ms, p99 ms)
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from shoal.bench.loadgen import MetricSample, Record
+from shoal.bench.records import MetricSample, Record
 from shoal.bench.report import (
     load_point,
     padding_ratio,
@@ -160,7 +160,7 @@ def test_plots_and_markdown_are_written(tmp_path, records, timeline) -> None:
 def test_serve_report_plots_a_timeline_for_every_pruning_system(tmp_path, records, timeline):
     from types import SimpleNamespace
 
-    from shoal.bench.loadgen import RunResult
+    from shoal.bench.records import RunResult
     from shoal.bench.serve_bench import PRUNING_SYSTEMS, _write_report
 
     names = ("shoal-onnx", "shoal-bf16")
