@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import Callable, Mapping, Sequence
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from shoal.bench.records import MetricSample
 
@@ -24,30 +25,34 @@ REAL_TOKENS = "shoal_real_tokens_total"
 COST_SCALE = "shoal_cost_scale"
 METRIC_NAMES = (ACTIVE_STUDENTS, QUEUE_DEPTH, PADDED_TOKENS, REAL_TOKENS, COST_SCALE)
 
-_PROM_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(\S+)")
+def exposition_samples(text: str) -> list[Sample]:
+    """Every sample of a Prometheus text exposition, parsed by prometheus_client; none where
+    the text is not an exposition."""
+    try:
+        return [s for family in text_string_to_metric_families(text) for s in family.samples]
+    except ValueError:
+        return []
 
 
 def parse_prometheus(text: str, names: Sequence[str] = METRIC_NAMES) -> dict[str, float]:
-    """Values of the named metrics in Prometheus text format, summed over label sets
+    """Values of the named samples in Prometheus text format, summed over label sets
     (per-replica gauges and counters add up to the server's total)."""
     wanted = set(names)
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        m = _PROM_LINE.match(line.strip())
-        if m is None or m.group(1) not in wanted:
-            continue
-        try:
-            value = float(m.group(3))
-        except ValueError:
-            continue
-        out[m.group(1)] = out.get(m.group(1), 0.0) + value
+    for s in exposition_samples(text):
+        if s.name in wanted:
+            out[s.name] = out.get(s.name, 0.0) + s.value
     return out
 
 
 def count_replicas(text: str) -> int | None:
     """Distinct ``replica`` labels on the active-students gauge (merged metrics of a Ray
     Serve application); None where the scrape has none (one server)."""
-    found = set(re.findall(rf'^{ACTIVE_STUDENTS}{{[^}}]*replica="([^"]+)"', text, re.M))
+    found = {
+        s.labels["replica"]
+        for s in exposition_samples(text)
+        if s.name == ACTIVE_STUDENTS and "replica" in s.labels
+    }
     return len(found) or None
 
 

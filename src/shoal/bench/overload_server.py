@@ -9,7 +9,6 @@ exactly one answer), and its histogram gives latency without the load generator'
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -23,8 +22,7 @@ from pathlib import Path
 
 import httpx
 
-_STATUS_LINE = re.compile(r'^shoal_requests_total\{status="(\d+)"\}\s+(\S+)', re.M)
-_BUCKET_LINE = re.compile(r'^shoal_request_latency_seconds_bucket\{le="([^"]+)"\}\s+(\S+)', re.M)
+from shoal.bench.metrics_timeline import exposition_samples
 
 
 class ServerProcess:
@@ -141,8 +139,15 @@ class ServerCounters:
 def scrape_counters(url: str) -> ServerCounters:
     """Requests by status, and the server-side latency histogram (cumulative, by bound)."""
     text = httpx.get(url + "/metrics", timeout=10, trust_env=False).text
-    statuses = {m.group(1): float(m.group(2)) for m in _STATUS_LINE.finditer(text)}
-    buckets = {float(m.group(1)): float(m.group(2)) for m in _BUCKET_LINE.finditer(text)}
+    statuses: dict[str, float] = {}
+    buckets: dict[float, float] = {}
+    for s in exposition_samples(text):
+        if s.name == "shoal_requests_total" and "status" in s.labels:
+            status = s.labels["status"]
+            statuses[status] = statuses.get(status, 0.0) + s.value
+        elif s.name == "shoal_request_latency_seconds_bucket":
+            bound = float(s.labels["le"])
+            buckets[bound] = buckets.get(bound, 0.0) + s.value
     return ServerCounters(statuses, buckets)
 
 
