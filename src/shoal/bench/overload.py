@@ -92,7 +92,7 @@ def overload_run(
             str(queue),
             "--pruning" if pruning else "--no-pruning",
         ]
-    server = ServerProcess(config.cohort, out / f"server_{name}.log", flags, config.nice)
+    server = ServerProcess(config.cohort, out / f"server_{name}.log", flags)
     try:
         server.wait_ready()
         info = httpx.get(server.url + "/info", trust_env=False).json()
@@ -164,7 +164,6 @@ def run_overload(config: OverloadConfig) -> dict[str, Any]:
         config.cohort,
         out / "server_capacity.log",
         [*common_flags(config), "--no-pruning", "--queue-capacity", "4096"],
-        config.nice,
     )
     try:
         server.wait_ready()

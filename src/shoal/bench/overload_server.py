@@ -9,8 +9,6 @@ exactly one answer), and its histogram gives latency without the load generator'
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from shoal.bench.launch import free_port, stop, wait_healthy
 from shoal.bench.metrics_timeline import exposition_samples
 
 
@@ -33,12 +32,9 @@ class ServerProcess:
         cohort: str,
         log: Path,
         flags: Sequence[str],
-        nice: int = 0,
         file_limit: int | None = None,
     ) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         with open(log, "wb") as out:
@@ -62,17 +58,7 @@ class ServerProcess:
         self._stop = threading.Event()
 
     def wait_ready(self, timeout_s: float = 600.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1, trust_env=False).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"server not ready after {timeout_s} s; see {self.log}")
+        wait_healthy(self.proc, self.url, self.log, timeout_s)
 
     @contextmanager
     def sampling_memory(self, every_s: float = 0.5) -> Iterator[None]:
@@ -94,13 +80,7 @@ class ServerProcess:
             thread.join()
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return stop(self.proc)
 
 
 def _limit_files(n: int) -> None:

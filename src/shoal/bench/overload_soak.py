@@ -29,7 +29,7 @@ def soak_run(config: OverloadConfig, capacity: float, out: Path) -> dict[str, An
     connections open while normal clients were answered; memory and open files sampled."""
     target_s = config.latency_target_ms / 1e3
     server = ServerProcess(
-        config.cohort, out / "server_soak.log", default_flags(config), config.nice, 1024
+        config.cohort, out / "server_soak.log", default_flags(config), file_limit=1024
     )
     try:
         server.wait_ready()

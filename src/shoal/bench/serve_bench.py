@@ -15,19 +15,15 @@ import contextlib
 import json
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from shoal.bench import report
+from shoal.bench.launch import free_port, stop, wait_healthy
 from shoal.bench.loadgen import CLIENTS, Client, run_load_sync
 from shoal.bench.workload import WorkloadConfig, build_workload
 from shoal.errors import ConfigError
@@ -145,12 +141,6 @@ class ServeBenchConfig:
             )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def server_command(system: str, config: ServeBenchConfig, port: int) -> list[str]:
     """The command line that serves one system on 127.0.0.1:port."""
     py = sys.executable
@@ -225,30 +215,14 @@ def server_command(system: str, config: ServeBenchConfig, port: int) -> list[str
 @contextlib.contextmanager
 def running(cmd: list[str], port: int, log_path: Path, timeout_s: float = 300.0) -> Iterator[str]:
     """Start a server, wait for /health, yield its URL, then stop it with SIGTERM."""
-    log = log_path.open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health", timeout=2, trust_env=False).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not healthy after {timeout_s} s; see {log_path}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+            wait_healthy(proc, url, log_path, timeout_s)
+            yield url
+        finally:
+            stop(proc, group=True)
 
 
 def _label_names(config: ServeBenchConfig) -> list[str]:
@@ -282,7 +256,7 @@ def run_serve_bench(config: ServeBenchConfig) -> dict[str, Any]:
     load_points: dict[str, list] = {}
     timeline_runs: dict[str, Any] = {}
     for system in config.systems:
-        port = config.port or _free_port()
+        port = config.port or free_port()
         cmd = server_command(system, config, port)
         entry: dict[str, Any] = {"command": " ".join(cmd), "sweep": []}
         print(f"[bench] {system}: starting", flush=True)
