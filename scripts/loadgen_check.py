@@ -16,15 +16,13 @@ import argparse
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 
+from shoal.bench.launch import free_port, stop, wait_healthy
 from shoal.bench.loadgen import run_load_sync
 from shoal.bench.workload import Request, Workload
 
@@ -36,6 +34,10 @@ from fastapi import FastAPI
 app = FastAPI()
 delay = float(sys.argv[2]) / 1000
 
+@app.get("/health")
+async def health():
+    return {"status": "ok"}
+
 @app.post("/predict")
 async def predict(body: dict):
     await asyncio.sleep(delay)
@@ -44,12 +46,6 @@ async def predict(body: dict):
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
             access_log=False, backlog=4096)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _workload(rate: float, seconds: float) -> Workload:
@@ -61,17 +57,11 @@ def _workload(rate: float, seconds: float) -> Workload:
 
 
 def measure(client: str, rate: float, seconds: float, delay_ms: float) -> dict:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-c", STUB, str(port), str(delay_ms)])
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                httpx.post(url + "/predict", json={}, trust_env=False, timeout=5)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_healthy(server, url, Path("(the stub's stderr)"), timeout_s=60)
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         result = run_load_sync(
             url,
@@ -82,8 +72,7 @@ def measure(client: str, rate: float, seconds: float, delay_ms: float) -> dict:
         )
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     finally:
-        server.terminate()
-        server.wait(30)
+        stop(server, grace_s=30)
     ok = [r for r in result.records if r.status == 200]
     lat = np.array([r.latency_s * 1e3 for r in ok]) if ok else np.array([np.nan])
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
