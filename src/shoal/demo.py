@@ -83,7 +83,8 @@ def serve_comparison(config: DemoConfig, out: Path) -> dict[str, dict]:
     under the same seeded on/off workload; return each one's summary."""
     from shoal.bench import report as rpt
     from shoal.bench.loadgen import run_load_sync
-    from shoal.bench.serve_bench import ServeBenchConfig, _free_port, running, server_command
+    from shoal.bench.launch import free_port
+    from shoal.bench.serve_bench import ServeBenchConfig, running, server_command
     from shoal.bench.workload import WorkloadConfig, build_workload
 
     bench = ServeBenchConfig(
@@ -110,7 +111,7 @@ def serve_comparison(config: DemoConfig, out: Path) -> dict[str, dict]:
     labels = workload.label_names
     summaries = {}
     for system in bench.systems:
-        port = _free_port()
+        port = free_port()
         with running(server_command(system, bench, port), port, out / f"{system}.log") as url:
             res = run_load_sync(url, workload, labels=labels, timeout_s=30)
         summaries[system] = rpt.summarize(
