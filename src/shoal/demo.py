@@ -82,8 +82,8 @@ def serve_comparison(config: DemoConfig, out: Path) -> dict[str, dict]:
     """Serve the cohort (Shoal) and the teacher (FIFO dynamic batching) one after the other
     under the same seeded on/off workload; return each one's summary."""
     from shoal.bench import report as rpt
-    from shoal.bench.loadgen import run_load_sync
     from shoal.bench.launch import free_port
+    from shoal.bench.loadgen import run_load_sync
     from shoal.bench.serve_bench import ServeBenchConfig, running, server_command
     from shoal.bench.workload import WorkloadConfig, build_workload
 

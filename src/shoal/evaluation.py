@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 
 from shoal.data import encode, load_task, long_examples
 from shoal.distill.evaluate import predict_logits, score
 from shoal.errors import ConfigError, DataError, ModelError
+from shoal.models import cohort_folder
 
 
 def evaluate_model(
@@ -43,12 +41,11 @@ def evaluate_model(
     dataset = task.splits[split]
     if min_words:
         dataset = long_examples(dataset, min_words, split=split, flag="--min-words")
-    cfg = Path(model_path) / "config.json"
-    is_cohort = cfg.is_file() and json.loads(cfg.read_text()).get("model_type") == "shoal-cohort"
+    is_cohort = cohort_folder.is_cohort(model_path)
     if is_cohort:
         from shoal.models.cohort import ShoalModel
+        from shoal.models.cohort_folder import load_tokenizer
         from shoal.serve.runtime.runner import LocalRunner
-        from shoal.serve.server import load_tokenizer
 
         model = ShoalModel.from_pretrained(model_path)
         k = model.check_k(k)

@@ -15,7 +15,7 @@ from shoal.distill.finetune import finetune
 from shoal.distill.trainer import TrainConfig
 from shoal.evaluation import evaluate_model
 from shoal.models.cohort import ShoalModel
-from shoal.serve.server import label_names, load_tokenizer
+from shoal.models.cohort_folder import label_names, load_tokenizer
 from tiny_fixtures import FAMILY_NAMES, make_family_teacher, tiny_distill_config
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from test_api import INFO, assert_error, serving
 from test_engine_fakes import cohort_dir, make_engine
 
 from shoal.serve.api import ApiLimits, create_app
-from shoal.serve.api.app import FAILING_AFTER
+from shoal.serve.api.routes import FAILING_AFTER
 
 __all__ = ["cohort_dir"]
 pytestmark = pytest.mark.anyio
@@ -236,7 +236,7 @@ async def test_latency_buckets_reach_past_the_deadline(cohort_dir):
 def test_a_tokenizer_auto_map_runs_no_code(cohort_dir, tmp_path):
     import shutil
 
-    from shoal.serve.server import load_tokenizer
+    from shoal.models.cohort_folder import load_tokenizer
 
     folder = tmp_path / "cohort"
     shutil.copytree(cohort_dir, folder)
@@ -263,7 +263,7 @@ def test_a_corrupt_meta_file_is_named(cohort_dir, tmp_path):
     import shutil
 
     from shoal.errors import ModelError
-    from shoal.serve.server import read_cohort
+    from shoal.models.cohort_folder import read_cohort
 
     folder = tmp_path / "cohort"
     shutil.copytree(cohort_dir, folder)

@@ -10,16 +10,16 @@ import pytest
 import torch
 from test_engine_fakes import FakeRuntime, ManualClock, cohort_dir, linear_costs, make_engine
 
-from shoal.serve.buffer import BufferFull
-from shoal.serve.engine import (
+from shoal.serve.engine import build_batch
+from shoal.serve.errors import (
     BackendError,
+    BufferFull,
     DeadlineExceeded,
     Draining,
     InputError,
     InputTooLong,
-    build_batch,
+    InvalidRequest,
 )
-from shoal.serve.scheduler import InvalidRequest
 
 __all__ = ["cohort_dir"]  # the fixture, imported for pytest
 pytestmark = pytest.mark.anyio
@@ -295,7 +295,7 @@ async def test_encoder_truncates_or_refuses_long_inputs(cohort_dir):
 
 def test_build_batch_pads_right(cohort_dir):
     from shoal.serve.buffer import Item
-    from shoal.serve.engine import Encoded
+    from shoal.serve.encoder import Encoded
 
     items = [
         Item(0, 3, 0.0, payload=Encoded([2, 5, 3], [0, 0, 0])),

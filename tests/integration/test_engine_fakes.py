@@ -108,6 +108,11 @@ class FakeRuntime:
                 input_ids, attention_mask, token_type_ids, k=k, fused=True
             ).logits.float()
 
+    def run_batch(self, batch):
+        """What the engine calls: the ``Batch``'s numpy arrays as tensors, then ``execute``."""
+        arrays = (batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        return self.execute(*(torch.from_numpy(a) for a in arrays), batch.k).numpy()
+
     def close(self) -> None:
         self.closed = True
 
@@ -153,7 +158,8 @@ def make_engine(
     from transformers import AutoTokenizer
 
     from shoal.serve.buffer import BufferConfig
-    from shoal.serve.engine import Engine, TextEncoder
+    from shoal.serve.encoder import TextEncoder
+    from shoal.serve.engine import Engine
     from shoal.serve.policy import PolicyConfig
     from shoal.serve.scheduler import Scheduler, SchedulerConfig
 

@@ -101,7 +101,7 @@ def _deployments() -> tuple[Any, Any, Any]:
 
 def _inputs(config: ShapesConfig, n: int) -> tuple[np.ndarray, np.ndarray]:
     from shoal.data import load_task
-    from shoal.serve.server import load_tokenizer
+    from shoal.models.cohort_folder import load_tokenizer
 
     split = load_task(config.data).splits[config.split]
     texts = [split.texts[i % len(split)] for i in range(n)]
@@ -151,15 +151,15 @@ def _groups(n_students: int, shards: int) -> list[list[int]]:
 
 def run_shapes(config: ShapesConfig) -> dict[str, Any]:
     """Deploy each shape on a local Ray in turn, time it; write ``shapes.json``."""
-    import json
 
     import ray
     from ray import serve
 
     from shoal.bench.report import write_json
     from shoal.bench.serve_bench import machine
+    from shoal.models.cohort_folder import read_config
 
-    n_students = int(json.loads(Path(config.cohort, "config.json").read_text())["n_students"])
+    n_students = int(read_config(config.cohort)["n_students"])
     ids1, mask1 = _inputs(config, 1)
     idsb, maskb = _inputs(config, config.batch)
     cohort = str(Path(config.cohort).resolve())

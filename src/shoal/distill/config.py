@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from shoal.distill.augment import WEIGHTINGS
 from shoal.distill.trainer import TrainConfig
 from shoal.errors import ConfigError
-from shoal.models.cohort import NAMED_PLANS, layer_plan
+from shoal.models.layer_plan import NAMED_PLANS, layer_plan
 
 METHODS = ("stack", "boost", "average")
 

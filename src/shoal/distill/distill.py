@@ -34,7 +34,8 @@ from shoal.distill.resume import check_same_run, resume, save_checkpoint, trunca
 from shoal.distill.students import train_jointly, train_student
 from shoal.distill.teacher_outputs import TeacherCache, cache_teacher, load_teacher_outputs
 from shoal.errors import DataError
-from shoal.models.cohort import ShoalModel, layer_plan
+from shoal.models.cohort import ShoalModel
+from shoal.models.layer_plan import layer_plan
 from shoal.models.teacher import load_teacher
 from shoal.provenance import command_line, git_commit
 

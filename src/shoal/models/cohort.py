@@ -16,8 +16,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from shoal.errors import ConfigError, ModelError
+from shoal.models.cohort_folder import (
+    CONFIG_NAME,
+    META_NAME,
+    MODEL_TYPE,
+    WEIGHTS_NAME,
+    read_config,
+    read_meta,
+)
 from shoal.models.families import family_of
 from shoal.models.fused import FusedStudents
+from shoal.models.layer_plan import layer_plan
 from shoal.models.layers import (
     ACTIVATIONS,
     Embeddings,
@@ -26,11 +35,6 @@ from shoal.models.layers import (
     activation,
     additive_mask,
 )
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-META_NAME = "shoal_meta.json"
-MODEL_TYPE = "shoal-cohort"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -322,27 +326,18 @@ class ShoalModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> ShoalModel:
-        """Load a folder written by :meth:`save_pretrained`."""
+        """Load a folder written by :meth:`save_pretrained` (``cohort_folder`` reads its JSON)."""
         path = Path(folder)
-        cfg_path = path / CONFIG_NAME
-        if not path.is_dir() or not cfg_path.is_file() or not (path / WEIGHTS_NAME).is_file():
+        raw = read_config(path)
+        if not (path / WEIGHTS_NAME).is_file():
             raise ModelError(
-                f"{path} is not a Shoal cohort: it needs {CONFIG_NAME} and "
-                f"{WEIGHTS_NAME}; create one with `shoal distill`"
-            )
-        try:
-            raw = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ModelError(f"{cfg_path} is not valid JSON: {e}") from None
-        if raw.get("model_type") != MODEL_TYPE:
-            raise ModelError(
-                f"{path} holds a {raw.get('model_type')!r} model, not a Shoal "
-                f"cohort; distil it first with `shoal distill --teacher {path}`"
+                f"{path} is not a Shoal cohort: it needs {WEIGHTS_NAME}; create one with "
+                "`shoal distill`"
             )
         try:
             config = ShoalConfig(**raw)
         except TypeError as e:
-            raise ModelError(f"{cfg_path} does not describe a cohort: {e}") from None
+            raise ModelError(f"{path / CONFIG_NAME} does not describe a cohort: {e}") from None
         model = cls(config)
         state = load_file(str(path / WEIGHTS_NAME))
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -351,8 +346,7 @@ class ShoalModel(nn.Module):
                 f"{path / WEIGHTS_NAME} does not match config.json: missing "
                 f"{missing[:3]}, unexpected {unexpected[:3]}"
             )
-        meta = path / META_NAME
-        model.meta = json.loads(meta.read_text()) if meta.is_file() else {}
+        model.meta = read_meta(path)
         return model.to(device).eval()
 
     # ------------------------------------------------------------------ from a teacher
@@ -403,50 +397,3 @@ class ShoalModel(nn.Module):
             family.copy_head(teacher, head)
         model.meta["init_layers"] = plan
         return model
-
-
-NAMED_PLANS = ("bottom", "spread", "skip")
-
-
-def layer_plan(
-    init: str | list[list[int]], n_students: int, m: int, n_teacher: int | None = None
-) -> list[list[int]]:
-    """Teacher layer indices each student copies (see :meth:`ShoalModel.from_teacher`).
-    ``n_teacher`` may be None (the teacher not loaded yet) only for explicit plans: their
-    shape is checked, the range of their layers is not."""
-    if isinstance(init, list):
-        plan = init
-    elif init == "bottom":
-        plan = [list(range(m)) for _ in range(n_students)]
-    elif init == "spread":
-        plan = [[(i * m + j) % n_teacher for j in range(m)] for i in range(n_students)]
-    elif init == "skip":
-        # evenly spaced, ending at the top: layer j copies teacher layer (j+1) * n/m - 1, so
-        # the last layer is the one the copied head reads, and the first m-1 layers end where
-        # the stacking target (the teacher's state at depth n * (m-1) / m) is taken
-        top = [((j + 1) * 2 * n_teacher + m) // (2 * m) - 1 for j in range(m)]  # half up
-        plan = [list(top) for _ in range(n_students)]
-    else:
-        plan = parse_layer_plan(init, n_students)
-    if len(plan) != n_students or any(len(p) != m for p in plan):
-        raise ConfigError(
-            f"init plan {plan} does not fit {n_students} student(s) of {m} layers: give one "
-            f"list of {m} teacher layers (every student) or one list per student"
-        )
-    bad = [t for p in plan for t in p if n_teacher is not None and not 0 <= t < n_teacher]
-    if bad:
-        raise ConfigError(f"init plan names layers {bad}; the teacher has 0..{n_teacher - 1}")
-    return plan
-
-
-def parse_layer_plan(text: str, n_students: int) -> list[list[int]]:
-    """Teacher layers from text: '0,5' (every student copies layers 0 and 5) or '2,5/0,5'
-    (one comma list per student, students separated by '/')."""
-    try:
-        plan = [[int(t) for t in part.split(",")] for part in text.split("/")]
-    except ValueError:
-        raise ConfigError(
-            f"init={text!r} is not 'bottom', 'spread', 'skip' or a layer plan; write teacher "
-            "layer numbers such as '0,5' (every student) or '2,5/0,5' (one list per student)"
-        ) from None
-    return plan * n_students if len(plan) == 1 else plan

@@ -58,19 +58,13 @@ def resolve(name_or_path: str | Path) -> str:
 
 def _refuse_cohort(folder: Path) -> None:
     """A Shoal cohort is not a Hugging Face classifier: name the teacher it came from."""
-    import json
+    from shoal.models.cohort_folder import META_NAME, is_cohort, read_meta
 
-    from shoal.models.cohort import META_NAME, MODEL_TYPE
-
+    if not is_cohort(folder):
+        return  # a classifier, or not readable as one: from_pretrained reports it
     try:
-        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return  # not readable as a config: from_pretrained reports it
-    if model_type != MODEL_TYPE:
-        return
-    try:
-        teacher = json.loads((folder / META_NAME).read_text()).get("teacher")
-    except (OSError, ValueError, AttributeError):
+        teacher = read_meta(folder).get("teacher")
+    except ModelError:
         teacher = None
     source = f" ({teacher}, in {folder / META_NAME})" if teacher else ""
     raise ModelError(

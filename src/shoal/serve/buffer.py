@@ -13,11 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from shoal.errors import ConfigError, ShoalError
-
-
-class BufferFull(ShoalError):
-    """The buffer already holds ``capacity`` requests; reject the request (HTTP 503)."""
+from shoal.errors import ConfigError
+from shoal.serve.errors import BufferFull
 
 
 @dataclass(frozen=True, kw_only=True)

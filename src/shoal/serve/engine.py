@@ -4,27 +4,29 @@ Each request gets a future. One loop takes turns that read as the three roles: t
 the scheduler, execute it on the runtime (in a worker thread, so the event loop stays free),
 feed the result back to the waiting futures. The loop sleeps on an ``asyncio.Event`` that every
 submission sets, so it never polls. The scheduler is only ever touched from the event loop.
+
+No torch here: a plan becomes a ``Batch`` of numpy arrays, and the runtime makes its tensors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import itertools
 import logging
 import time
-import unicodedata
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-import torch
+import numpy as np
 
-from shoal.errors import ShoalError
+from shoal.serve.batch import Batch
 from shoal.serve.buffer import Item
 from shoal.serve.costmodel import CostModel
+from shoal.serve.encoder import Encoded
+from shoal.serve.errors import BackendError, DeadlineExceeded, Draining
 from shoal.serve.scheduler import Plan, Scheduler
 
 log = logging.getLogger("shoal.serve.engine")
@@ -35,184 +37,12 @@ class Runner(Protocol):
 
     cost_model: CostModel
 
-    def execute(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids: torch.Tensor,
-        k: int,
-    ) -> torch.Tensor:
-        """Blocking: (B, L) int64 tensors -> (B, C) float32 CPU logits of the first k students."""
+    def run_batch(self, batch: Batch) -> Any:
+        """Blocking: (B, C) float32 logits of the batch's first k students, as a numpy array
+        (or anything ``numpy.asarray`` reads)."""
         ...
 
     def close(self) -> None: ...
-
-
-# ------------------------------------------------------------------------------ errors
-
-
-class InputError(ShoalError, ValueError):
-    """An input the server will not take (empty, too long, too many); the message says why."""
-
-
-class InputTooLong(InputError):
-    """An input above the length limit while truncation is off."""
-
-
-class Draining(ShoalError):
-    """The server is shutting down and takes no new requests."""
-
-
-class DeadlineExceeded(ShoalError):
-    """The request's deadline passed before it could run."""
-
-
-class BackendError(ShoalError):
-    """The runtime failed on the batch that held the request."""
-
-
-# ------------------------------------------------------------------------------ tokenising
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """One tokenised input. Invariant: the three lists have the same length, at least 1."""
-
-    input_ids: list[int]
-    token_type_ids: list[int]
-    truncated: bool = False
-
-    @property
-    def n_tokens(self) -> int:
-        return len(self.input_ids)
-
-
-class TextEncoder:
-    """Tokenises texts (and pairs) with the cohort's tokenizer, truncating or refusing inputs
-    longer than ``max_length`` tokens.
-
-    Small requests are tokenised on the event loop: a hop to a thread costs more than the
-    ~0.1 ms of work, and under load it also waits for the GIL. Requests above
-    ``inline_chars`` characters go to a dedicated thread with its own copy of the tokenizer
-    (its truncation settings are mutable state), so long texts never stall the loop.
-    """
-
-    def __init__(
-        self,
-        tokenizer: Any,
-        max_length: int,
-        *,
-        truncate: bool = True,
-        max_chars: int = 20_000,
-        inline_chars: int = 4096,
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.truncate = truncate
-        self.max_chars = max_chars
-        self.inline_chars = inline_chars
-        self.pad_id = int(tokenizer.pad_token_id or 0)
-        self._thread_tokenizer = copy.deepcopy(tokenizer)
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="shoal-tokenize")
-
-    async def encode_all(
-        self,
-        inputs: Sequence[tuple[str, str | None]],
-        *,
-        truncate: bool | None = None,
-        direction: Literal["left", "right"] = "right",
-    ) -> list[Encoded]:
-        """Tokenise a request's ``(text, pair)`` inputs (raises as ``encode`` does)."""
-        size = sum(len(t) + len(p or "") for t, p in inputs)
-        if size <= self.inline_chars:
-            return self._encode_all(self.tokenizer, inputs, truncate, direction)
-        return await asyncio.get_running_loop().run_in_executor(
-            self._thread,
-            self._encode_all,
-            self._thread_tokenizer,
-            inputs,
-            truncate,
-            direction,
-        )
-
-    def _encode_all(
-        self,
-        tok: Any,
-        inputs: Sequence[tuple[str, str | None]],
-        truncate: bool | None,
-        direction: Literal["left", "right"],
-    ) -> list[Encoded]:
-        return [self._encode(tok, t, p, i, truncate, direction) for i, (t, p) in enumerate(inputs)]
-
-    def close(self) -> None:
-        self._thread.shutdown(wait=False, cancel_futures=True)
-
-    def encode(
-        self,
-        text: str,
-        pair: str | None = None,
-        *,
-        index: int = 0,
-        truncate: bool | None = None,
-        direction: Literal["left", "right"] = "right",
-    ) -> Encoded:
-        """Tokenise one input; ``truncate=None`` uses the server default. Event-loop thread
-        (or any single thread) only.
-
-        Raises ``InputError`` for empty or oversize text, ``InputTooLong`` when the input needs
-        more than ``max_length`` tokens and truncation is off.
-        """
-        return self._encode(self.tokenizer, text, pair, index, truncate, direction)
-
-    def _encode(
-        self,
-        tok: Any,
-        text: str,
-        pair: str | None,
-        index: int,
-        truncate: bool | None,
-        direction: Literal["left", "right"],
-    ) -> Encoded:
-        where = f"input {index}"
-        for name, t in (("text", text), ("pair", pair)):
-            if t is None:
-                continue
-            if is_blank(t):
-                raise InputError(f"{where}: the {name} is empty; send non-empty text")
-            if len(t) > self.max_chars:
-                raise InputTooLong(
-                    f"{where}: the {name} has {len(t)} characters, above the "
-                    f"limit of {self.max_chars}; shorten it"
-                )
-        out = tok(text, pair, truncation=False, return_attention_mask=False)
-        truncated = len(out["input_ids"]) > self.max_length
-        if truncated:
-            if not (self.truncate if truncate is None else truncate):
-                raise InputTooLong(
-                    f"{where} has {len(out['input_ids'])} tokens, above max_length="
-                    f"{self.max_length}; shorten it or send truncate=true"
-                )
-            side = tok.truncation_side
-            tok.truncation_side = direction  # safe: each tokenizer is used by one thread
-            try:
-                out = tok(
-                    text,
-                    pair,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_attention_mask=False,
-                )
-            finally:
-                tok.truncation_side = side
-        ids = list(out["input_ids"])
-        types = list(out.get("token_type_ids") or [0] * len(ids))
-        return Encoded(ids, types, truncated=truncated)
-
-
-def is_blank(text: str) -> bool:
-    """True when the text shows nothing: only whitespace, control or format characters (NUL,
-    zero-width spaces, joiners, byte-order marks)."""
-    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text)
 
 
 # ------------------------------------------------------------------------------ results
@@ -259,18 +89,24 @@ def _encoded(item: Item) -> Encoded:
 
 def build_batch(
     items: Sequence[Item], padded_length: int, pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``token_type_ids``, each (B, L)."""
-    ids = torch.full((len(items), padded_length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), padded_length), dtype=torch.long)
-    types = torch.zeros((len(items), padded_length), dtype=torch.long)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``token_type_ids``, each (B, L) int64."""
+    ids = np.full((len(items), padded_length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(items), padded_length), dtype=np.int64)
+    types = np.zeros((len(items), padded_length), dtype=np.int64)
     for row, item in enumerate(items):
         enc = _encoded(item)
         n = enc.n_tokens
-        ids[row, :n] = torch.tensor(enc.input_ids)
-        types[row, :n] = torch.tensor(enc.token_type_ids)
+        ids[row, :n] = enc.input_ids
+        types[row, :n] = enc.token_type_ids
         mask[row, :n] = 1
     return ids, mask, types
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis, computed stably (the row maximum subtracted first)."""
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 # ------------------------------------------------------------------------------ engine
@@ -499,9 +335,9 @@ class Engine:
 
     def _run_batch(self, plan: Plan) -> BatchOutput:
         # Worker thread: build the padded (B, L) batch, run it, softmax.
-        ids, mask, types = build_batch(plan.items, plan.padded_length, self.pad_id)
-        logits = self.runner.execute(ids, mask, types, k=plan.k).float()
-        return logits.tolist(), logits.softmax(-1).tolist()
+        batch = Batch(*build_batch(plan.items, plan.padded_length, self.pad_id), k=plan.k)
+        logits = np.asarray(self.runner.run_batch(batch), dtype=np.float32)  # (B, C)
+        return logits.tolist(), softmax(logits).tolist()
 
     def _update(self, plan: Plan, result: BatchOutput | Exception, seconds: float) -> None:
         now = self.clock()

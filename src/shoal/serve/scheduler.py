@@ -19,21 +19,11 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from shoal.errors import ConfigError, ShoalError
-from shoal.serve.buffer import (
-    Buffer,
-    BufferConfig,
-    BufferFull,
-    FifoBuffer,
-    Item,
-    LengthAwareBuffer,
-)
+from shoal.errors import ConfigError
+from shoal.serve.buffer import Buffer, BufferConfig, FifoBuffer, Item, LengthAwareBuffer
 from shoal.serve.costmodel import CostModel
+from shoal.serve.errors import BufferFull, InvalidRequest
 from shoal.serve.policy import LoadSnapshot, PolicyConfig, PolicyState, decide, initial_state
-
-
-class InvalidRequest(ShoalError, ValueError):
-    """A request the scheduler can never serve (e.g. it asks for more students than exist)."""
 
 
 @dataclass(frozen=True, kw_only=True)

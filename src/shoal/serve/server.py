@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shoal.errors import ConfigError, ModelError, ShoalError
+from shoal.models.cohort_folder import label_names, load_tokenizer, prefix_accuracy, read_cohort
 from shoal.serve.config import API_KEY_ENV, ServeConfig, resolve_api_key
 from shoal.types import token_limit
 
@@ -30,61 +31,6 @@ __all__ = ["API_KEY_ENV", "ServeConfig", "build_app", "main", "resolve_api_key",
 
 
 # ------------------------------------------------------------------------------ wiring
-
-
-def read_cohort(cohort_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``config.json`` and ``shoal_meta.json`` of a cohort folder (no weights loaded)."""
-    from shoal.models.cohort import CONFIG_NAME, META_NAME, MODEL_TYPE
-
-    path = Path(cohort_dir)
-    try:
-        config = json.loads((path / CONFIG_NAME).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelError(
-            f"{path} is not a Shoal cohort ({e}); create one with `shoal distill`"
-        ) from None
-    if config.get("model_type") != MODEL_TYPE:
-        raise ModelError(
-            f"{path} holds a {config.get('model_type')!r} model, not a Shoal "
-            "cohort; distil it first with `shoal distill`"
-        )
-    meta_path = path / META_NAME
-    if not meta_path.is_file():
-        return config, {}
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(
-            f"{meta_path} is not valid JSON ({e}); restore it from the `shoal distill` "
-            "output, or delete it to serve without stored accuracy"
-        ) from None
-    if not isinstance(meta, dict):
-        raise ModelError(
-            f"{meta_path} holds a {type(meta).__name__}, not a JSON object; restore it"
-        )
-    return config, meta
-
-
-def label_names(config: dict[str, Any], meta: dict[str, Any]) -> list[str]:
-    n = int(config.get("num_labels", 2))
-    names = meta.get("label_names")
-    if names and len(names) == n:
-        return [str(x) for x in names]
-    id2label = config.get("id2label") or {}
-    return [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(n)]
-
-
-def prefix_accuracy(meta: dict[str, Any], n_students: int, split: str) -> tuple[float, ...]:
-    """Stored accuracy of each prefix k = 1..N on ``split``; () if any is missing."""
-    rows = {
-        int(r["k"]): r.get(f"{split}_accuracy")
-        for r in meta.get("prefix_accuracy", [])
-        if isinstance(r, dict) and "k" in r
-    }
-    values = [rows.get(k) for k in range(1, n_students + 1)]
-    if any(v is None for v in values):
-        return ()
-    return tuple(float(v) for v in values)  # type: ignore[arg-type]
 
 
 def policy_config(config: ServeConfig, n_students: int, meta: dict[str, Any]) -> Any:
@@ -138,27 +84,6 @@ def start_runtime(cohort_dir: str | Path, config: ServeConfig) -> Any:
         ) from None
 
 
-def load_tokenizer(cohort_dir: str | Path) -> Any:
-    """The tokenizer saved with the cohort, never running code the folder ships
-    (``trust_remote_code=False``: an ``auto_map`` in its config is refused, not imported).
-    transformers does not know the cohort's ``model_type`` and warns about it on every load;
-    the warning is noise here."""
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    try:
-        return AutoTokenizer.from_pretrained(str(cohort_dir), trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise ModelError(
-            f"{cohort_dir} has no usable tokenizer ({e}); save one with the "
-            "cohort (ShoalModel.save_pretrained(folder, tokenizer))"
-        ) from None
-    finally:
-        hf_logging.set_verbosity(level)
-
-
 def build_app(
     cohort_dir: str | Path, config: ServeConfig, runner: Any = None, hooks: Any = None
 ) -> Any:
@@ -168,19 +93,13 @@ def build_app(
     The app's shutdown stops the engine and closes the runner.
     """
     from shoal.serve.api import ApiLimits, ServiceInfo, create_app
-    from shoal.serve.buffer import BufferConfig
-    from shoal.serve.engine import Engine, TextEncoder
-    from shoal.serve.scheduler import Scheduler, SchedulerConfig
+    from shoal.serve.encoder import TextEncoder
+    from shoal.serve.engine import Engine
+    from shoal.serve.scheduler import Scheduler
 
     model_cfg, meta = read_cohort(cohort_dir)
     n = int(model_cfg["n_students"])
-    positions = token_limit(model_cfg)
-    max_length = config.max_length or int(meta.get("max_length") or min(positions, 512))
-    if max_length > positions:
-        raise ConfigError(
-            f"max_length={max_length} exceeds the cohort's {positions} positions; "
-            f"use --max-length {positions} or less"
-        )
+    max_length = served_max_length(config, model_cfg, meta)
     policy = policy_config(config, n, meta)
     tokenizer = load_tokenizer(cohort_dir)
     if runner is None:
@@ -196,24 +115,12 @@ def build_app(
         seconds=config.latency_target_ms / 1e3 * config.headroom,
         floor=config.max_client_batch_size,
     )
-    scheduler_config = SchedulerConfig(
-        policy=policy,
-        buffer_kind=config.buffer,
-        buffer=BufferConfig(
-            bin_width=config.bin_width,
-            max_element_tokens=config.max_batch_tokens,
-            max_element_size=config.max_batch_size,
-            capacity=capacity,
-            max_wait_s=config.max_wait_ms / 1e3,
-        ),
-        calibrate=config.calibrate,
-    )
     encoder = TextEncoder(
         tokenizer, max_length, truncate=config.truncate, max_chars=config.max_input_chars
     )
     engine = Engine(
         runner,
-        Scheduler(scheduler_config, runner.cost_model),
+        Scheduler(scheduler_config(config, policy, capacity), runner.cost_model),
         pad_id=encoder.pad_id,
         default_deadline_s=None if config.deadline_ms is None else config.deadline_ms / 1e3,
     )
@@ -236,9 +143,39 @@ def build_app(
         max_body_bytes=config.body_limit,
         retry_after_s=config.retry_after_s,
     )
-    app = create_app(engine, encoder, info, limits, on_close=runner.close, hooks=hooks)
-    app.state.engine = engine
-    return app
+    return create_app(engine, encoder, info, limits, on_close=runner.close, hooks=hooks)
+
+
+def served_max_length(config: ServeConfig, model_cfg: dict[str, Any], meta: dict[str, Any]) -> int:
+    """Tokens kept per input: ``--max-length``, else the length the cohort was trained at
+    (at most 512), never beyond its position table."""
+    positions = token_limit(model_cfg)
+    max_length = config.max_length or int(meta.get("max_length") or min(positions, 512))
+    if max_length > positions:
+        raise ConfigError(
+            f"max_length={max_length} exceeds the cohort's {positions} positions; "
+            f"use --max-length {positions} or less"
+        )
+    return max_length
+
+
+def scheduler_config(config: ServeConfig, policy: Any, capacity: int) -> Any:
+    """``SchedulerConfig`` from the flags, the policy and the buffer's capacity."""
+    from shoal.serve.buffer import BufferConfig
+    from shoal.serve.scheduler import SchedulerConfig
+
+    return SchedulerConfig(
+        policy=policy,
+        buffer_kind=config.buffer,
+        buffer=BufferConfig(
+            bin_width=config.bin_width,
+            max_element_tokens=config.max_batch_tokens,
+            max_element_size=config.max_batch_size,
+            capacity=capacity,
+            max_wait_s=config.max_wait_ms / 1e3,
+        ),
+        calibrate=config.calibrate,
+    )
 
 
 def derived_queue_capacity(

@@ -10,7 +10,8 @@ import torch
 from transformers import BertForSequenceClassification, BertTokenizerFast
 
 from shoal.errors import ConfigError, ModelError
-from shoal.models.cohort import ShoalModel, layer_plan
+from shoal.models.cohort import ShoalModel
+from shoal.models.layer_plan import layer_plan
 
 
 def _cohort(teacher_dir, n=3, m=2, init="spread", per_student=False, combine="sum") -> ShoalModel:

@@ -8,14 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from shoal.errors import ConfigError
-from shoal.serve.buffer import (
-    BufferConfig,
-    BufferFull,
-    Element,
-    FifoBuffer,
-    Item,
-    LengthAwareBuffer,
-)
+from shoal.serve.buffer import BufferConfig, Element, FifoBuffer, Item, LengthAwareBuffer
+from shoal.serve.errors import BufferFull
 
 
 class ReferenceTailMerge:

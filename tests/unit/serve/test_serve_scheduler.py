@@ -8,10 +8,11 @@ import random
 import pytest
 
 from shoal.errors import ConfigError
-from shoal.serve.buffer import BufferConfig, BufferFull, Item
+from shoal.serve.buffer import BufferConfig, Item
 from shoal.serve.costmodel import CostModel
+from shoal.serve.errors import BufferFull, InvalidRequest
 from shoal.serve.policy import PolicyConfig
-from shoal.serve.scheduler import InvalidRequest, Plan, Scheduler, SchedulerConfig
+from shoal.serve.scheduler import Plan, Scheduler, SchedulerConfig
 
 COST = CostModel(
     points=tuple(

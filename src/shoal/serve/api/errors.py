@@ -1,9 +1,9 @@
 """Every failure as TEI's error body ``{"error": ..., "error_type": ...}`` with the right status.
 
 The message names the problem and the fix; ``error_type`` is one of: validation, overloaded,
-unavailable, timeout, unauthorized, not_found, backend. A request whose deadline passes before
-it runs gets 408 (as Ray Serve does), not a 5xx: the server is healthy, the client's budget
-ran out.
+unavailable, timeout, unauthorized, not_found, backend (and cancelled, for a client that left).
+The serving errors (``shoal.serve.errors``) carry their own status and type; this module only
+shapes them, and FastAPI's own errors, into the body.
 """
 
 from __future__ import annotations
@@ -18,15 +18,7 @@ from starlette.exceptions import HTTPException
 
 from shoal.errors import ShoalError
 from shoal.serve.api.observe import internal_error_message
-from shoal.serve.buffer import BufferFull
-from shoal.serve.engine import (
-    BackendError,
-    DeadlineExceeded,
-    Draining,
-    InputError,
-    InputTooLong,
-)
-from shoal.serve.scheduler import InvalidRequest
+from shoal.serve.errors import ServingError
 
 log = logging.getLogger("shoal.serve.api")
 
@@ -52,27 +44,13 @@ def error_response(
 
 
 def as_api_error(exc: Exception, retry_after_s: int = 1) -> ApiError:
-    """The HTTP form of an engine error (checked subclass first)."""
-    retry = {"Retry-After": str(retry_after_s)}
+    """The HTTP form of an error: a serving error's own status, type and message (with
+    ``Retry-After`` where the same request may succeed later); anything else is a 500."""
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, InputTooLong):
-        return ApiError(413, "validation", str(exc))
-    if isinstance(exc, (InputError, InvalidRequest)):
-        return ApiError(422, "validation", str(exc))
-    if isinstance(exc, BufferFull):
-        return ApiError(
-            429,
-            "overloaded",
-            f"the server is at capacity ({exc}); retry after {retry_after_s} s",
-            retry,
-        )
-    if isinstance(exc, Draining):
-        return ApiError(503, "unavailable", str(exc), retry)
-    if isinstance(exc, DeadlineExceeded):
-        return ApiError(408, "timeout", str(exc))
-    if isinstance(exc, BackendError):
-        return ApiError(500, "backend", str(exc))
+    if isinstance(exc, ServingError):
+        headers = {"Retry-After": str(retry_after_s)} if exc.retry_after else None
+        return ApiError(exc.status, exc.error_type, exc.public_message(retry_after_s), headers)
     return ApiError(500, "backend", f"unexpected error: {exc!r}")
 
 

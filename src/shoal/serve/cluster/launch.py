@@ -81,8 +81,8 @@ def serve_on_ray(cohort_dir: str, config: Any, ray_config: RayConfig) -> None:
     import ray
     from ray import serve
 
+    from shoal.models.cohort_folder import read_cohort
     from shoal.serve.cluster.deployment import build_application
-    from shoal.serve.server import read_cohort
 
     cohort = str(Path(cohort_dir).resolve())
     read_cohort(cohort)  # a bad folder fails here, once, not in every replica

@@ -2,11 +2,13 @@
 
     runtime = Runtime.start("runs/cohort", RuntimeConfig(workers=2))
     logits = runtime.execute(input_ids, attention_mask, token_type_ids, k=3)
+    logits = runtime.run_batch(Batch(input_ids, attention_mask, token_type_ids, k=3))  # numpy
     seconds = runtime.cost_model.cost(k=3, batch=8, length=32)
     runtime.close()
 
 With ``workers=0`` the cohort runs fused in the calling process; otherwise a ``WorkerPool``
-holds the students in worker processes. Either way ``execute`` returns the same logits.
+holds the students in worker processes. Either way ``execute`` returns the same logits. The
+engine, which imports no torch, calls ``run_batch`` with a ``Batch`` of numpy arrays.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from shoal.models.cohort import ShoalModel
+from shoal.serve.batch import Batch
 from shoal.serve.costmodel import CostModel
 from shoal.serve.runtime.config import RuntimeConfig
-from shoal.serve.runtime.pool import WorkerPool, WorkerStatus
+from shoal.serve.runtime.handle import WorkerStatus
+from shoal.serve.runtime.pool import WorkerPool
 from shoal.serve.runtime.profile import ProfileConfig, load_or_profile
 from shoal.serve.runtime.runner import ArrayLike, LocalRunner
 
@@ -117,6 +122,12 @@ class Runtime:
                 restarted). WorkerError: a worker raised on this batch.
         """
         return self.backend.run(input_ids, attention_mask, token_type_ids, k)
+
+    def run_batch(self, batch: Batch) -> np.ndarray:
+        """``execute`` on a ``Batch``: (B, num_labels) float32 logits as a numpy array."""
+        return self.execute(
+            batch.input_ids, batch.attention_mask, batch.token_type_ids, batch.k
+        ).numpy()
 
     def health(self) -> list[WorkerStatus]:
         """Ping the workers, restarting any that is dead or hung; in-process: one entry."""

@@ -1,17 +1,7 @@
 """A worker process: pins itself to its slot, loads the cohort, serves partial sums over a pipe.
 
-Messages are tuples of plain Python and numpy arrays (no torch tensors cross the pipe, so no
-shared-memory file descriptors are passed around):
-
-    parent -> worker   ("run", req_id, input_ids, attention_mask, token_type_ids, students, k)
-                       ("ping", req_id)
-                       ("stop",)
-    worker -> parent   ("ready", info)             once, after loading and warming up
-                       ("ok", req_id, partial, seconds)   (B, H) or (B, C) float32
-                       ("pong", req_id)
-                       ("error", req_id, message)  the worker raised but stays alive
-
-The parent spawns this with the ``spawn`` start method (safe with threads and CUDA).
+The messages it reads and writes are the dataclasses of ``messages``. The parent spawns this
+with the ``spawn`` start method (safe with threads and CUDA).
 """
 
 from __future__ import annotations
@@ -23,9 +13,13 @@ import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shoal.serve.runtime.allocation import Slot
+from shoal.serve.runtime.messages import Done, Failed, Ping, Pong, Ready, Run, Stop
+
+if TYPE_CHECKING:
+    from shoal.serve.runtime.runner import LocalRunner
 
 
 def pin(slot: Slot) -> None:
@@ -55,7 +49,7 @@ def worker_main(
 ) -> None:
     """Entry point of a worker process; returns when told to stop or the parent goes away.
 
-    The parent alone ends a worker (a "stop" message, EOF on the pipe, SIGKILL). SIGINT and
+    The parent alone ends a worker (a ``Stop`` message, EOF on the pipe, SIGKILL). SIGINT and
     SIGTERM are ignored: Ctrl+C, ``timeout`` and systemd signal the whole process group, and a
     worker that died with its server would be restarted while the server drains.
     """
@@ -74,15 +68,14 @@ def worker_main(
     runner = LocalRunner(model, slot.device, dtype, backend=backend)
     runner.warmup(students)
     conn.send(
-        (
-            "ready",
+        Ready(
             {
                 "pid": os.getpid(),
                 "device": slot.device,
                 "cores": slot.cores,
                 "threads": torch.get_num_threads(),
                 "students": students,
-            },
+            }
         )
     )
     while True:
@@ -90,22 +83,25 @@ def worker_main(
             msg = conn.recv()
         except (EOFError, OSError):  # the parent closed the pipe or died
             return
-        op = msg[0]
-        if op == "stop":
+        if isinstance(msg, Stop):
             return
-        if op == "ping":
-            conn.send(("pong", msg[1]))
-            continue
-        if op == "run":
-            _, req_id, ids, mask, types, wanted, k = msg
-            try:
-                t0 = time.perf_counter()
-                out = runner.partial(ids, mask, types, wanted, k).numpy()
-                conn.send(("ok", req_id, out, time.perf_counter() - t0))
-            except Exception:  # reported to the caller; the worker keeps serving
-                conn.send(("error", req_id, traceback.format_exc(limit=8)))
-            continue
-        conn.send(("error", msg[1] if len(msg) > 1 else None, f"unknown op {op!r}"))
+        if isinstance(msg, Ping):
+            conn.send(Pong(msg.req_id))
+        elif isinstance(msg, Run):
+            conn.send(_run(runner, msg))
+        else:
+            conn.send(Failed(getattr(msg, "req_id", None), f"unknown message {msg!r}"))
+
+
+def _run(runner: LocalRunner, msg: Run) -> Done | Failed:
+    """The partial sum ``msg`` asks for, or the traceback (the worker keeps serving)."""
+    b = msg.batch
+    try:
+        t0 = time.perf_counter()
+        out = runner.partial(b.input_ids, b.attention_mask, b.token_type_ids, msg.students, b.k)
+        return Done(msg.req_id, out.numpy(), time.perf_counter() - t0)
+    except Exception:
+        return Failed(msg.req_id, traceback.format_exc(limit=8))
 
 
 def describe(info: dict[str, Any]) -> str:

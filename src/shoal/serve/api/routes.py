@@ -1,0 +1,347 @@
+"""The routes: TEI's ``/predict``, Shoal's ``/v1/classify``, the Inference API's ``POST /`` and
+SageMaker's ``POST /invocations``, ``/health`` (and ``/ping``), ``/info`` (and ``GET /``) and
+``/metrics``.
+
+They live on one module-level ``router`` that ``create_app`` includes, and reach what they
+serve (engine, encoder, the cohort's facts, limits, hooks, metrics) through the ``AppContext``
+that ``create_app`` keeps on ``app.state.context``: one dependency, ``Context``, hands it to
+every route, so a route is a plain function of its request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from shoal.serve.api.errors import ApiError, as_api_error, error_response
+from shoal.serve.api.observe import RequestTiming, ServeMetrics
+from shoal.serve.api.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    ErrorResponse,
+    Health,
+    Info,
+    Inputs,
+    Prediction,
+    PredictRequest,
+    parse_classify_inputs,
+    parse_predict_inputs,
+)
+from shoal.serve.encoder import TextEncoder
+from shoal.serve.engine import Engine, Ticket
+from shoal.serve.engine import Prediction as EnginePrediction
+from shoal.serve.errors import Draining
+
+if TYPE_CHECKING:
+    from shoal.serve.api.app import ApiLimits, AppHooks, ServiceInfo
+
+VERSION = "0.1.0"
+"""The API's version, in ``/info`` and the OpenAPI document."""
+FAILING_AFTER = 3
+"""Batches failing in a row after which ``/health`` reports the server unready..."""
+FAILING_FOR_S = 10.0
+"""...for this many seconds after the last failure (or until a batch runs)."""
+
+router = APIRouter()
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppContext:
+    """What the routes serve; one per app, on ``app.state.context``."""
+
+    engine: Engine
+    encoder: TextEncoder
+    info: ServiceInfo
+    limits: ApiLimits
+    hooks: AppHooks
+    metrics: ServeMetrics
+    workers: Callable[[], Sequence[Any]]
+    """The runtime's non-blocking worker status (``WorkerStatus`` list)."""
+
+
+async def _context(request: Request) -> AppContext:
+    # async: FastAPI runs a plain-def dependency in a thread, which this does not need
+    context: AppContext = request.app.state.context
+    return context
+
+
+Context = Annotated[AppContext, Depends(_context)]
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"model": ErrorResponse} for c in codes}
+
+
+PREDICT_ERRORS = _errors(400, 401, 408, 413, 422, 429, 503)
+
+
+# ------------------------------------------------------------------------------ inference
+
+
+async def infer(
+    request: Request,
+    ctx: AppContext,
+    inputs: Inputs,
+    *,
+    truncate: bool | None,
+    direction: str,
+    min_k: int | None,
+    deadline_ms: float | None,
+) -> list[EnginePrediction]:
+    """Tokenise, enqueue and await the inputs; the request's timing goes on its state."""
+    limit = ctx.limits.max_client_batch_size
+    if len(inputs) > limit:
+        raise ApiError(
+            413,
+            "validation",
+            f"{len(inputs)} inputs in one request, above max_client_batch_size={limit}; split it",
+        )
+    try:
+        if not ctx.engine.accepting:  # refuse before tokenising
+            raise Draining("the server is shutting down; retry on another replica")
+        encoded = await ctx.encoder.encode_all(
+            inputs,
+            truncate=truncate,
+            direction="left" if direction.lower() == "left" else "right",
+        )
+        ticket = ctx.engine.enqueue(
+            encoded,
+            min_k=min_k or 1,
+            deadline_s=None if deadline_ms is None else deadline_ms / 1e3,
+        )
+        predictions = await _unless_disconnected(request, ticket)
+    except (ApiError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        raise as_api_error(exc, ctx.limits.retry_after_s) from exc
+    request.state.timing = RequestTiming.of(predictions)
+    return predictions
+
+
+async def _answer(
+    body: PredictRequest, request: Request, ctx: AppContext
+) -> tuple[list[Any], bool]:
+    """Ranked labels per input, and whether the request was a batch."""
+    try:
+        inputs, batched = parse_predict_inputs(body.inputs)
+        function = _function(body)
+    except ValueError as e:
+        raise ApiError(422, "validation", str(e)) from None
+    preds = await infer(
+        request,
+        ctx,
+        inputs,
+        truncate=body.truncate,
+        direction=body.truncation_direction,
+        min_k=body.min_k,
+        deadline_ms=body.deadline_ms,
+    )
+    top_k = body.parameters.top_k if body.parameters else None
+    return [_ranked(p, ctx.info.labels, function, top_k) for p in preds], batched
+
+
+@router.post(
+    "/predict",
+    response_model=list[Prediction] | list[list[Prediction]],
+    responses=PREDICT_ERRORS,
+)
+async def predict(body: PredictRequest, request: Request, ctx: Context) -> Any:
+    """Classify a text, a pair or a batch (TEI's ``/predict``): labels by score."""
+    answers, batched = await _answer(body, request, ctx)
+    return JSONResponse(answers if batched else answers[0])
+
+
+async def inference_api(body: PredictRequest, request: Request, ctx: Context) -> Any:
+    """``/predict`` in the Hugging Face Inference API's shape: one list of labels per
+    input, a single text included (``[[{label, score}, ...]]``)."""
+    answers, _ = await _answer(body, request, ctx)
+    return JSONResponse(answers)
+
+
+for _path, _name in (("/", "inference_api_root"), ("/invocations", "sagemaker_invocations")):
+    router.add_api_route(
+        _path,
+        inference_api,
+        methods=["POST"],
+        response_model=list[list[Prediction]],
+        responses=PREDICT_ERRORS,
+        name=_name,
+        operation_id=_name,
+        # '/' also answers GET (/info); the documented route is /invocations
+        include_in_schema=_path != "/",
+    )
+
+
+@router.post(
+    "/v1/classify",
+    response_model=ClassifyResponse,
+    responses=_errors(400, 401, 408, 413, 422, 429, 503),
+)
+async def classify(body: ClassifyRequest, request: Request, ctx: Context) -> Any:
+    """Classify texts; every label's probability and the students used per text."""
+    try:
+        inputs = parse_classify_inputs(body)
+    except ValueError as e:
+        raise ApiError(422, "validation", str(e)) from None
+    preds = await infer(
+        request,
+        ctx,
+        inputs,
+        truncate=body.truncate,
+        direction=body.truncation_direction,
+        min_k=body.min_k,
+        deadline_ms=body.deadline_ms,
+    )
+    timing: RequestTiming = request.state.timing
+    info = ctx.info
+    return JSONResponse(
+        {
+            "model": info.model_id,
+            "n_students": info.n_students,
+            "students_used": timing.students_used,
+            "queue_time_ms": timing.queue_s * 1e3,
+            "inference_time_ms": timing.inference_s * 1e3,
+            "results": [
+                {
+                    "label": info.labels[p.label_id],
+                    "label_id": p.label_id,
+                    "scores": dict(zip(info.labels, p.scores, strict=True)),
+                    "logits": list(p.logits),
+                    "students_used": p.k,
+                    "truncated": p.truncated,
+                }
+                for p in preds
+            ],
+        }
+    )
+
+
+# ------------------------------------------------------------------------------ state
+
+
+def unready(ctx: AppContext) -> str | None:
+    """Why the server cannot answer now, or None when it can."""
+    engine = ctx.engine
+    if not (engine.accepting and engine.running):
+        return "the server is draining or stopped"
+    status = ctx.workers()
+    down = sum(1 for w in status if not w.alive)
+    if down:
+        return (
+            f"{down} of {len(status)} worker processes are down (restarting, with "
+            "backoff if they fail to start); see the server log"
+        )
+    if engine.batch_failures >= FAILING_AFTER and engine.seconds_since_failure < FAILING_FOR_S:
+        return f"the last {engine.batch_failures} batches failed; see the server log"
+    return None
+
+
+@router.get("/health", response_model=Health, responses=_errors(503))
+async def health(ctx: Context) -> Any:
+    """200 while serving; 503 while draining, stopped, with a worker down, or after
+    several batches failed in a row."""
+    reason = unready(ctx)
+    if reason is not None:
+        return error_response(
+            503, "unhealthy", reason, {"Retry-After": str(ctx.limits.retry_after_s)}
+        )
+    return {"status": "ok", "active_students": ctx.engine.current_k}
+
+
+router.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+
+
+@router.get("/ping", response_model=Health, responses=_errors(503))
+async def ping(ctx: Context) -> Any:
+    """SageMaker's health check: ``/health`` under its name."""
+    return await health(ctx)
+
+
+@router.get("/info", response_model=Info, responses=_errors(401))
+@router.get("/", response_model=Info, responses=_errors(401), include_in_schema=False)
+async def get_info(ctx: Context) -> Any:
+    """The model, its students and their accuracy per prefix, current k, the config."""
+    info, engine = ctx.info, ctx.engine
+    return {
+        "model_id": info.model_id,
+        "model_type": "shoal-cohort",
+        "version": VERSION,
+        "labels": info.labels,
+        "n_students": info.n_students,
+        "student_layers": info.student_layers,
+        "max_input_length": ctx.encoder.max_length,
+        "max_client_batch_size": ctx.limits.max_client_batch_size,
+        "current_k": engine.current_k,
+        "cost_scale": engine.cost_scale,
+        "queue_depth": engine.queue_depth,
+        "prefix_accuracy": info.prefix_accuracy,
+        "config": info.config,
+    }
+
+
+@router.get("/metrics", response_class=Response, responses=_errors(401))
+async def get_metrics(ctx: Context) -> Response:
+    """Prometheus text format."""
+    text = ctx.metrics.render()
+    if ctx.hooks.metrics_view is not None:
+        text = await ctx.hooks.metrics_view(text)
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _function(body: PredictRequest) -> str:
+    """The score function asked for: 'softmax', 'sigmoid' or 'none' (logits)."""
+    asked = body.parameters.function_to_apply if body.parameters else None
+    if body.raw_scores and asked not in (None, "none"):
+        raise ValueError(
+            f"raw_scores=true asks for logits but parameters.function_to_apply={asked!r} "
+            "asks for another function; send one of the two"
+        )
+    return "none" if body.raw_scores else (asked or "softmax")
+
+
+def _scores(p: EnginePrediction, function: str) -> Sequence[float]:
+    if function == "none":
+        return p.logits
+    if function == "sigmoid":
+        return [1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0 for x in p.logits]
+    return p.scores
+
+
+def _ranked(
+    p: EnginePrediction, labels: list[str], function: str, top_k: int | None
+) -> list[dict[str, Any]]:
+    """``{label, score}`` by falling score, the first ``top_k`` (all when None)."""
+    values = _scores(p, function)
+    order = sorted(range(len(values)), key=lambda i: -values[i])[:top_k]
+    return [{"label": labels[i], "score": values[i]} for i in order]
+
+
+async def _unless_disconnected(request: Request, ticket: Ticket) -> list[EnginePrediction]:
+    """The ticket's predictions, or withdraw its queued inputs if the client goes away."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    answer = asyncio.ensure_future(ticket.wait())
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({answer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if answer.done():
+            return answer.result()
+        ticket.cancel()  # now, before the engine can plan them
+        raise ApiError(499, "cancelled", "the client closed the connection")
+    finally:
+        if not answer.done():  # cancelled ourselves, or the client left
+            ticket.cancel()
+            answer.cancel()
+        watcher.cancel()
