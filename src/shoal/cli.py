@@ -1,15 +1,28 @@
-"""The ``shoal`` command: maps flags onto config dataclasses and calls the library."""
+"""The ``shoal`` command: maps flags onto config dataclasses and calls the library.
+
+``finetune``, ``distill`` and ``demo`` take one option per field of their config dataclass
+(``shoal.flags.config_options``: name, type, default and help come from the field and its
+docstring); the ``Flag`` entries beside each command say where the command line differs (an
+older option name, a folder type, accuracy in points). The configs import no torch, so
+building the commands stays fast; each command imports what runs it when it is called.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from shoal.demo import DemoConfig
+from shoal.distill.config import DistillConfig, FinetuneConfig
 from shoal.errors import ConfigError, ShoalError
+from shoal.flags import FOLDER, ZERO_IS_NONE, Flag, config_options
 
 app = typer.Typer(
     add_completion=False,
@@ -23,251 +36,89 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
-@app.command()
-def finetune(
-    model: str = typer.Option("default", help="Checkpoint folder or hub name."),
-    data: str = typer.Option("default", help="TSV folder, hf:NAME[:CONFIG] or 'default'."),
-    out: Path = typer.Option(Path("runs/teacher"), help="Output folder."),
-    epochs: float = typer.Option(2.0),
-    lr: float = typer.Option(5e-5),
-    warmup: float = typer.Option(
-        0.06, help="Fraction of steps warming up; 0 when continuing a fine-tuned checkpoint."
-    ),
-    batch_size: int = typer.Option(32),
-    max_length: int = typer.Option(128),
-    max_train: int = typer.Option(0, help="Cap on training examples (0: all)."),
-    max_eval: int = typer.Option(0, help="Cap on dev/test examples (0: all)."),
-    evals_per_epoch: int = typer.Option(2),
-    seed: int = typer.Option(0),
-    threads: int = typer.Option(0),
-    device: str = typer.Option(
-        "auto", help="auto (the first GPU when there is one, else the CPU) | cpu | cuda | cuda:N."
-    ),
-    select_min_words: int = typer.Option(
-        0, help="Select the best checkpoint on dev examples of at least this many words (0: all)."
-    ),
-    train_min_words: int = typer.Option(
-        0, help="Train on the training examples of at least this many words only (0: all)."
-    ),
-    rdrop: float = typer.Option(
-        0.0, help="R-Drop weight: two dropout passes per batch, their symmetric KL (0: off)."
-    ),
-    distill_from: str = typer.Option(
-        None,
-        help="Fine-tuned classifier whose outputs are the targets (knowledge distillation; "
-        "from the pretrained checkpoint of --model, a born-again teacher).",
-    ),
-    w_kd: float = typer.Option(1.0, help="Weight of the distillation loss (--distill-from)."),
-    w_ce: float = typer.Option(
-        0.0, help="Weight of the gold-label loss on the labelled examples (--distill-from)."
-    ),
-    temperature: float = typer.Option(1.0, help="Softmax temperature of the distillation."),
-    augment: int = typer.Option(
-        0,
-        help="Word-replaced copies of every training example, labelled by the "
-        "--distill-from teacher (0: none).",
-    ),
-    augment_p: float = typer.Option(0.4, help="Chance that a copy replaces a word."),
-    cache_dir: Path = typer.Option(
-        None, help="Teacher-output cache (default OUT/cache); a `shoal distill` cache is reused."
-    ),
-    precision: str = typer.Option(
-        "auto", help="auto (bf16 autocast where the device has native bf16) | bf16 | fp32."
-    ),
-    checkpoint_every: int = typer.Option(
-        200, help="Steps between resumable checkpoints in OUT/checkpoint.pt (0: none)."
-    ),
-    resume: bool = typer.Option(
-        False, help="Continue an interrupted run of the same command from its checkpoint."
-    ),
-) -> None:
-    """Fine-tune a teacher classifier; keep the best dev checkpoint."""
-    from shoal.distill.finetune import FinetuneConfig
-    from shoal.distill.finetune import finetune as run
-    from shoal.distill.trainer import TrainConfig
+_CAPS = {"max_train": ZERO_IS_NONE, "max_eval": ZERO_IS_NONE}
+"""``--max-train 0`` / ``--max-eval 0``: no cap, as when they are left out."""
 
-    try:
-        cfg = FinetuneConfig(
-            model=model,
-            data=data,
-            out=str(out),
-            max_length=max_length,
-            max_train=max_train or None,
-            max_eval=max_eval or None,
-            threads=threads,
-            device=device,
-            select_min_words=select_min_words,
-            train_min_words=train_min_words,
-            rdrop=rdrop,
-            distill_from=distill_from,
-            w_kd=w_kd,
-            w_ce=w_ce,
-            temperature=temperature,
-            augment=augment,
-            augment_p=augment_p,
-            cache_dir=str(cache_dir) if cache_dir else None,
-            precision=precision,
-            resume=resume,
-            train=TrainConfig(
-                epochs=epochs,
-                lr=lr,
-                warmup=warmup,
-                batch_size=batch_size,
-                evals_per_epoch=evals_per_epoch,
-                seed=seed,
-                checkpoint_every=checkpoint_every,
-            ),
-        )
-        report = run(cfg)
-    except ShoalError as e:
-        _fail(e)
+
+def _one_line_errors(
+    *kinds: type[Exception],
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Print the library's errors (and ``kinds``) as one line, exit code 2, no traceback.
+    Wraps a command made by ``config_options``, whose config is built inside the call."""
+
+    caught: tuple[type[Exception], ...] = (ShoalError, *kinds)
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(command)
+        def run(**values: Any) -> None:
+            try:
+                command(**values)
+            except caught as e:
+                _fail(e)
+
+        return run
+
+    return decorate
+
+
+@app.command()
+@_one_line_errors()
+@config_options(FinetuneConfig, flags={"out": FOLDER, "cache_dir": FOLDER, **_CAPS})
+def finetune(config: FinetuneConfig) -> None:
+    """Fine-tune a teacher classifier; keep the best dev checkpoint."""
+    from shoal.distill.finetune import finetune as run
+
+    report = run(config)
     typer.echo(json.dumps({k: v for k, v in report.items() if k != "history"}, indent=2))
 
 
+MIN_GAIN = Flag(
+    parse=lambda points: None if points < 0 else points / 100,
+    help="Offline pruning: stop adding students once one gains less dev accuracy than this, "
+    "in accuracy points (0.5: half a point); unset or negative: keep every student.",
+)
+
+
 @app.command()
+@_one_line_errors(KeyError)
+@config_options(
+    DistillConfig,
+    flags={
+        "out": FOLDER,
+        "cache_dir": FOLDER,
+        "n_students": Flag(aliases=("--students",)),
+        "student_layers": Flag(aliases=("--layers",)),
+        "joint_lr": ZERO_IS_NONE,
+        "min_gain": MIN_GAIN,
+        **_CAPS,
+    },
+    skip=("evals_per_epoch",),  # students are not scored while they train
+)
 def distill(
-    teacher: str = typer.Option(..., help="Fine-tuned teacher folder or hub name."),
-    data: str = typer.Option("default", help="TSV folder, hf:NAME[:CONFIG] or 'default'."),
-    out: Path = typer.Option(Path("runs/cohort"), help="Output folder for the cohort."),
-    students: int = typer.Option(4, help="Students in the cohort (N)."),
-    layers: int = typer.Option(2, help="Layers per student (m)."),
-    method: str = typer.Option(
-        "average",
-        help="average (independent students, averaged; measured best) | stack (boosting + "
-        "virtual stacking, docs/method.md) | boost (boosting only).",
-    ),
-    init: str = typer.Option(
-        "bottom",
-        help="Teacher layers students copy: bottom (0..m-1) | spread (student i from layer "
-        "i*m) | skip (m evenly spaced, ending at the last: 2,5 of 6) | layer numbers: 0,5 "
-        "(every student) or 2,5/0,5 (one list per student).",
-    ),
-    dropout: float = typer.Option(0.1, help="Dropout in the students while they train."),
-    epochs: float = typer.Option(1.0, help="Epochs per student."),
-    lr: float = typer.Option(1e-4),
-    batch_size: int = typer.Option(32),
-    max_length: int = typer.Option(128),
-    w_res: float = typer.Option(1.0),
-    w_stack: float = typer.Option(1.0),
-    w_kd: float = typer.Option(1.0),
-    w_ce: float = typer.Option(0.0),
-    temperature: float = typer.Option(1.0),
-    shrinkage: float = typer.Option(1.0, help="L/L0 of Theorem 1's step size (>= 1 shrinks)."),
-    space: str = typer.Option(
-        "hidden", help="Boost in 'hidden' space (shared head) or 'logits' (a head per student)."
-    ),
-    boost_on: str = typer.Option("tokens", help="Rows alpha is fitted on: tokens | cls."),
-    w_cls: float = typer.Option(0.0, help="Extra weight of the first token's residual."),
-    cache_dir: str = typer.Option("", help="Shared teacher-output cache (default OUT/cache)."),
-    joint_epochs: float = typer.Option(
-        0.0, help="Epochs of joint training of all students on every prefix's loss, after boosting."
-    ),
-    joint_lr: float = typer.Option(0.0, help="Peak lr of the joint phase (0: --lr)."),
-    min_gain: float = typer.Option(
-        -1.0, help="Stop adding students below this dev gain (accuracy points; negative: never)."
-    ),
-    augment: int = typer.Option(
-        0,
-        help="Word-replaced copies of each training example, labelled by the teacher "
-        "(TinyBERT-style augmentation; 0: none).",
-    ),
-    augment_p: float = typer.Option(0.4, help="Chance that a copy replaces a word."),
-    augment_by: str = typer.Option(
-        "uniform",
-        help="Share of copies per example: uniform | length (same total, in proportion to "
-        "its words, so long texts get more).",
-    ),
-    compose: int = typer.Option(
-        0,
-        help="Joined texts per training example: two examples joined by a connective, "
-        "labelled by the teacher, so phrase-level data shows it whole sentences (single "
-        "texts only; 0: none).",
-    ),
-    swap_pairs: bool = typer.Option(
-        False,
-        help="Also train on each sentence pair in the other order (symmetric pair tasks "
-        "such as paraphrase detection; keeps gold labels).",
-    ),
-    max_train: int = typer.Option(0),
-    max_eval: int = typer.Option(0),
-    seed: int = typer.Option(0),
-    threads: int = typer.Option(0),
-    device: str = typer.Option(
-        "auto", help="auto (the first GPU when there is one, else the CPU) | cpu | cuda | cuda:N."
-    ),
+    config: DistillConfig,
     ablations: str = typer.Option(
         "",
-        help="Comma-separated variants to run side by side "
-        "under OUT (stack,boost,average,single,deep,spread,"
-        "no-kd), same data and budget.",
-    ),
-    checkpoint_every: int = typer.Option(
-        200,
-        help="Steps between resumable checkpoints of the student in training (0: none); "
-        "running the same command again continues an interrupted run.",
+        help="Comma-separated variants to run side by side under OUT (stack, boost, average, "
+        "single, deep, spread, no-kd), on the same data and budget.",
     ),
 ) -> None:
-    """Distil a teacher into a cohort of shallow students (boosting + virtual stacking)."""
-    from shoal.distill.distill import DistillConfig
+    """Distil a teacher into a cohort of shallow students, averaged by default.
+
+    With --method average (the default) each student is distilled from the teacher on its
+    own and a prefix of k students averages them; --method stack trains them in turn by
+    boosting with virtual stacking (docs/method.md), --method boost by boosting alone.
+    """
     from shoal.distill.distill import distill as run
-    from shoal.distill.trainer import TrainConfig
 
-    try:
-        cfg = DistillConfig(
-            teacher=teacher,
-            data=data,
-            out=str(out),
-            n_students=students,
-            student_layers=layers,
-            method=method,
-            init=init,
-            dropout=dropout,
-            w_res=w_res,
-            w_stack=w_stack,
-            w_kd=w_kd,
-            w_ce=w_ce,
-            temperature=temperature,
-            shrinkage=shrinkage,
-            space=space,
-            boost_on=boost_on,
-            w_cls=w_cls,
-            cache_dir=cache_dir or None,
-            joint_epochs=joint_epochs,
-            joint_lr=joint_lr or None,
-            min_gain=min_gain / 100 if min_gain >= 0 else None,
-            augment=augment,
-            augment_p=augment_p,
-            augment_by=augment_by,
-            compose=compose,
-            swap_pairs=swap_pairs,
-            max_length=max_length,
-            max_train=max_train or None,
-            max_eval=max_eval or None,
-            threads=threads,
-            device=device,
-            train=TrainConfig(
-                epochs=epochs,
-                lr=lr,
-                batch_size=batch_size,
-                seed=seed,
-                checkpoint_every=checkpoint_every,
-            ),
-        )
-        if ablations:
-            from shoal.distill.ablations import run_ablations
+    if ablations:
+        from shoal.distill.ablations import run_ablations
 
-            run_ablations(cfg, out, [v.strip() for v in ablations.split(",")])
-            typer.echo((out / "ablations.md").read_text())
-            return
-        report = run(cfg)
-    except (ShoalError, KeyError) as e:
-        _fail(e)
-    typer.echo(
-        json.dumps(
-            {k: v for k, v in report.items() if k in ("out", "prefix_accuracy", "train_seconds")},
-            indent=2,
-        )
-    )
+        run_ablations(config, config.out, [v.strip() for v in ablations.split(",")])
+        typer.echo((Path(config.out) / "ablations.md").read_text())
+        return
+    report = run(config)
+    shown = ("out", "prefix_accuracy", "train_seconds")
+    typer.echo(json.dumps({k: v for k, v in report.items() if k in shown}, indent=2))
 
 
 @app.command("eval")
@@ -560,50 +411,13 @@ def bench_gpu(
 
 
 @app.command()
-def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="Output folder."),
-    train_examples: int = typer.Option(4000),
-    eval_examples: int = typer.Option(1000),
-    students: int = typer.Option(3),
-) -> None:
+@_one_line_errors()
+@config_options(DemoConfig, flags={"out": FOLDER})
+def demo(config: DemoConfig) -> None:
     """Fine-tune, distil and compare on the embedded default data (a few minutes)."""
-    from shoal.demo import DemoConfig, run_demo
+    from shoal.demo import format_report, run_demo
 
-    try:
-        report = run_demo(
-            DemoConfig(
-                out=str(out),
-                train_examples=train_examples,
-                eval_examples=eval_examples,
-                students=students,
-            )
-        )
-    except ShoalError as e:
-        _fail(e)
-    t = report["teacher_test"] or {}
-    typer.echo(f"\nteacher test accuracy: {100 * t.get('accuracy', float('nan')):.2f}")
-    typer.echo("cohort test accuracy by students used:")
-    for row in report["cohort_prefix"]:
-        typer.echo(f"  k={row['k']}: {100 * row.get('test_accuracy', float('nan')):.2f}")
-    served = report.get("served") or {}
-    if served:
-        typer.echo("\nserved under the same bursty workload:")
-        typer.echo(
-            f"  {'system':<16}{'p50 ms':>8}{'p99 ms':>8}{'answered/s':>12}"
-            f"{'accuracy':>10}{'mean k':>8}"
-        )
-        for name, s in served.items():
-
-            def f(v, fmt):
-                return format(v, fmt) if v is not None else "-"
-
-            typer.echo(
-                f"  {name:<16}{f(s['p50_ms'], '8.1f')}{f(s['p99_ms'], '8.1f')}"
-                f"{f(s['throughput_rps'], '12.1f')}"
-                f"{f(100 * s['accuracy'] if s['accuracy'] is not None else None, '10.2f')}"
-                f"{f(s['mean_students_used'], '8.2f')}"
-            )
-    typer.echo(f"done in {report['seconds']} s")
+    typer.echo(format_report(run_demo(config)))
 
 
 def main() -> None:  # pragma: no cover

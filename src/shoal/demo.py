@@ -78,6 +78,55 @@ def run_demo(config: DemoConfig) -> dict:
     return report
 
 
+def format_report(report: dict) -> str:
+    """The demo's report as the command prints it: test accuracy of the teacher and of the
+    cohort at each k, then (when it served both) one aligned row per server."""
+    t = report["teacher_test"] or {}
+    prefix = report["cohort_prefix"]
+    lines = [
+        "",
+        f"teacher test accuracy: {_cell(_points(t.get('accuracy')), 6, '.2f')}",
+        "cohort test accuracy by students used (k):",
+    ]
+    lines += [f"  k={r['k']}: {_cell(_points(r.get('test_accuracy')), 6, '.2f')}" for r in prefix]
+    scores = [r.get("test_accuracy") for r in prefix]
+    if len(scores) > 1 and None not in scores and scores[-1] < max(scores):
+        best = prefix[scores.index(max(scores))]["k"]
+        lines.append(
+            f"  on this data more students do not help: k={best} scores best; the cohort "
+            "serves the prefix its policy picks"
+        )
+    served = report.get("served") or {}
+    if served:
+        lines += ["", "served under the same bursty workload:"]
+        header = ("system", "p50 ms", "p99 ms", "answered/s", "accuracy", "mean k")
+        widths = (16, 8, 8, 12, 10, 8)
+        lines.append(
+            "  "
+            + "".join(
+                f"{h:<{w}}" if i == 0 else f"{h:>{w}}"
+                for i, (h, w) in enumerate(zip(header, widths))
+            )
+        )
+        for name, s in served.items():
+            lines.append(
+                f"  {name:<16}{_cell(s['p50_ms'], 8, '.1f')}{_cell(s['p99_ms'], 8, '.1f')}"
+                f"{_cell(s['throughput_rps'], 12, '.1f')}{_cell(_points(s['accuracy']), 10, '.2f')}"
+                f"{_cell(s['mean_students_used'], 8, '.2f')}"
+            )
+    lines.append(f"done in {report['seconds']} s")
+    return "\n".join(lines)
+
+
+def _points(fraction: float | None) -> float | None:
+    return None if fraction is None else 100 * fraction
+
+
+def _cell(value: float | None, width: int, fmt: str) -> str:
+    """``value`` right-aligned in ``width`` columns; '-' when there is none."""
+    return f"{'-' if value is None else format(value, fmt):>{width}}"
+
+
 def serve_comparison(config: DemoConfig, out: Path) -> dict[str, dict]:
     """Serve the cohort (Shoal) and the teacher (FIFO dynamic batching) one after the other
     under the same seeded on/off workload; return each one's summary."""

@@ -3,13 +3,17 @@
 The pieces live beside it: the settings (``config``), the teacher's cached outputs
 (``teacher_outputs``), each student's training and objective (``students``), the running
 ensemble and its boosting arithmetic (``ensemble``), the prefix table (``prefix``) and
-checkpoints (``resume``). The default method averages independently distilled students;
-``method='stack'`` is stacking distillation with a boosting ensemble, as the method describes.
+checkpoints (``resume``). The default method (``DistillConfig.method``) is 'average': each
+student is distilled from the teacher on its own and prefix k averages the first k students,
+because that beat boosting in the SST-2 ablations (docs/results/distill.md). 'stack' is
+docs/method.md's stacking distillation with a boosting ensemble, 'boost' the same without
+stacking.
 
 Life of a run: load data and teacher -> run the teacher once over the training set and cache
-its final/intermediate hidden states and logits -> for k = 1..N: train student k on the
-residual ``T - b_{k-1}`` (its intermediate layer imitating ``b_{k-1}``), compute alpha_k,
-update the cached ensemble ``b_k``, evaluate every prefix, checkpoint -> save the cohort.
+its final/intermediate hidden states and logits -> for k = 1..N: train student k (averaged:
+on the teacher itself; boosted: on the residual ``T - b_{k-1}``, its intermediate layer
+imitating ``b_{k-1}``, then alpha_k and the cached ensemble ``b_k``), score every prefix,
+checkpoint -> optionally train all students jointly -> save the cohort.
 """
 
 from __future__ import annotations
@@ -17,13 +21,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from shoal.data import encode, load_task, with_dev_split
+from shoal.data import Encoded, encode, load_task, with_dev_split
 from shoal.devices import resolve_device
 from shoal.distill.augment import augment_key, augment_with_teacher, compose, swap_pairs
 from shoal.distill.cache import TokenStore
@@ -38,6 +42,7 @@ from shoal.models.cohort import ShoalModel
 from shoal.models.layer_plan import layer_plan
 from shoal.models.teacher import load_teacher
 from shoal.provenance import command_line, git_commit
+from shoal.types import Task, TextDataset
 
 __all__ = [
     "METHODS",
@@ -70,6 +75,55 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     check_same_run(out, config)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     (out / "distill_config.json").write_text(json.dumps(asdict(config), indent=2))
+    task = _load_task(config)
+    teacher, tok = load_teacher(config.teacher, task.num_labels)
+    # layers the teacher lacks are refused now, not after its outputs are cached
+    plan = layer_plan(
+        config.init, config.n_students, config.student_layers, teacher.config.num_hidden_layers
+    )
+    pad = tok.pad_token_id or 0
+    enc = _encode(config, task, tok, _training_set(config, task, tok, teacher))
+    teacher.to(device)
+    t0 = time.perf_counter()
+    cache = _teacher_outputs(config, teacher, enc["train"], pad, out)
+    teacher_seconds = time.perf_counter() - t0
+
+    torch.manual_seed(config.train.seed)
+    model = _cohort(config, teacher, plan).to(device)
+    del teacher
+    run = _Run(config, out, model, enc, cache, _ensemble(config, model, enc["train"]), pad)
+    state = resume(out, model, enc["train"], run.ensemble, pad)
+    run.table, run.seconds = state["table"], state["seconds"]
+    stopped = _train_students(run, state["done"], stop_after, device)
+    if stopped is not None:
+        return {"stopped_after": stopped, "table": run.table}
+    joint_seconds = 0.0
+    if config.joint_epochs > 0 and not state.get("joint_done"):
+        joint_seconds = _train_jointly(run)
+    joint_seconds = state.get("joint_seconds", joint_seconds)
+    return _save(run, task, tok, teacher_seconds, joint_seconds)
+
+
+@dataclass
+class _Run:
+    """What the stages of a run share: the cohort so far, the encoded splits, the teacher's
+    cached outputs, the running ensemble (None for averaged students), the prefix table and
+    each student's training seconds."""
+
+    config: DistillConfig
+    out: Path
+    model: ShoalModel
+    enc: dict[str, Encoded]
+    cache: TeacherCache
+    ensemble: Ensemble | None
+    pad: int
+    table: list[dict] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+
+def _load_task(config: DistillConfig) -> Task:
+    """The task's splits (dev held out from train when missing), checked against the
+    options that need single texts or pairs."""
     task = with_dev_split(load_task(config.data))
     if "train" not in task.splits:
         raise DataError(f"{config.data} has no train split; distillation needs train.tsv")
@@ -78,19 +132,19 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
             f"compose joins single texts, but {config.data} has sentence pairs; "
             "drop --compose (use --augment or --swap-pairs for pair tasks)"
         )
-    teacher, tok = load_teacher(config.teacher, task.num_labels)
-    # layers the teacher lacks are refused now, not after its outputs are cached
-    plan = layer_plan(
-        config.init, config.n_students, config.student_layers, teacher.config.num_hidden_layers
-    )
-    pad = tok.pad_token_id or 0
+    if config.swap_pairs and not task.is_pair:
+        raise DataError(
+            f"swap_pairs reverses sentence pairs, but {config.data} has single texts; "
+            "drop --swap-pairs (it is for pair tasks such as MRPC)"
+        )
+    return task
+
+
+def _training_set(config: DistillConfig, task: Task, tok, teacher) -> TextDataset:
+    """The labelled examples (``--max-train``; both orders with ``--swap-pairs``), then the
+    word-replaced copies (``--augment``), then the joined texts (``--compose``)."""
     train_set = task.splits["train"].subset(config.max_train or len(task.splits["train"]))
     if config.swap_pairs:
-        if not task.is_pair:
-            raise DataError(
-                f"swap_pairs reverses sentence pairs, but {config.data} has single texts; "
-                "drop --swap-pairs (it is for pair tasks such as MRPC)"
-            )
         train_set = swap_pairs(train_set)
     n_labelled = len(train_set)
     if config.augment:
@@ -111,22 +165,28 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
             f"joined {len(train_set) - n_before:,} pairs of training examples into new texts "
             f"(--compose {config.compose}): {len(train_set):,} in all"
         )
+    return train_set
+
+
+def _encode(config: DistillConfig, task: Task, tok, train_set: TextDataset) -> dict[str, Encoded]:
+    """Every split tokenised; dev and test capped at ``--max-eval``."""
     enc = {"train": encode(tok, train_set, config.max_length)}
     for s in ("dev", "test"):
         if s in task.splits:
             d = task.splits[s]
             enc[s] = encode(tok, d.subset(config.max_eval or len(d)), config.max_length)
+    return enc
+
+
+def _teacher_outputs(
+    config: DistillConfig, teacher, enc: Encoded, pad: int, out: Path
+) -> TeacherCache:
+    """The teacher's states (final, and at the students' intermediate depth) and logits on
+    the training set, from the cache when a run on the same examples stored them."""
     m, n_t = config.student_layers, teacher.config.num_hidden_layers
     depth = max(1, round(n_t * (m - 1) / m)) if m > 1 else n_t
-    teacher.to(device)
-    t0 = time.perf_counter()
-    cache = load_teacher_outputs(
-        Path(config.cache_dir) if config.cache_dir else out / "cache",
-        teacher,
-        enc["train"],
-        depth,
-        pad,
-        augment=augment_key(
+    augment = (
+        augment_key(
             config.augment,
             config.augment_p,
             config.augment_candidates,
@@ -134,82 +194,109 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
             config.augment_by,
         )
         if config.augment
-        else None,
+        else None
+    )
+    return load_teacher_outputs(
+        Path(config.cache_dir) if config.cache_dir else out / "cache",
+        teacher,
+        enc,
+        depth,
+        pad,
+        augment=augment,
         swapped=config.swap_pairs,
         composed=[config.compose, config.train.seed] if config.compose else None,
     )
-    teacher_seconds = time.perf_counter() - t0
 
-    torch.manual_seed(config.train.seed)
+
+def _cohort(config: DistillConfig, teacher, plan: list[list[int]]) -> ShoalModel:
+    """The untrained cohort: embeddings, head and every student's layers copied from the
+    teacher; the shared embeddings (and head) frozen."""
     model = ShoalModel.from_teacher(
-        teacher, config.n_students, m, plan, head_per_student=config.space == "logits"
-    )
-    changes = {"combine": "mean"} if config.method == "average" else {}
+        teacher, config.n_students, config.student_layers, plan,
+        head_per_student=config.space == "logits",
+    )  # fmt: skip
+    changes: dict = {"combine": "mean"} if config.method == "average" else {}
     if config.dropout != model.config.dropout:
         changes["dropout"] = config.dropout
     if changes:
         model = with_config(model, **changes)
-    model.to(device)
-    del teacher
     shared = [*model.embeddings.parameters()]
     shared += [] if config.space == "logits" else [*model.head.parameters()]
     for p in shared:
         p.requires_grad_(False)  # shared by all students: frozen so cached outputs stay valid
-    # Averaged students never read the running ensemble: no (n_tokens, H) store for them.
-    ensemble = (
-        None
-        if config.method == "average"
-        else Ensemble(
-            TokenStore(enc["train"].lengths(), model.config.hidden_size),
-            torch.zeros(len(enc["train"]), model.config.num_labels),
-        )
+    return model
+
+
+def _ensemble(config: DistillConfig, model: ShoalModel, enc: Encoded) -> Ensemble | None:
+    """The running ensemble ``b_k`` of a boosting method, in host memory; averaged students
+    never read it, so they get no (n_tokens, H) store."""
+    if config.method == "average":
+        return None
+    return Ensemble(
+        TokenStore(enc.lengths(), model.config.hidden_size),
+        torch.zeros(len(enc), model.config.num_labels),
     )
-    state = resume(out, model, enc["train"], ensemble, pad)
-    table: list[dict] = state["table"]
-    seconds: list[float] = state["seconds"]
-    evaluator = PrefixEvaluator(model, enc, pad)
-    for k in range(state["done"]):
+
+
+def _train_students(
+    run: _Run, done: int, stop_after: int | None, device: torch.device
+) -> int | None:
+    """Train students ``done``..N-1 in turn, scoring and checkpointing after each; with
+    ``min_gain``, drop the student that gains too little and stop. Returns the position it
+    stopped at when ``stop_after`` new students were trained first, else None."""
+    config, enc, pad = run.config, run.enc, run.pad
+    evaluator = PrefixEvaluator(run.model, enc, pad)
+    for k in range(done):
         evaluator.add(k)
-    for k in range(state["done"], config.n_students):
-        if stop_after is not None and k - state["done"] >= stop_after:
-            return {"stopped_after": k, "table": table}
+    for k in range(done, config.n_students):
+        if stop_after is not None and k - done >= stop_after:
+            return k
         t1 = time.perf_counter()
-        train_student(model, k, enc["train"], cache, ensemble, pad, config, out)
-        alpha = add_student(model, k, enc["train"], cache, ensemble, pad, config)
-        seconds.append(time.perf_counter() - t1)
+        train_student(run.model, k, enc["train"], run.cache, run.ensemble, pad, config, run.out)
+        alpha = add_student(run.model, k, enc["train"], run.cache, run.ensemble, pad, config)
+        run.seconds.append(time.perf_counter() - t1)
         evaluator.add(k)
-        table = evaluator.table()
+        run.table = table = evaluator.table()
         log.info("student %d: alpha %.4f, prefix table %s", k + 1, alpha, table[-1])
-        save_checkpoint(out, model, table, seconds, done=k + 1)
+        save_checkpoint(run.out, run.model, table, run.seconds, done=k + 1)
         if config.min_gain is not None and k > 0 and "dev_accuracy" in table[k]:
             gain = table[k]["dev_accuracy"] - table[k - 1]["dev_accuracy"]
             if gain < config.min_gain:
                 log.info("student %d gains %.4f < min_gain; keeping %d students", k + 1, gain, k)
-                model, table = truncate(model, k).to(device), table[:k]
+                run.model, run.table = truncate(run.model, k).to(device), table[:k]
                 break
-    joint_seconds = 0.0
-    if config.joint_epochs > 0 and not state.get("joint_done"):
-        t1 = time.perf_counter()
-        train_jointly(model, enc["train"], cache, pad, config, out)
-        joint_seconds = time.perf_counter() - t1
-        evaluator = PrefixEvaluator(model, enc, pad)
-        for k in range(model.n_students):
-            evaluator.add(k)
-        table = evaluator.table()
-        log.info("after joint training: prefix table %s", table)
-        save_checkpoint(
-            out,
-            model,
-            table,
-            seconds,
-            done=model.n_students,
-            joint_done=True,
-            joint_seconds=joint_seconds,
-        )
-    joint_seconds = state.get("joint_seconds", joint_seconds)
+    return None
+
+
+def _train_jointly(run: _Run) -> float:
+    """All students together on every prefix's loss, then the prefix table again; returns
+    the seconds it took."""
+    t1 = time.perf_counter()
+    train_jointly(run.model, run.enc["train"], run.cache, run.pad, run.config, run.out)
+    joint_seconds = time.perf_counter() - t1
+    evaluator = PrefixEvaluator(run.model, run.enc, run.pad)
+    for k in range(run.model.n_students):
+        evaluator.add(k)
+    run.table = evaluator.table()
+    log.info("after joint training: prefix table %s", run.table)
+    save_checkpoint(
+        run.out,
+        run.model,
+        run.table,
+        run.seconds,
+        done=run.model.n_students,
+        joint_done=True,
+        joint_seconds=joint_seconds,
+    )
+    return joint_seconds
+
+
+def _save(run: _Run, task: Task, tok, teacher_seconds: float, joint_seconds: float) -> dict:
+    """Save the cohort on the CPU with its prefix table and provenance; return its meta."""
+    config, model, seconds = run.config, run.model, run.seconds
     model.meta.update(
         {
-            "prefix_accuracy": table,
+            "prefix_accuracy": run.table,
             "command": command_line(),
             "commit": git_commit(),
             "teacher": config.teacher,
@@ -225,5 +312,5 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
             },
         }
     )
-    model.cpu().save_pretrained(out, tok)
-    return {"out": str(out), **model.meta}
+    model.cpu().save_pretrained(run.out, tok)
+    return {"out": str(run.out), **model.meta}

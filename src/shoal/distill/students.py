@@ -34,77 +34,24 @@ def train_student(
     ``ensemble`` is None for averaged students (they fit the teacher itself). The training
     state is checkpointed every ``config.train.checkpoint_every`` steps under
     ``out/checkpoints``, and a run of the same command continues from there."""
-    student = model.students[k]
-    hidden = model.config.hidden_size
     dev = model_device(model)
-    proj = nn.Linear(hidden, hidden)  # maps the intermediate state onto b_{k-1}; discarded
-    with torch.no_grad():
-        proj.weight.copy_(torch.eye(hidden))
-        proj.bias.zero_()
-    proj.to(dev)
-    boost = ensemble is not None
-    stack = config.method != "boost" and config.w_stack > 0 and config.student_layers > 1
-    logit_space = config.space == "logits"
-    head = model.heads[k] if logit_space else model.head
+    proj = _identity_projection(model.config.hidden_size).to(dev)
     model.embeddings.eval()
-    head.eval()
     torch.manual_seed(config.train.seed + k)
     # Post-LN students emit unit-scale states while later residuals are small: a learned
     # scalar c lets student k fit r_k as c * s_k (alpha_k replaces c once it is trained).
     c = nn.Parameter(torch.tensor(initial_scale(model, k, enc, cache, ensemble, pad), device=dev))
-
-    def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
-        b = to_device(b, dev)
-        idx, mask = b["index"].tolist(), b["attention_mask"]
-        with torch.no_grad():
-            x, amask = model.embed(b["input_ids"], mask, b["token_type_ids"])
-        states = student(x, amask)
-        teacher_states = cache.final.gather(idx, device=dev)
-        t_logits = cache.logits[b["index"]].to(dev)
-        prev = (
-            ensemble.hidden.gather(idx, device=dev)
-            if ensemble is not None and k > 0
-            else torch.zeros_like(teacher_states)
-        )
-        if logit_space:  # own head: the residual is in logits
-            z = c * head(states[-1][:, 0])
-            prev_logits = (
-                ensemble.logits[b["index"]].to(dev)
-                if ensemble is not None and k > 0
-                else torch.zeros_like(z)
-            )
-            loss = config.w_res * losses.residual_loss(
-                z[:, None], (t_logits - prev_logits)[:, None], mask[:, :1]
-            )
-            if not (boost and k > 0):
-                # A student that fits the whole teacher also imitates its states; a boosting
-                # student's states are free to encode whatever predicts the residual.
-                loss = loss + config.w_res * losses.masked_mse(states[-1], teacher_states, mask)
-            logits = prev_logits + z
-        else:
-            s = c * states[-1]
-            target = boosting.residual(teacher_states, prev)
-            loss = config.w_res * losses.residual_loss(s, target, mask)
-            if config.w_cls > 0:
-                loss = loss + config.w_cls * losses.masked_mse(s[:, :1], target[:, :1], mask[:, :1])
-            logits = head(prev[:, 0] + s[:, 0])
-        if stack:
-            imitate = prev if boost and k > 0 else cache.middle.gather(idx, device=dev)
-            loss = loss + config.w_stack * losses.stacking_loss(proj(states[-2]), imitate, mask)
-        if config.w_kd > 0 or config.w_ce > 0:
-            if config.w_kd > 0:
-                loss = loss + config.w_kd * losses.kd_loss(logits, t_logits, config.temperature)
-            if config.w_ce > 0:
-                loss = loss + config.w_ce * losses.label_loss(logits, b["labels"])
-        return loss
-
+    objective = _StudentObjective(model, k, cache, ensemble, config, proj, c)
+    objective.head.eval()
+    student = model.students[k]
     named = [(f"student.{n}", p) for n, p in student.named_parameters()]
-    named += [(f"proj.{n}", p) for n, p in proj.named_parameters()] if stack else []
-    named += [("scale", c)] if boost else []
-    named += [(f"head.{n}", p) for n, p in head.named_parameters()] if logit_space else []
+    named += [(f"proj.{n}", p) for n, p in proj.named_parameters()] if objective.stack else []
+    named += [("scale", c)] if objective.boost else []
+    if objective.logit_space:
+        named += [(f"head.{n}", p) for n, p in objective.head.named_parameters()]
     train(
         named,
-        step,
+        objective,
         shuffled(enc, config, pad, 1000 * k),
         config.train,
         set_train=student.train,
@@ -112,6 +59,113 @@ def train_student(
         checkpoint=step_checkpoint(out, f"student-{k + 1}", config, len(enc)),
         resume=True,
     )
+
+
+def _identity_projection(hidden: int) -> nn.Linear:
+    """Maps the intermediate state onto ``b_{k-1}`` for the stacking loss; starts as the
+    identity and is discarded after training."""
+    proj = nn.Linear(hidden, hidden)
+    with torch.no_grad():
+        proj.weight.copy_(torch.eye(hidden))
+        proj.bias.zero_()
+    return proj
+
+
+class _StudentObjective:
+    """Student k's loss on one batch: the residual term of its space (hidden states read by
+    the shared head, or logits through its own head), the stacking imitation, and KD / label
+    terms through the head. A boosting student (``ensemble`` given) fits ``T - b_{k-1}``; an
+    averaged one, and the first boosting student, fit the teacher itself."""
+
+    def __init__(
+        self,
+        model: ShoalModel,
+        k: int,
+        cache: TeacherCache,
+        ensemble: Ensemble | None,
+        config: DistillConfig,
+        proj: nn.Linear,
+        c: nn.Parameter,
+    ) -> None:
+        self.model, self.k, self.cache, self.ensemble = model, k, cache, ensemble
+        self.config, self.proj, self.c = config, proj, c
+        self.student = model.students[k]
+        self.dev = model_device(model)
+        self.boost = ensemble is not None
+        self.stack = config.method != "boost" and config.w_stack > 0 and config.student_layers > 1
+        self.logit_space = config.space == "logits"
+        self.head = model.heads[k] if self.logit_space else model.head
+
+    def __call__(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        config, dev = self.config, self.dev
+        b = to_device(b, dev)
+        idx, mask = b["index"].tolist(), b["attention_mask"]
+        with torch.no_grad():
+            x, amask = self.model.embed(b["input_ids"], mask, b["token_type_ids"])
+        states = self.student(x, amask)
+        teacher_states = self.cache.final.gather(idx, device=dev)
+        t_logits = self.cache.logits[b["index"]].to(dev)
+        residual = self.ensemble is not None and self.k > 0
+        prev = (
+            self.ensemble.hidden.gather(idx, device=dev)
+            if self.ensemble is not None and residual
+            else torch.zeros_like(teacher_states)
+        )
+        if self.logit_space:
+            loss, logits = self._logit_residual(b, states, teacher_states, t_logits, residual)
+        else:
+            loss, logits = self._hidden_residual(states, teacher_states, prev, mask)
+        if self.stack:
+            imitate = prev if residual else self.cache.middle.gather(idx, device=dev)
+            loss = loss + config.w_stack * losses.stacking_loss(
+                self.proj(states[-2]), imitate, mask
+            )
+        if config.w_kd > 0:
+            loss = loss + config.w_kd * losses.kd_loss(logits, t_logits, config.temperature)
+        if config.w_ce > 0:
+            loss = loss + config.w_ce * losses.label_loss(logits, b["labels"])
+        return loss
+
+    def _logit_residual(
+        self,
+        b: dict[str, torch.Tensor],
+        states: list[torch.Tensor],
+        teacher_states: torch.Tensor,
+        t_logits: torch.Tensor,
+        residual: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Own head: the residual is in logits. Returns (loss, the prefix's logits)."""
+        mask, w_res = b["attention_mask"], self.config.w_res
+        z = self.c * self.head(states[-1][:, 0])
+        prev_logits = (
+            self.ensemble.logits[b["index"]].to(self.dev)
+            if self.ensemble is not None and residual
+            else torch.zeros_like(z)
+        )
+        loss = w_res * losses.residual_loss(
+            z[:, None], (t_logits - prev_logits)[:, None], mask[:, :1]
+        )
+        if not residual:
+            # A student that fits the whole teacher also imitates its states; a boosting
+            # student's states are free to encode whatever predicts the residual.
+            loss = loss + w_res * losses.masked_mse(states[-1], teacher_states, mask)
+        return loss, prev_logits + z
+
+    def _hidden_residual(
+        self,
+        states: list[torch.Tensor],
+        teacher_states: torch.Tensor,
+        prev: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shared head: the residual is in hidden states. Returns (loss, the prefix's logits)."""
+        config = self.config
+        s = self.c * states[-1]
+        target = boosting.residual(teacher_states, prev)
+        loss = config.w_res * losses.residual_loss(s, target, mask)
+        if config.w_cls > 0:
+            loss = loss + config.w_cls * losses.masked_mse(s[:, :1], target[:, :1], mask[:, :1])
+        return loss, self.head(prev[:, 0] + s[:, 0])
 
 
 def shuffled(enc: Encoded, config: DistillConfig, pad: int, offset: int):

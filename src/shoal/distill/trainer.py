@@ -13,48 +13,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from shoal.distill.config import TrainConfig
 from shoal.errors import ConfigError
 
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """Optimiser and schedule of one training run."""
-
-    epochs: float = 2.0
-    """Passes over the training set; fractions stop part-way through the last one."""
-    lr: float = 5e-5
-    """Peak learning rate of AdamW (linear warm-up, then linear decay to 0)."""
-    weight_decay: float = 0.01
-    """AdamW weight decay, not applied to biases and LayerNorm weights."""
-    warmup: float = 0.06
-    """Fraction of the steps spent warming up."""
-    batch_size: int = 32
-    """Examples per optimiser step."""
-    grad_clip: float = 1.0
-    """Gradient-norm clip; 0 turns clipping off."""
-    evals_per_epoch: int = 1
-    """How often to evaluate (and keep the best weights) in one epoch."""
-    seed: int = 0
-    """Seed of shuffling and initialisation."""
-    checkpoint_every: int = 200
-    """Steps between resumable checkpoints (when the run has a checkpoint file); 0 turns
-    periodic checkpoints off."""
-
-    def __post_init__(self) -> None:
-        if self.epochs <= 0:
-            raise ConfigError(f"epochs={self.epochs} must be > 0")
-        if not 0 < self.lr < 1:
-            raise ConfigError(f"lr={self.lr} must be in (0, 1); 5e-5 is typical")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size={self.batch_size} must be >= 1")
-        if not 0 <= self.warmup < 1:
-            raise ConfigError(f"warmup={self.warmup} must be in [0, 1)")
-        if self.evals_per_epoch < 1:
-            raise ConfigError(f"evals_per_epoch={self.evals_per_epoch} must be >= 1")
-        if self.checkpoint_every < 0:
-            raise ConfigError(
-                f"checkpoint_every={self.checkpoint_every} must be >= 0 (0: no checkpoints)"
-            )
+__all__ = ["Checkpoint", "TrainConfig", "TrainResult", "param_groups", "train"]
 
 
 @dataclass
@@ -130,6 +92,80 @@ def _diff(old: Any, new: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4]) or "none"
 
 
+class _Run:
+    """One run's changing state: AdamW and its schedule, where the run stands (steps done,
+    the epoch, batches of it already taken, the smoothed loss, seconds spent before this
+    process) and what it found (``result``). A checkpoint holds all of it."""
+
+    def __init__(
+        self,
+        named_params: Sequence[tuple[str, torch.nn.Parameter]],
+        config: TrainConfig,
+        total: int,
+    ) -> None:
+        warm = int(total * config.warmup)
+        self.named_params = named_params
+        self.params = [p for _, p in named_params if p.requires_grad]
+        self.opt = torch.optim.AdamW(param_groups(named_params, config.weight_decay), lr=config.lr)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt,
+            lambda s: (
+                (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm))
+            ),
+        )
+        self.config = config
+        self.result = TrainResult()
+        self.done, self.epoch, self.skip, self.running, self.spent = 0, 0, 0, 0.0, 0.0
+        self.start = time.perf_counter()
+
+    def optimise(self, loss: torch.Tensor) -> None:
+        """One AdamW step on ``loss`` (clipped gradients), then the smoothed loss."""
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss became {loss.item()} at step {self.done}; lower --lr (now {self.config.lr})"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.done += 1
+        self.running = 0.98 * self.running + 0.02 * loss.item() if self.done > 1 else loss.item()
+
+    def seconds(self) -> float:
+        return self.spent + time.perf_counter() - self.start
+
+    def state(self, in_epoch: int) -> dict[str, Any]:
+        """What ``Checkpoint.save`` writes, ``in_epoch`` batches into the current epoch."""
+        return {
+            "params": {n: p.detach().cpu() for n, p in self.named_params},
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "rng": torch.get_rng_state(),
+            "done": self.done,
+            "epoch": self.epoch,
+            "in_epoch": in_epoch,
+            "running": self.running,
+            "seconds": self.seconds(),
+            "best_score": self.result.best_score,
+            "history": self.result.history,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a ``state`` written by a run of the same settings."""
+        with torch.no_grad():
+            named = dict(self.named_params)
+            for name, value in state["params"].items():
+                named[name].copy_(value)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.done, self.epoch, self.skip = state["done"], state["epoch"], state["in_epoch"]
+        self.running, self.spent = state["running"], state["seconds"]
+        self.result.best_score, self.result.history = state["best_score"], state["history"]
+
+
 def train(
     named_params: Sequence[tuple[str, torch.nn.Parameter]],
     step: Callable[[Any], torch.Tensor],
@@ -161,116 +197,61 @@ def train(
     first = batches(0)
     per_epoch = len(first)
     total = max(1, int(math.ceil(per_epoch * config.epochs)))
-    warm = int(total * config.warmup)
-    opt = torch.optim.AdamW(param_groups(named_params, config.weight_decay), lr=config.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: (
-            (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm))
-        ),
-    )
-    params = [p for _, p in named_params if p.requires_grad]
+    run = _Run(named_params, config, total)
+    if checkpoint is not None and resume and checkpoint.exists():
+        run.restore(checkpoint.load())
+        tqdm.write(f"[{desc}] resumed from {checkpoint.path} at step {run.done}/{total}")
     eval_at = {
         int(per_epoch * (i + 1) / config.evals_per_epoch) for i in range(config.evals_per_epoch)
     }
-    result = TrainResult()
-    done, epoch, skip, running, spent = 0, 0, 0, 0.0, 0.0
-    if checkpoint is not None and resume and checkpoint.exists():
-        state = checkpoint.load()
-        with torch.no_grad():
-            named = dict(named_params)
-            for name, value in state["params"].items():
-                named[name].copy_(value)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        done, epoch, skip = state["done"], state["epoch"], state["in_epoch"]
-        running, spent = state["running"], state["seconds"]
-        result.best_score, result.history = state["best_score"], state["history"]
-        tqdm.write(f"[{desc}] resumed from {checkpoint.path} at step {done}/{total}")
-
-    def save_state(in_epoch: int) -> None:
-        if checkpoint is None:
-            return
-        checkpoint.save(
-            {
-                "params": {n: p.detach().cpu() for n, p in named_params},
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "rng": torch.get_rng_state(),
-                "done": done,
-                "epoch": epoch,
-                "in_epoch": in_epoch,
-                "running": running,
-                "seconds": spent + time.perf_counter() - start,
-                "best_score": result.best_score,
-                "history": result.history,
-            }
-        )
-
-    start = time.perf_counter()
-    bar = tqdm(total=total, initial=done, desc=desc, unit="step", dynamic_ncols=True)
-    while done < total:
-        epoch_batches = first if epoch == 0 else batches(epoch)
+    run.start = time.perf_counter()
+    bar = tqdm(total=total, initial=run.done, desc=desc, unit="step", dynamic_ncols=True)
+    while run.done < total:
         if set_train:
             set_train(True)
-        for i, batch in enumerate(epoch_batches, start=1):
-            if i <= skip:
+        for i, batch in enumerate(first if run.epoch == 0 else batches(run.epoch), start=1):
+            if i <= run.skip:
                 continue  # taken before the checkpoint this run resumed from
-            loss = step(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {loss.item()} at step {done}; lower --lr (now {config.lr})"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            opt.step()
-            sched.step()
-            done += 1
-            running = 0.98 * running + 0.02 * loss.item() if done > 1 else loss.item()
+            run.optimise(step(batch))
             bar.update(1)
-            bar.set_postfix(loss=f"{running:.4f}", epoch=epoch)
-            last = done >= total
+            bar.set_postfix(loss=f"{run.running:.4f}", epoch=run.epoch)
+            last = run.done >= total
             evaluated = evaluate is not None and (i in eval_at or last)
-            if evaluated:
-                _evaluate(result, evaluate, on_best, set_train, done, total, running, desc)
-            if not last and (
-                evaluated or (config.checkpoint_every and done % config.checkpoint_every == 0)
-            ):
-                save_state(i)
+            if evaluated and evaluate is not None:
+                _evaluate(run, evaluate, on_best, set_train, total, desc)
+            periodic = config.checkpoint_every and run.done % config.checkpoint_every == 0
+            if checkpoint is not None and not last and (evaluated or periodic):
+                checkpoint.save(run.state(i))
             if last:
                 break
-        skip = 0
-        epoch += 1
+        run.skip = 0
+        run.epoch += 1
     bar.close()
     if set_train:
         set_train(False)
     if checkpoint is not None:
         checkpoint.remove()
-    result.steps = done
-    result.seconds = spent + time.perf_counter() - start
-    return result
+    run.result.steps, run.result.seconds = run.done, run.seconds()
+    return run.result
 
 
 def _evaluate(
-    result: TrainResult,
+    run: _Run,
     evaluate: Callable[[], float],
     on_best: Callable[[float], None] | None,
     set_train: Callable[[bool], None] | None,
-    done: int,
     total: int,
-    running: float,
     desc: str,
 ) -> None:
+    """Score in eval mode, record it, and hand a new best to ``on_best``."""
     if set_train:
         set_train(False)
     score = evaluate()
     if set_train:
         set_train(True)
-    result.history.append({"step": done, "loss": running, "score": score})
-    tqdm.write(f"[{desc}] step {done}/{total} loss {running:.4f} dev {score:.4f}")
+    result = run.result
+    result.history.append({"step": run.done, "loss": run.running, "score": score})
+    tqdm.write(f"[{desc}] step {run.done}/{total} loss {run.running:.4f} dev {score:.4f}")
     if score > result.best_score:
         result.best_score = score
         if on_best:
