@@ -36,7 +36,7 @@ def tiny_kernels_config(tiny_teacher, tmp_path):
     iterations on 4-word sentences; keyword arguments override. Restores torch's threads."""
     import torch
 
-    from shoal.bench.kernels import KernelsConfig
+    from shoal.bench.offline import KernelsConfig
 
     data = tmp_path / "sst2.tsv"
     data.write_text("sentence\tlabel\n" + "".join("good movie bad plot\t1\n" for _ in range(8)))

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from shoal.bench.kernels import run_kernels
+from shoal.bench.offline import run_kernels
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores for 2 workers")

@@ -56,7 +56,7 @@ def export_onnx(model_dir: str, folder: Path) -> Path:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from shoal.bench.kernels import export_onnx as export
+    from shoal.bench.offline.systems import export_onnx as export
 
     folder.mkdir(parents=True, exist_ok=True)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
@@ -78,7 +78,7 @@ class TeacherClassifier:
         hf = AutoConfig.from_pretrained(config.model)
         self.labels = [hf.id2label[i] for i in range(hf.num_labels)]
         if config.backend in ("onnx", "onnx-int8"):
-            from shoal.bench.kernels import ort_session, quantize_onnx
+            from shoal.bench.offline.systems import ort_session, quantize_onnx
 
             path = export_onnx(config.model, Path(config.model) / "onnx")
             if config.backend == "onnx-int8":

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from shoal.bench.gpu import GpuBenchConfig, gpu_command, plot, summarize
+from shoal.bench.offline.gpu import GpuBenchConfig, gpu_command, plot, summarize
 from shoal.errors import ConfigError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.bench.kernels import run_kernels, summarize, write
+from shoal.bench.offline import run_kernels, summarize, write
 
 
 def test_kernels_bench_measures_every_in_process_case(tiny_kernels_config, tmp_path):

@@ -23,17 +23,10 @@ from typing import Any
 
 import torch
 
-from shoal.bench.kernels import (
-    Case,
-    _args,
-    _record,
-    cohort_flops,
-    measure,
-    provenance,
-    shapes,
-    sst2_batches,
-    teacher_flops,
-)
+from shoal.bench.offline.flops import cohort_flops, teacher_flops
+from shoal.bench.offline.inputs import model_args, sst2_batches
+from shoal.bench.offline.run import provenance, shapes
+from shoal.bench.offline.timing import Case, measure, record
 from shoal.devices import resolve_device
 from shoal.errors import ConfigError
 from shoal.models.cohort import ShoalModel
@@ -131,18 +124,18 @@ def run_gpu(config: GpuBenchConfig) -> dict[str, Any]:
                             k,
                             1,
                             cohort_flops(ccfg, k, b, length),
-                            lambda x, k=k, runner=runner: runner.run(*_args(x), k),
+                            lambda x, k=k, runner=runner: runner.run(*model_args(x), k),
                         )
                     )
 
             def one_by_one(x: dict[str, torch.Tensor]) -> torch.Tensor:
-                ids, mask, types = (t.to(dev) for t in _args(x))
+                ids, mask, types = (t.to(dev) for t in model_args(x))
                 return reference(ids, mask, types, n).logits.float().cpu()
 
             flops = cohort_flops(ccfg, n, b, length, fused=False)
             cases.append(Case("cohort one-by-one", b, n, 1, flops, one_by_one))
             measure(cases, inputs, config.iters, config.warmup)
-            records.extend(_record(c, length) for c in cases)
+            records.extend(record(c, length) for c in cases)
     return {
         **provenance(config),
         "machine": {
