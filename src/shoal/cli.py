@@ -352,7 +352,7 @@ def bench_kernels(
     ),
 ) -> None:
     """Micro-benchmark the cohort (fused, ONNX Runtime, threaded, workers) against the teacher."""
-    from shoal.bench.kernels import kernels_command
+    from shoal.bench.offline import kernels_command
 
     try:
         kernels_command(
@@ -388,7 +388,7 @@ def bench_gpu(
     ),
 ) -> None:
     """The cohort (fused, every k, fp32 and bf16) against its teacher on one CUDA device."""
-    from shoal.bench.gpu import gpu_command
+    from shoal.bench.offline.gpu import gpu_command
 
     try:
         sizes = tuple(int(b) for b in batches.split(",") if b.strip())
