@@ -221,7 +221,7 @@ def bench_serve(
     teacher: str = typer.Option(..., help="The teacher the cohort was distilled from."),
     data: str = typer.Option(..., help="Dataset the request texts and labels come from."),
     deep: str = typer.Option("", help="A 1-student deep cohort (the 'deep' ablation)."),
-    out: Path = typer.Option(Path("docs/results/bench")),
+    out: Path = typer.Option(Path("runs/bench/serve"), help="Where the JSON, plots and report go."),
     systems: str = typer.Option(
         ",".join(
             (
@@ -293,7 +293,7 @@ def bench_ray_shapes(
     cohort: str = typer.Option(..., help="Shoal cohort folder."),
     data: str = typer.Option("default", help="Where the request texts come from."),
     split: str = typer.Option("test"),
-    out: Path = typer.Option(Path("docs/results/ray")),
+    out: Path = typer.Option(Path("runs/bench/ray-shapes"), help="Where the JSON and plot go."),
     cpus: int = typer.Option(2, help="CPUs each shape gets."),
     batch: int = typer.Option(32),
     max_length: int = typer.Option(64),
@@ -326,7 +326,7 @@ def bench_ray_shapes(
 
 @bench.command("kernels")
 def bench_kernels(
-    out: Path = typer.Option(Path("docs/results"), help="Where JSON and plots go."),
+    out: Path = typer.Option(Path("runs/bench/kernels"), help="Where JSON and plots go."),
     cohort: str = typer.Option(
         "",
         help="A cohort folder (default: built from the default "
@@ -346,9 +346,9 @@ def bench_kernels(
     ),
     large_batch: int = typer.Option(64, help="The batch size measured besides batch 1."),
     data: str = typer.Option(
-        "../shared/data/sst2/test.tsv",
-        help="Sentences whose token lengths are measured (a TSV with a 'sentence' column); "
-        "synthetic ids when missing.",
+        "",
+        help="A TSV split whose sentences are the inputs (a text and a 'label' column, e.g. "
+        "../shared/data/sst2/test.tsv); unset: synthetic ids of 25 tokens.",
     ),
 ) -> None:
     """Micro-benchmark the cohort (fused, ONNX Runtime, threaded, workers) against the teacher."""
@@ -371,7 +371,7 @@ def bench_kernels(
 
 @bench.command("gpu")
 def bench_gpu(
-    out: Path = typer.Option(Path("docs/results"), help="Where gpu.json and gpu.png go."),
+    out: Path = typer.Option(Path("runs/bench/gpu"), help="Where gpu.json and gpu.png go."),
     device: str = typer.Option("cuda", help="cuda | cuda:N."),
     teacher: str = typer.Option("default", help="Teacher checkpoint to compare against."),
     cohort: str = typer.Option(
@@ -384,7 +384,9 @@ def bench_gpu(
     batches: str = typer.Option("1,8,32,128", help="Comma-separated batch sizes."),
     iters: int = typer.Option(100, help="Timed iterations per case."),
     data: str = typer.Option(
-        "../shared/data/sst2/test.tsv", help="SST-2 TSV whose sentences are the inputs."
+        "",
+        help="A TSV split whose sentences are the inputs (e.g. ../shared/data/sst2/test.tsv); "
+        "unset: synthetic ids of 25 tokens.",
     ),
 ) -> None:
     """The cohort (fused, every k, fp32 and bf16) against its teacher on one CUDA device."""

@@ -25,6 +25,7 @@ REAL_TOKENS = "shoal_real_tokens_total"
 COST_SCALE = "shoal_cost_scale"
 METRIC_NAMES = (ACTIVE_STUDENTS, QUEUE_DEPTH, PADDED_TOKENS, REAL_TOKENS, COST_SCALE)
 
+
 def exposition_samples(text: str) -> list[Sample]:
     """Every sample of a Prometheus text exposition, parsed by prometheus_client; none where
     the text is not an exposition."""

@@ -196,7 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, default in (
         ("data", "default"),
         ("split", "test"),
-        ("out", "docs/results/serve_overload"),
+        ("out", "runs/bench/overload"),
     ):
         p.add_argument(f"--{name}", default=default)
     for name, default in (

@@ -23,7 +23,7 @@ class OverloadConfig:
     """Texts to send (``shoal.data.load_task`` source)."""
     split: str = "test"
     """Split whose texts and labels are sent."""
-    out: str = "docs/results/serve_overload"
+    out: str = "runs/bench/overload"
     """Folder for the JSON, the plots and the server logs."""
     latency_target_ms: float = 100.0
     """The server's latency target (and the goodput threshold)."""

@@ -32,7 +32,7 @@ class ShapesConfig:
     cohort: str
     data: str = "default"
     split: str = "test"
-    out: str = "docs/results/ray"
+    out: str = "runs/bench/ray-shapes"
     cpus: int = 2
     """CPUs each shape gets (replicas of the whole cohort, or student shards)."""
     batch: int = 32

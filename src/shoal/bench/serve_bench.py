@@ -97,7 +97,7 @@ class ServeBenchConfig:
     deep: str | None = None
     """A single deep student (a 1-student cohort), e.g. the 'deep' ablation; optional."""
     split: str = "test"
-    out: str = "docs/results/bench"
+    out: str = "runs/bench/serve"
     systems: tuple[str, ...] = LOCAL_SYSTEMS
     latency_target_ms: float = 100.0
     """The latency objective: goodput and the sustained rate are measured against it."""

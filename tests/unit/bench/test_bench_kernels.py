@@ -92,3 +92,17 @@ def test_results_name_the_commit_given_by_the_environment(monkeypatch):
     assert head is None or len(head.removesuffix("-dirty")) == 40
     monkeypatch.setenv("SHOAL_GIT_COMMIT", "0123abc")
     assert _git_commit() == "0123abc"
+
+
+def test_inputs_are_synthetic_without_data_and_a_missing_file_is_named(tiny_teacher, tmp_path):
+    from transformers import AutoTokenizer
+
+    from shoal.bench.offline.inputs import equal_length_batches
+    from shoal.errors import DataError
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_teacher))
+    rows, big, source = equal_length_batches(tok, "", None, 4)
+    assert source == "synthetic (25 tokens)"
+    assert rows[0]["input_ids"].shape == (1, 25) and big["input_ids"].shape == (4, 25)
+    with pytest.raises(DataError, match="missing.tsv does not exist"):
+        equal_length_batches(tok, str(tmp_path / "missing.tsv"), None, 4)

@@ -50,7 +50,7 @@ def write(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
 
 
 def kernels_command(
-    out_dir: str | Path = "docs/results",
+    out_dir: str | Path = "runs/bench/kernels",
     cohort: str | None = None,
     iters: int = 50,
     **overrides: Any,

@@ -17,7 +17,7 @@ TARGETS = {"overhead_ratio_max": 1.3, "speedup_vs_hf_min": 2.5, "large_batch_pea
 class KernelsConfig:
     """What ``shoal bench kernels`` measures."""
 
-    out_dir: str = "docs/results"
+    out_dir: str = "runs/bench/kernels"
     """Where kernels.json and kernels.png go."""
     cohort: str | None = None
     """A cohort folder; None builds one from the teacher (latency does not depend on training)."""
@@ -33,9 +33,11 @@ class KernelsConfig:
     warmup: int = 3
     large_batch: int = 64
     length: int | None = None
-    """Tokens per input; None: the median SST-2 test length (25 with the default tokenizer)."""
-    data: str = "../shared/data/sst2/test.tsv"
-    """SST-2 sentences (a TSV with a 'sentence' column); synthetic ids when missing."""
+    """Tokens per input; None: the median length of ``data``'s sentences (25 for SST-2's test
+    split with the default tokenizer; 25 for synthetic ids)."""
+    data: str = ""
+    """A TSV split (a text and a 'label' column, as SST-2's test.tsv) whose sentences are
+    the inputs; empty: synthetic ids."""
     threads: tuple[int, ...] = ()
     """Intra-op thread counts to measure in-process cases at; () means 1 and all cores."""
     multiprocess: bool = True

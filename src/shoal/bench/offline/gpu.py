@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from shoal.bench.offline.flops import cohort_flops, teacher_flops
-from shoal.bench.offline.inputs import model_args, sst2_batches
+from shoal.bench.offline.inputs import equal_length_batches, model_args
 from shoal.bench.offline.run import provenance, shapes
 from shoal.bench.offline.timing import Case, measure, record
 from shoal.devices import resolve_device
@@ -39,7 +39,7 @@ from shoal.serve.runtime import LocalRunner
 class GpuBenchConfig:
     """What ``shoal bench gpu`` measures."""
 
-    out_dir: str = "docs/results"
+    out_dir: str = "runs/bench/gpu"
     """Where gpu.json and gpu.png go."""
     device: str = "cuda"
     """'cuda' or 'cuda:N'."""
@@ -53,9 +53,11 @@ class GpuBenchConfig:
     iters: int = 100
     warmup: int = 10
     length: int | None = None
-    """Tokens per input; None: the median SST-2 test length (25 with the default tokenizer)."""
-    data: str = "../shared/data/sst2/test.tsv"
-    """SST-2 sentences (a TSV with a 'sentence' column); synthetic ids when missing."""
+    """Tokens per input; None: the median length of ``data``'s sentences (25 for SST-2's test
+    split with the default tokenizer; 25 for synthetic ids)."""
+    data: str = ""
+    """A TSV split (a text and a 'label' column, as SST-2's test.tsv) whose sentences are
+    the inputs; empty: synthetic ids."""
     command: str = field(default_factory=command_line)
 
     def __post_init__(self) -> None:
@@ -97,7 +99,7 @@ def run_gpu(config: GpuBenchConfig) -> dict[str, Any]:
         model = ShoalModel.from_teacher(teacher, config.n_students, config.student_layers)
     model.eval()
     n, ccfg, tcfg = model.n_students, model.config, teacher.config
-    rows, big, source = sst2_batches(tok, config.data, config.length, max(config.batches))
+    rows, big, source = equal_length_batches(tok, config.data, config.length, max(config.batches))
     length = rows[0]["input_ids"].shape[1]
     bf16 = torch.cuda.is_bf16_supported()
     dtypes = [torch.float32] + ([torch.bfloat16] if bf16 else [])

@@ -1,7 +1,7 @@
 """The benchmark's inputs: sentences of one length (SST-2's by default), without padding.
 
 Batch 1 cycles through distinct sentences (a cache cannot keep one answer hot); the large
-batch repeats them to the requested size. Without the data file the ids are synthetic, which
+batch repeats them to the requested size. Without a data file the ids are synthetic, which
 changes nothing about latency at a fixed length.
 """
 
@@ -16,13 +16,13 @@ import torch
 from shoal.data import read_tsv
 
 
-def sst2_batches(
+def equal_length_batches(
     tokenizer: Any, data: str, length: int | None, large: int
 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor], str]:
     """Batch-1 inputs (distinct sentences) and one large batch, all exactly ``length`` tokens."""
     path = Path(data)
     sents: list[list[int]] = []
-    if path.is_file():
+    if data:  # read_tsv names a missing or malformed file in its error
         sents = [tokenizer(text)["input_ids"] for text in read_tsv(path).texts]
     if sents:
         lens = sorted(len(s) for s in sents)
@@ -35,7 +35,7 @@ def sst2_batches(
         length = length or 25
         rng = np.random.default_rng(0)
         chosen = [[101, *rng.integers(1000, 20000, length - 2).tolist(), 102] for _ in range(64)]
-        source = f"synthetic ({length} tokens; {path} not found)"
+        source = f"synthetic ({length} tokens)"
     ids = torch.tensor(chosen, dtype=torch.long)
 
     def pack(x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ import torch
 
 from shoal.bench.offline.cases import in_process_cases, multiprocess_cases, threaded_cases
 from shoal.bench.offline.config import KernelsConfig
-from shoal.bench.offline.inputs import sst2_batches
+from shoal.bench.offline.inputs import equal_length_batches
 from shoal.bench.offline.summary import summarize
 from shoal.bench.offline.systems import export_onnx, quantize_onnx
 from shoal.bench.offline.timing import Case, intra_op_threads, matmul_peak, measure, record
@@ -44,7 +44,7 @@ class _Run:
             self.model = ShoalModel.from_teacher(
                 self.teacher, config.n_students, config.student_layers
             ).eval()
-        self.rows, self.big, self.source = sst2_batches(
+        self.rows, self.big, self.source = equal_length_batches(
             tok, config.data, config.length, config.large_batch
         )
         self.length = self.rows[0]["input_ids"].shape[1]
