@@ -18,7 +18,7 @@ import torch
 from transformers import AutoTokenizer
 
 from shoal.data import encode, iterate, load_task
-from shoal.distill.cache import TokenStore
+from shoal.distill.token_store import TokenStore
 from shoal.models.cohort import ShoalModel
 
 

@@ -295,11 +295,11 @@ async def test_encoder_truncates_or_refuses_long_inputs(cohort_dir):
 
 def test_build_batch_pads_right(cohort_dir):
     from shoal.serve.buffer import Item
-    from shoal.serve.encoder import Encoded
+    from shoal.serve.encoder import TokenizedInput
 
     items = [
-        Item(0, 3, 0.0, payload=Encoded([2, 5, 3], [0, 0, 0])),
-        Item(1, 5, 0.0, payload=Encoded([2, 5, 6, 7, 3], [0, 0, 1, 1, 1])),
+        Item(0, 3, 0.0, payload=TokenizedInput([2, 5, 3], [0, 0, 0])),
+        Item(1, 5, 0.0, payload=TokenizedInput([2, 5, 6, 7, 3], [0, 0, 1, 1, 1])),
     ]
     ids, mask, types = build_batch(items, 5, pad_id=0)
     assert ids.tolist() == [[2, 5, 3, 0, 0], [2, 5, 6, 7, 3]]

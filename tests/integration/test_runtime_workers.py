@@ -97,8 +97,8 @@ def _stop_then_kill(phase: str, pid: int, killed: list[int]) -> None:
 
 
 def _pool(runtime) -> WorkerPool:
-    assert isinstance(runtime.backend, WorkerPool)
-    return runtime.backend
+    assert isinstance(runtime.executor, WorkerPool)
+    return runtime.executor
 
 
 def test_workers_are_pinned_and_hold_contiguous_blocks(runtime):

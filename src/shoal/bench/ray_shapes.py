@@ -82,7 +82,7 @@ def _deployments() -> tuple[Any, Any, Any]:
 
         def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
             k = self.runner.n_students
-            return self.runner.partial(ids, mask, None, self.students, k).numpy()
+            return self.runner.partial_sum(ids, mask, None, self.students, k).numpy()
 
     @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
     class FanOut:

@@ -30,13 +30,13 @@ from tqdm.auto import tqdm
 from shoal.data import Encoded, encode, load_task, with_dev_split
 from shoal.devices import resolve_device
 from shoal.distill.augment import augment_key, augment_with_teacher, compose, swap_pairs
-from shoal.distill.cache import TokenStore
 from shoal.distill.config import METHODS, DistillConfig
-from shoal.distill.ensemble import Ensemble, add_student, student_outputs
+from shoal.distill.ensemble import Ensemble, fit_alpha_and_add, student_outputs
 from shoal.distill.prefix import PrefixEvaluator
 from shoal.distill.resume import check_same_run, resume, save_checkpoint, truncate, with_config
 from shoal.distill.students import train_jointly, train_student
 from shoal.distill.teacher_outputs import TeacherCache, cache_teacher, load_teacher_outputs
+from shoal.distill.token_store import TokenStore
 from shoal.errors import DataError
 from shoal.models.cohort import ShoalModel
 from shoal.models.layer_plan import layer_plan
@@ -49,7 +49,7 @@ __all__ = [
     "DistillConfig",
     "Ensemble",
     "TeacherCache",
-    "add_student",
+    "fit_alpha_and_add",
     "cache_teacher",
     "distill",
     "student_outputs",
@@ -253,7 +253,7 @@ def _train_students(
             return k
         t1 = time.perf_counter()
         train_student(run.model, k, enc["train"], run.cache, run.ensemble, pad, config, run.out)
-        alpha = add_student(run.model, k, enc["train"], run.cache, run.ensemble, pad, config)
+        alpha = fit_alpha_and_add(run.model, k, enc["train"], run.cache, run.ensemble, pad, config)
         run.seconds.append(time.perf_counter() - t1)
         evaluator.add(k)
         run.table = table = evaluator.table()

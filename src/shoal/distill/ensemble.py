@@ -11,9 +11,9 @@ import torch
 from shoal.data import Encoded, iterate
 from shoal.devices import model_device, to_device
 from shoal.distill import boosting
-from shoal.distill.cache import TokenStore
 from shoal.distill.config import DistillConfig
 from shoal.distill.teacher_outputs import TeacherCache
+from shoal.distill.token_store import TokenStore
 from shoal.models.cohort import ShoalModel
 
 
@@ -38,7 +38,7 @@ def student_outputs(model: ShoalModel, k: int, enc: Encoded, pad_id: int, batch_
 
 
 @torch.no_grad()
-def add_student(
+def fit_alpha_and_add(
     model: ShoalModel,
     k: int,
     enc: Encoded,

@@ -43,7 +43,7 @@ class PrefixEvaluator:
         for split, data in self.enc.items():
             states = torch.stack(self.states[split][:upto]).to(dev)  # (K, n, H)
             for k in range(1, upto + 1):
-                logits = self.model.finish(self.model.partial(states[:k], list(range(k)), k))
+                logits = self.model.finish(self.model.students_sum(states[:k], list(range(k)), k))
                 logits = logits.cpu()
                 for name, value in score(logits, data.labels).items():
                     rows[k - 1][f"{split}_{name}"] = value

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from shoal.data import Encoded, iterate
 from shoal.devices import model_device, to_device
-from shoal.distill.cache import TokenStore
+from shoal.distill.token_store import TokenStore
 from shoal.models.teacher import input_names
 
 

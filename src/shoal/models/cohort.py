@@ -229,7 +229,7 @@ class ShoalModel(nn.Module):
         x, mask = self.embed(input_ids, attention_mask, token_type_ids)
         if fused:
             states = self.fused_students()(x, mask, k, cls_only=True)  # (k, B, H)
-            total = self.partial(states, list(range(k)), k)
+            total = self.students_sum(states, list(range(k)), k)
             cls = torch.einsum("k,kbh->bh", self.weights(k).to(states.dtype), states)
             return CohortOutput(self.finish(total), cls)
         per_student = [self.students[i](x, mask) for i in range(k)]
@@ -243,7 +243,7 @@ class ShoalModel(nn.Module):
         assert isinstance(logits, torch.Tensor)
         return CohortOutput(logits, hidden, per_student if return_students else None)
 
-    def partial(self, states: torch.Tensor, ids: list[int], k: int) -> torch.Tensor:
+    def students_sum(self, states: torch.Tensor, ids: list[int], k: int) -> torch.Tensor:
         """The weighted contribution of some of the first k students.
 
         Contributions of disjoint groups add up, so workers holding different students can
@@ -295,7 +295,7 @@ class ShoalModel(nn.Module):
         states = self.fused_students()(x, mask, self.n_students, cls_only=True)  # (N, B, H)
         out = []
         for k in range(1, self.n_students + 1):
-            out.append(self.finish(self.partial(states[:k], list(range(k)), k)))
+            out.append(self.finish(self.students_sum(states[:k], list(range(k)), k)))
         return torch.stack(out)
 
     def fused_students(self, dtype: torch.dtype | None = None) -> FusedStudents:

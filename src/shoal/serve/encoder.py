@@ -2,7 +2,7 @@
 
 Truncation (on by default, either side) or refusal of inputs longer than ``max_length`` tokens,
 a character limit checked before the tokenizer runs, and blank-text refusal. The result,
-``Encoded``, is what the engine queues: plain lists, no torch.
+``TokenizedInput``, is what the engine queues: plain lists, no torch.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from shoal.serve.errors import InputError, InputTooLong
 
 
 @dataclass(frozen=True)
-class Encoded:
+class TokenizedInput:
     """One tokenised input. Invariant: the two lists have the same length, at least 1."""
 
     input_ids: list[int]
@@ -65,7 +65,7 @@ class TextEncoder:
         *,
         truncate: bool | None = None,
         direction: Literal["left", "right"] = "right",
-    ) -> list[Encoded]:
+    ) -> list[TokenizedInput]:
         """Tokenise a request's ``(text, pair)`` inputs (raises as ``encode`` does)."""
         size = sum(len(t) + len(p or "") for t, p in inputs)
         if size <= self.inline_chars:
@@ -85,7 +85,7 @@ class TextEncoder:
         inputs: Sequence[tuple[str, str | None]],
         truncate: bool | None,
         direction: Literal["left", "right"],
-    ) -> list[Encoded]:
+    ) -> list[TokenizedInput]:
         return [self._encode(tok, t, p, i, truncate, direction) for i, (t, p) in enumerate(inputs)]
 
     def close(self) -> None:
@@ -99,7 +99,7 @@ class TextEncoder:
         index: int = 0,
         truncate: bool | None = None,
         direction: Literal["left", "right"] = "right",
-    ) -> Encoded:
+    ) -> TokenizedInput:
         """Tokenise one input; ``truncate=None`` uses the server default. Event-loop thread
         (or any single thread) only.
 
@@ -116,7 +116,7 @@ class TextEncoder:
         index: int,
         truncate: bool | None,
         direction: Literal["left", "right"],
-    ) -> Encoded:
+    ) -> TokenizedInput:
         where = f"input {index}"
         for name, t in (("text", text), ("pair", pair)):
             if t is None:
@@ -150,7 +150,7 @@ class TextEncoder:
                 tok.truncation_side = side
         ids = list(out["input_ids"])
         types = list(out.get("token_type_ids") or [0] * len(ids))
-        return Encoded(ids, types, truncated=truncated)
+        return TokenizedInput(ids, types, truncated=truncated)
 
 
 def is_blank(text: str) -> bool:

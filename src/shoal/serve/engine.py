@@ -25,14 +25,14 @@ import numpy as np
 from shoal.serve.batch import Batch
 from shoal.serve.buffer import Item
 from shoal.serve.costmodel import CostModel
-from shoal.serve.encoder import Encoded
+from shoal.serve.encoder import TokenizedInput
 from shoal.serve.errors import BackendError, DeadlineExceeded, Draining
 from shoal.serve.scheduler import Plan, Scheduler
 
 log = logging.getLogger("shoal.serve.engine")
 
 
-class Runner(Protocol):
+class BatchRuntime(Protocol):
     """What the engine needs from a runtime (``shoal.serve.runtime.Runtime`` or a fake)."""
 
     cost_model: CostModel
@@ -81,9 +81,9 @@ class BatchRecord:
         return self.size * self.padded_length
 
 
-def _encoded(item: Item) -> Encoded:
-    # The engine puts an ``Encoded`` in every item it submits.
-    assert isinstance(item.payload, Encoded)
+def _encoded(item: Item) -> TokenizedInput:
+    # The engine puts a ``TokenizedInput`` in every item it submits.
+    assert isinstance(item.payload, TokenizedInput)
     return item.payload
 
 
@@ -143,7 +143,7 @@ class Engine:
 
     def __init__(
         self,
-        runner: Runner,
+        runner: BatchRuntime,
         scheduler: Scheduler,
         *,
         pad_id: int = 0,
@@ -216,7 +216,7 @@ class Engine:
     # ---------------------------------------------------------------- front
 
     def submit(
-        self, encoded: Encoded, *, min_k: int = 1, deadline_s: float | None = None
+        self, encoded: TokenizedInput, *, min_k: int = 1, deadline_s: float | None = None
     ) -> tuple[int, asyncio.Future[Prediction]]:
         """Queue one input; returns its id and the future of its prediction.
 
@@ -242,7 +242,7 @@ class Engine:
         return item.id, future
 
     def enqueue(
-        self, inputs: Sequence[Encoded], *, min_k: int = 1, deadline_s: float | None = None
+        self, inputs: Sequence[TokenizedInput], *, min_k: int = 1, deadline_s: float | None = None
     ) -> Ticket:
         """Queue a request's inputs, all or none: if one is refused, the others are withdrawn
         and the error propagates."""
@@ -258,7 +258,7 @@ class Engine:
         return ticket
 
     async def predict(
-        self, inputs: Sequence[Encoded], *, min_k: int = 1, deadline_s: float | None = None
+        self, inputs: Sequence[TokenizedInput], *, min_k: int = 1, deadline_s: float | None = None
     ) -> list[Prediction]:
         """Queue the inputs and wait for their predictions."""
         return await self.enqueue(inputs, min_k=min_k, deadline_s=deadline_s).wait()

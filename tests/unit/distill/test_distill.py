@@ -38,7 +38,7 @@ def test_ensemble_loss_does_not_increase_and_table_is_stored(tmp_path, tiny_data
     from transformers import AutoTokenizer
 
     from shoal.data import encode, load_task
-    from shoal.distill.cache import TokenStore
+    from shoal.distill.token_store import TokenStore
 
     tok = AutoTokenizer.from_pretrained(tmp_path / "c")
     enc = encode(tok, load_task(tiny_data).splits["train"], 32)
@@ -76,7 +76,7 @@ def test_stacking_targets_are_the_frozen_previous_students(tmp_path, tiny_data, 
             captured["alpha0"] = float(model.alpha[0])
             captured["s0"] = TokenStore_from(model, 0, enc)
 
-    from shoal.distill.cache import TokenStore
+    from shoal.distill.token_store import TokenStore
 
     def TokenStore_from(model, k, enc):  # noqa: N802 - mirrors the class it builds
         store = TokenStore(enc.lengths(), model.config.hidden_size)
@@ -238,11 +238,11 @@ def test_stored_prefix_table_matches_the_saved_cohort(tmp_path, tiny_data, kw):
 
 
 def test_one_pass_update_equals_the_two_pass_reference(tmp_path, tiny_data, monkeypatch):
-    # add_student computes alpha and b_k from one pass; the reference recomputes the
+    # fit_alpha_and_add computes alpha and b_k from one pass; the reference recomputes the
     # student's outputs for alpha and again for the update.
     teacher = _deep_teacher(tmp_path)
     captured = {}
-    real_add = distill_mod.add_student
+    real_add = distill_mod.fit_alpha_and_add
 
     def spy(model, k, enc, cache, ensemble, pad, config):
         before = distill_mod.Ensemble(
@@ -259,7 +259,7 @@ def test_one_pass_update_equals_the_two_pass_reference(tmp_path, tiny_data, monk
         captured[k] = (alpha, acc.alpha(), ensemble.hidden.data.clone(), before.hidden.data)
         return alpha
 
-    monkeypatch.setattr(distill_mod, "add_student", spy)
+    monkeypatch.setattr(distill_mod, "fit_alpha_and_add", spy)
     distill(_config(teacher, tiny_data, tmp_path / "c", n_students=2))
     assert set(captured) == {0, 1}
     for alpha, ref_alpha, one_pass, two_pass in captured.values():
@@ -272,7 +272,7 @@ def _prefix_boost_losses(model: ShoalModel, folder, data) -> list[float]:
     from transformers import AutoTokenizer
 
     from shoal.data import encode, load_task
-    from shoal.distill.cache import TokenStore
+    from shoal.distill.token_store import TokenStore
 
     tok = AutoTokenizer.from_pretrained(folder)
     enc = encode(tok, load_task(data).splits["train"], 32)

@@ -76,9 +76,9 @@ def test_partial_sums_of_disjoint_groups_add_up(tiny_teacher, combine):
                 **{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
             )
             states = model.fused_students()(x, mask, 3)
-            whole = model.finish(model.partial(states, [0, 1, 2], 3))
+            whole = model.finish(model.students_sum(states, [0, 1, 2], 3))
             split = model.finish(
-                model.partial(states[:1], [0], 3) + model.partial(states[1:], [1, 2], 3)
+                model.students_sum(states[:1], [0], 3) + model.students_sum(states[1:], [1, 2], 3)
             )
         torch.testing.assert_close(whole, split, atol=1e-5, rtol=1e-5)
 

@@ -65,7 +65,9 @@ def test_partial_sums_over_any_allocation_add_up_to_the_full_run(cohort, batch):
         alloc = allocate(n, workers)
         for k in range(1, n + 1):
             plan = workers_for(k, alloc)
-            total = sum(runner.partial(*_args(batch), students, k) for students in plan.values())
+            total = sum(
+                runner.partial_sum(*_args(batch), students, k) for students in plan.values()
+            )
             width = (
                 cohort.config.num_labels
                 if cohort.config.head_per_student
@@ -80,17 +82,17 @@ def test_partial_sums_over_any_allocation_add_up_to_the_full_run(cohort, batch):
 def test_a_block_stack_serves_its_prefixes(cohort, batch):
     runner = LocalRunner(cohort)
     runner.warmup((2, 3))
-    runner.partial(*_args(batch), (2,), 3)
-    runner.partial(*_args(batch), (2, 3), 4)
+    runner.partial_sum(*_args(batch), (2,), 3)
+    runner.partial_sum(*_args(batch), (2, 3), 4)
     assert list(runner._stacks) == [(2, 3)]
 
 
 def test_bad_students_and_k_are_refused(cohort, batch):
     runner = LocalRunner(cohort)
     with pytest.raises(ConfigError, match="not all in the prefix k=2"):
-        runner.partial(*_args(batch), (1, 2), 2)
+        runner.partial_sum(*_args(batch), (1, 2), 2)
     with pytest.raises(ConfigError, match="distinct, ascending"):
-        runner.partial(*_args(batch), (3, 1), 4)
+        runner.partial_sum(*_args(batch), (3, 1), 4)
     with pytest.raises(ConfigError, match="k=5 is outside 1..4"):
         runner.run(*_args(batch), 5)
     with pytest.raises(ConfigError, match="dtype='int8'"):
@@ -141,7 +143,7 @@ def test_onnxruntime_backend_equals_the_reference_for_every_k(cohort, batch):
 def test_onnxruntime_partial_sums_add_up(cohort, batch):
     runner = LocalRunner(cohort, backend="onnxruntime")
     plan = workers_for(4, allocate(cohort.n_students, 2))
-    total = sum(runner.partial(*_args(batch), students, 4) for students in plan.values())
+    total = sum(runner.partial_sum(*_args(batch), students, 4) for students in plan.values())
     torch.testing.assert_close(
         runner.finish(total), LocalRunner(cohort).run(*_args(batch), 4), rtol=1e-4, atol=1e-5
     )

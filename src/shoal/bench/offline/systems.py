@@ -69,7 +69,7 @@ def threaded_runner(
     """One Python thread per student; torch releases the GIL inside each op."""
 
     def run(x: dict[str, torch.Tensor]) -> torch.Tensor:
-        parts = pool.map(lambda i: runner.partial(*model_args(x), (i,), k), range(k))
+        parts = pool.map(lambda i: runner.partial_sum(*model_args(x), (i,), k), range(k))
         return runner.finish(sum(parts))
 
     return run

@@ -28,14 +28,13 @@ from shoal.serve.api.schemas import (
     Health,
     Info,
     Inputs,
-    Prediction,
+    LabelScore,
     PredictRequest,
     parse_classify_inputs,
     parse_predict_inputs,
 )
 from shoal.serve.encoder import TextEncoder
-from shoal.serve.engine import Engine, Ticket
-from shoal.serve.engine import Prediction as EnginePrediction
+from shoal.serve.engine import Engine, Prediction, Ticket
 from shoal.serve.errors import Draining
 
 if TYPE_CHECKING:
@@ -93,7 +92,7 @@ async def infer(
     direction: str,
     min_k: int | None,
     deadline_ms: float | None,
-) -> list[EnginePrediction]:
+) -> list[Prediction]:
     """Tokenise, enqueue and await the inputs; the request's timing goes on its state."""
     limit = ctx.limits.max_client_batch_size
     if len(inputs) > limit:
@@ -148,7 +147,7 @@ async def _answer(
 
 @router.post(
     "/predict",
-    response_model=list[Prediction] | list[list[Prediction]],
+    response_model=list[LabelScore] | list[list[LabelScore]],
     responses=PREDICT_ERRORS,
 )
 async def predict(body: PredictRequest, request: Request, ctx: Context) -> Any:
@@ -169,7 +168,7 @@ for _path, _name in (("/", "inference_api_root"), ("/invocations", "sagemaker_in
         _path,
         inference_api,
         methods=["POST"],
-        response_model=list[list[Prediction]],
+        response_model=list[list[LabelScore]],
         responses=PREDICT_ERRORS,
         name=_name,
         operation_id=_name,
@@ -308,7 +307,7 @@ def _function(body: PredictRequest) -> str:
     return "none" if body.raw_scores else (asked or "softmax")
 
 
-def _scores(p: EnginePrediction, function: str) -> Sequence[float]:
+def _scores(p: Prediction, function: str) -> Sequence[float]:
     if function == "none":
         return p.logits
     if function == "sigmoid":
@@ -317,7 +316,7 @@ def _scores(p: EnginePrediction, function: str) -> Sequence[float]:
 
 
 def _ranked(
-    p: EnginePrediction, labels: list[str], function: str, top_k: int | None
+    p: Prediction, labels: list[str], function: str, top_k: int | None
 ) -> list[dict[str, Any]]:
     """``{label, score}`` by falling score, the first ``top_k`` (all when None)."""
     values = _scores(p, function)
@@ -325,7 +324,7 @@ def _ranked(
     return [{"label": labels[i], "score": values[i]} for i in order]
 
 
-async def _unless_disconnected(request: Request, ticket: Ticket) -> list[EnginePrediction]:
+async def _unless_disconnected(request: Request, ticket: Ticket) -> list[Prediction]:
     """The ticket's predictions, or withdraw its queued inputs if the client goes away."""
 
     async def disconnected() -> None:

@@ -60,7 +60,7 @@ class PredictRequest(_Body):
     )
 
 
-class Prediction(BaseModel):
+class LabelScore(BaseModel):
     """One class and its score (probability, or logit with ``raw_scores``)."""
 
     label: str

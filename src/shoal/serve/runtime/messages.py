@@ -8,7 +8,7 @@ no torch (a worker imports it before it pins itself and loads torch).
                        Ping(req_id)
                        Stop()
     worker -> parent   Ready(info)                      once, after loading and warming up
-                       Done(req_id, partial, seconds)   (B, H) or (B, C) float32
+                       Done(req_id, partial_sum, seconds)   (B, H) or (B, C) float32
                        Pong(req_id)
                        Failed(req_id, message)          the worker raised but stays alive
 
@@ -60,7 +60,7 @@ class Done:
     """The answer to ``Run``: the partial sum and the compute seconds inside the worker."""
 
     req_id: int
-    partial: np.ndarray
+    partial_sum: np.ndarray
     """(B, H) float32, or (B, num_labels) for a cohort with a head per student."""
     seconds: float
 

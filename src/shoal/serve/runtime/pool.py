@@ -257,7 +257,7 @@ class WorkerPool:
                 failure = failure or e
                 continue
             if isinstance(msg, Done):
-                out[i], seconds[i] = msg.partial, msg.seconds
+                out[i], seconds[i] = msg.partial_sum, msg.seconds
             else:
                 failure = failure or WorkerError(
                     f"worker {i} ({self._workers[i].where}) failed on a batch: "

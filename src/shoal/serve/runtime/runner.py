@@ -1,7 +1,7 @@
 """Run a cohort on one device: the fused path, whole or over a subset of students.
 
 A runner owns the model's tensors and its device. ``run`` is the whole cohort prefix (what a
-single device serves); ``partial`` is one worker's share, the weighted sum of its students'
+single device serves); ``partial_sum`` is one worker's share, the weighted sum of its students'
 first-token states, which the pool adds up across workers before applying the head.
 """
 
@@ -151,7 +151,7 @@ class LocalRunner:
         return fused(x, mask, k, cls_only=True)
 
     @torch.inference_mode()
-    def partial(
+    def partial_sum(
         self,
         input_ids: ArrayLike,
         attention_mask: ArrayLike | None,
@@ -176,7 +176,7 @@ class LocalRunner:
             raise ConfigError(f"students {list(students)} are not all in the prefix k={k}")
         states = self.states(input_ids, attention_mask, token_type_ids, students)
         # Sum in float32 whatever the matmul precision.
-        return self.model.partial(states.float(), list(students), k).float().cpu()
+        return self.model.students_sum(states.float(), list(students), k).float().cpu()
 
     @torch.inference_mode()
     def finish(self, total: torch.Tensor) -> torch.Tensor:
@@ -202,7 +202,7 @@ class LocalRunner:
         """
         k = self.model.check_k(k)
         states = self.states(input_ids, attention_mask, token_type_ids, range(k))  # (k, B, H)
-        total = self.model.partial(states.float(), list(range(k)), k)
+        total = self.model.students_sum(states.float(), list(range(k)), k)
         return self.model.finish(total).float().cpu()
 
     def warmup(self, students: Sequence[int] | None = None, length: int = 8) -> None:

@@ -38,9 +38,12 @@ class Runtime:
     """A started cohort: in-process (``workers=0``) or on worker processes."""
 
     def __init__(
-        self, backend: LocalRunner | WorkerPool, config: RuntimeConfig, cost_model: CostModel | None
+        self,
+        executor: LocalRunner | WorkerPool,
+        config: RuntimeConfig,
+        cost_model: CostModel | None,
     ) -> None:
-        self.backend = backend
+        self.executor = executor
         self.config = config
         self.cost_model = cost_model
         """Measured ``cost(k, batch, padded_length)``; None when started with profile=None."""
@@ -63,19 +66,19 @@ class Runtime:
             cache_dir: where cost profiles are cached; None: ``~/.cache/shoal/profiles``.
             refresh_profile: measure again even when a cached profile exists.
         """
-        backend: LocalRunner | WorkerPool
+        executor: LocalRunner | WorkerPool
         if config.workers == 0:
             device = "cuda:0" if config.device == "cuda" else config.device
             model = ShoalModel.from_pretrained(cohort_dir, device)
-            backend = LocalRunner(model, device, config.dtype, config.threads, config.backend)
-            backend.warmup()
+            executor = LocalRunner(model, device, config.dtype, config.threads, config.backend)
+            executor.warmup()
         else:
-            backend = WorkerPool(cohort_dir, config)
-        runtime = cls(backend, config, None)
+            executor = WorkerPool(cohort_dir, config)
+        runtime = cls(executor, config, None)
         try:
             if profile is not None:
                 runtime.cost_model = load_or_profile(
-                    backend,
+                    executor,
                     model_config=asdict(runtime.model.config),
                     layout=asdict(config),
                     device=config.device,
@@ -91,7 +94,7 @@ class Runtime:
     @property
     def model(self) -> ShoalModel:
         """The cohort (in a pool: the parent's CPU copy, used for the head)."""
-        return self.backend.model
+        return self.executor.model
 
     @property
     def n_students(self) -> int:
@@ -121,7 +124,7 @@ class Runtime:
             WorkerCrashed: a worker died on every attempt (the batch failed; the worker was
                 restarted). WorkerError: a worker raised on this batch.
         """
-        return self.backend.run(input_ids, attention_mask, token_type_ids, k)
+        return self.executor.run(input_ids, attention_mask, token_type_ids, k)
 
     def run_batch(self, batch: Batch) -> np.ndarray:
         """``execute`` on a ``Batch``: (B, num_labels) float32 logits as a numpy array."""
@@ -131,29 +134,41 @@ class Runtime:
 
     def health(self) -> list[WorkerStatus]:
         """Ping the workers, restarting any that is dead or hung; in-process: one entry."""
-        if isinstance(self.backend, WorkerPool):
-            return self.backend.check_health()
+        if isinstance(self.executor, WorkerPool):
+            return self.executor.check_health()
         return [
             WorkerStatus(
-                0, str(self.backend.device), (), tuple(range(self.n_students)), os.getpid(), True, 0
+                0,
+                str(self.executor.device),
+                (),
+                tuple(range(self.n_students)),
+                os.getpid(),
+                True,
+                0,
             )
         ]
 
     def status(self) -> list[WorkerStatus]:
         """Each worker as it stands now, without pinging (cheap enough for every /health and
         metrics scrape); in-process: one entry, alive."""
-        if isinstance(self.backend, WorkerPool):
-            return self.backend.status()
+        if isinstance(self.executor, WorkerPool):
+            return self.executor.status()
         return [
             WorkerStatus(
-                0, str(self.backend.device), (), tuple(range(self.n_students)), os.getpid(), True, 0
+                0,
+                str(self.executor.device),
+                (),
+                tuple(range(self.n_students)),
+                os.getpid(),
+                True,
+                0,
             )
         ]
 
     def close(self) -> None:
         """Stop the workers (no-op in-process). Idempotent."""
-        if isinstance(self.backend, WorkerPool):
-            self.backend.close()
+        if isinstance(self.executor, WorkerPool):
+            self.executor.close()
 
     def __enter__(self) -> Runtime:
         return self

@@ -98,7 +98,7 @@ def _run(runner: LocalRunner, msg: Run) -> Done | Failed:
     b = msg.batch
     try:
         t0 = time.perf_counter()
-        out = runner.partial(b.input_ids, b.attention_mask, b.token_type_ids, msg.students, b.k)
+        out = runner.partial_sum(b.input_ids, b.attention_mask, b.token_type_ids, msg.students, b.k)
         return Done(msg.req_id, out.numpy(), time.perf_counter() - t0)
     except Exception:
         return Failed(msg.req_id, traceback.format_exc(limit=8))
