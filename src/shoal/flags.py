@@ -19,8 +19,6 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
-import typer
-
 R = TypeVar("R")
 
 
@@ -152,6 +150,8 @@ def _options(
 
 def _parameter(name: str, kind: Any, default: Any, help: str, flag: Flag) -> inspect.Parameter:
     """The typer parameter of one field: ``--field-name`` (``--x/--no-x`` for a bool)."""
+    import typer  # here, so that reading field docstrings (``shoal serve``) needs no typer
+
     args = [a for a in typing.get_args(kind) if a is not type(None)]
     base = flag.type or (args[0] if type(None) in typing.get_args(kind) else kind)
     option = "--" + name.replace("_", "-")

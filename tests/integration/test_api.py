@@ -373,7 +373,8 @@ def test_build_app_refuses_bad_settings(cohort_dir, tmp_path, tiny_teacher):
 
 
 def test_server_flags_map_onto_serve_config(cohort_dir):
-    from shoal.serve.server import _parser, field_docs, serve_command
+    from shoal.flags import field_docs
+    from shoal.serve.server import _parser, serve_command
 
     flags = "--no-pruning --deadline-ms none --max-accuracy-drop 1.5 --buffer fifo --port 9001"
     args = vars(_parser().parse_args([str(cohort_dir), *flags.split()]))
@@ -385,6 +386,7 @@ def test_server_flags_map_onto_serve_config(cohort_dir):
     config = ServeConfig(**args)
     assert config.pruning is False and config.deadline_ms is None and config.port == 9001
     assert config.max_accuracy_drop == 1.5 and config.buffer == "fifo" and config.truncate
-    assert set(field_docs()) == set(args) and "429" in field_docs()["queue_capacity"]
+    assert set(field_docs(ServeConfig)) == set(args)
+    assert "429" in field_docs(ServeConfig)["queue_capacity"]
     with pytest.raises(ConfigError, match="unknown serve options"):
         serve_command(cohort_dir, bogus=1)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shoal.errors import ConfigError, ModelError, ShoalError
+from shoal.flags import field_docs
 from shoal.models.cohort_folder import label_names, load_tokenizer, prefix_accuracy, read_cohort
 from shoal.serve.config import API_KEY_ENV, ServeConfig, resolve_api_key
 from shoal.types import token_limit
@@ -267,26 +268,6 @@ def serve_command(cohort_dir: str | Path, **options: Any) -> None:
         log.warning(warning)
     app = build_app(cohort_dir, config)
     _uvicorn_server(app, config).run()
-
-
-def field_docs(cls: type = ServeConfig) -> dict[str, str]:
-    """Each field's docstring of a config dataclass (for ``--help`` texts), read from the
-    source."""
-    import ast
-    import inspect
-    import textwrap
-
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for prev, node in zip(body, body[1:]):
-        if (
-            isinstance(prev, ast.AnnAssign)
-            and isinstance(prev.target, ast.Name)
-            and isinstance(node, ast.Expr)
-            and isinstance(node.value, ast.Constant)
-        ):
-            docs[prev.target.id] = " ".join(str(node.value.value).split())
-    return docs
 
 
 def _add_flags(p: argparse._ActionsContainer, cls: type) -> None:
