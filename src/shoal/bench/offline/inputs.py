@@ -1,4 +1,4 @@
-"""The benchmark's inputs: sentences of one length (SST-2's by default), without padding.
+"""The benchmark's inputs: sentences of one length from a TSV split (or synthetic ids), no padding.
 
 Batch 1 cycles through distinct sentences (a cache cannot keep one answer hot); the large
 batch repeats them to the requested size. Without a data file the ids are synthetic, which
