@@ -199,6 +199,36 @@ async def test_admission_is_bounded(cohort_dir):
     assert engine.scheduler.stats.rejected == 2
 
 
+async def test_a_request_larger_than_the_capacity_waits_for_an_empty_queue(cohort_dir):
+    engine, encoder, rt = make_engine(cohort_dir, capacity=2)
+    gate = rt.hold()
+    await engine.start()
+    try:
+        running = engine.enqueue(await encoder.encode_all([(SHORT[0], None)]))
+        await entered(rt)
+        queued = engine.enqueue(await encoder.encode_all([(SHORT[1], None)]))
+        three = await encoder.encode_all([(t, None) for t in SHORT[2:5]])
+        with pytest.raises(BufferFull, match="larger than the queue capacity"):
+            engine.enqueue(three)
+        assert engine.queue_depth == 1
+        gate.set()
+        await running.wait()
+        await queued.wait()
+        gate = rt.hold()
+        running = engine.enqueue(await encoder.encode_all([(SHORT[0], None)]))
+        await entered(rt)
+        big = engine.enqueue(three)  # the queue is empty: queued whole, past the capacity
+        assert engine.queue_depth == 3
+        with pytest.raises(BufferFull):
+            engine.enqueue(await encoder.encode_all([(SHORT[5], None)]))
+        gate.set()
+        await running.wait()
+        assert len(await big.wait()) == 3
+    finally:
+        await engine.stop()
+    assert engine.scheduler.stats.rejected == 4
+
+
 async def test_drain_answers_accepted_requests_and_refuses_new_ones(cohort_dir):
     engine, encoder, rt = make_engine(cohort_dir)
     gate = rt.hold()

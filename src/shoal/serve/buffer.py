@@ -29,7 +29,9 @@ class BufferConfig:
     max_element_size: int = 64
     """Most requests in one element."""
     capacity: int = 1024
-    """Most pending requests; a push beyond this raises ``BufferFull``."""
+    """Most pending requests; a push beyond this raises ``BufferFull`` (unless the push is
+    marked ``past_capacity``: a request larger than the capacity admitted into an empty
+    buffer)."""
     max_wait_s: float = 0.0
     """FIFO baseline only: how long the oldest request may wait for a fuller batch (0 = never
     wait). The length-aware buffer never waits, as in the paper."""
@@ -47,6 +49,14 @@ class BufferConfig:
     def bin_of(self, n_tokens: int) -> int:
         """The length bin of a request of ``n_tokens`` tokens."""
         return n_tokens // self.bin_width
+
+
+def check_room(held: int, capacity: int) -> None:
+    """Raise ``BufferFull`` when a buffer holding ``held`` requests has no room for one more."""
+    if held >= capacity:
+        raise BufferFull(
+            f"buffer holds {held} requests (capacity={capacity}); retry later or raise the capacity"
+        )
 
 
 @dataclass(frozen=True)
@@ -97,7 +107,7 @@ class Buffer(Protocol):
 
     config: BufferConfig
 
-    def push(self, item: Item) -> None: ...
+    def push(self, item: Item, *, past_capacity: bool = False) -> None: ...
     def pop(self) -> Element | None: ...
     def peek(self) -> Element | None: ...
     def ready(self, now: float) -> bool: ...
@@ -139,13 +149,11 @@ class LengthAwareBuffer:
             and n * max(element.max_tokens, item.n_tokens) <= cfg.max_element_tokens
         )
 
-    def push(self, item: Item) -> None:
-        """Add a request; raises ``BufferFull`` at capacity, ``ValueError`` on a duplicate id."""
-        if len(self._where) >= self.config.capacity:
-            raise BufferFull(
-                f"buffer holds {len(self._where)} requests (capacity={self.config.capacity}); "
-                "retry later or raise the capacity"
-            )
+    def push(self, item: Item, *, past_capacity: bool = False) -> None:
+        """Add a request; raises ``BufferFull`` at capacity (unless ``past_capacity``),
+        ``ValueError`` on a duplicate id."""
+        if not past_capacity:
+            check_room(len(self._where), self.config.capacity)
         if item.id in self._where:
             raise ValueError(f"request id {item.id} is already pending")
         tail = self._elements[-1] if self._elements else None
@@ -250,13 +258,11 @@ class FifoBuffer:
         if n:
             yield n, longest
 
-    def push(self, item: Item) -> None:
-        """Add a request; raises ``BufferFull`` at capacity, ``ValueError`` on a duplicate id."""
-        if len(self._items) >= self.config.capacity:
-            raise BufferFull(
-                f"buffer holds {len(self._items)} requests (capacity={self.config.capacity}); "
-                "retry later or raise the capacity"
-            )
+    def push(self, item: Item, *, past_capacity: bool = False) -> None:
+        """Add a request; raises ``BufferFull`` at capacity (unless ``past_capacity``),
+        ``ValueError`` on a duplicate id."""
+        if not past_capacity:
+            check_room(len(self._items), self.config.capacity)
         if item.id in self._ids:
             raise ValueError(f"request id {item.id} is already pending")
         self._items.append(item)

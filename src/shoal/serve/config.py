@@ -73,11 +73,10 @@ class ServeConfig:
     """Most inputs in one batch."""
     queue_capacity: int | None = None
     """Most inputs waiting; beyond it requests get 429 with Retry-After. None: what the
-    cohort can answer within the latency target at its profiled capacity,
-    ``floor(latency_target * headroom * throughput)``, where throughput is inputs per second in
-    batches of max_batch_size at half of max_length with the fewest students pruning may use
-    (all of them with --no-pruning); at least max_client_batch_size, so that every allowed
-    request fits (a request is queued whole or refused)."""
+    cohort answers within latency_target * headroom at its profiled speed, in batches of up to
+    max_batch_size at half of max_length with the fewest students pruning may use (all of them
+    with --no-pruning); at least 1. A request is queued whole or refused: one with more inputs
+    than the capacity is queued only into an empty queue."""
     max_wait_ms: float = 0.0
     """FIFO only: how long the oldest input may wait for a fuller batch."""
     # -- requests

@@ -216,14 +216,19 @@ class Engine:
     # ---------------------------------------------------------------- front
 
     def submit(
-        self, encoded: TokenizedInput, *, min_k: int = 1, deadline_s: float | None = None
+        self,
+        encoded: TokenizedInput,
+        *,
+        min_k: int = 1,
+        deadline_s: float | None = None,
+        past_capacity: bool = False,
     ) -> tuple[int, asyncio.Future[Prediction]]:
         """Queue one input; returns its id and the future of its prediction.
 
-        Raises ``Draining``, ``BufferFull`` (admission is bounded) or ``InvalidRequest``.
+        Raises ``Draining``, ``BufferFull`` (admission is bounded; ``past_capacity`` queues
+        it anyway, for a request ``enqueue`` admitted whole) or ``InvalidRequest``.
         """
-        if not self.accepting or not self.running:
-            raise Draining("the server is shutting down; retry on another replica")
+        self._check_accepting()
         now = self.clock()
         deadline = deadline_s if deadline_s is not None else self.default_deadline_s
         item = Item(
@@ -234,22 +239,31 @@ class Engine:
             min_k=min_k,
             payload=encoded,
         )
-        self.scheduler.submit(item, now)
+        self.scheduler.submit(item, now, past_capacity=past_capacity)
         future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
         self._futures[item.id] = future
         self._idle.clear()
         self._wake.set()
         return item.id, future
 
+    def _check_accepting(self) -> None:
+        if not self.accepting or not self.running:
+            raise Draining("the server is shutting down; retry on another replica")
+
     def enqueue(
         self, inputs: Sequence[TokenizedInput], *, min_k: int = 1, deadline_s: float | None = None
     ) -> Ticket:
         """Queue a request's inputs, all or none: if one is refused, the others are withdrawn
-        and the error propagates."""
+        and the error propagates. A request larger than the queue capacity is queued only
+        into an empty queue."""
+        self._check_accepting()
+        past = self.scheduler.admit(len(inputs))
         ticket = Ticket(self)
         try:
             for enc in inputs:
-                item_id, future = self.submit(enc, min_k=min_k, deadline_s=deadline_s)
+                item_id, future = self.submit(
+                    enc, min_k=min_k, deadline_s=deadline_s, past_capacity=past
+                )
                 ticket.ids.append(item_id)
                 ticket.futures.append(future)
         except BaseException:

@@ -125,8 +125,30 @@ class Scheduler:
         while self._arrivals and self._arrivals[0][0] <= start:
             self._window_tokens -= self._arrivals.popleft()[1]
 
-    def submit(self, item: Item, now: float) -> None:
-        """Queue a request. Raises ``InvalidRequest`` or ``BufferFull`` (counted as rejected)."""
+    @property
+    def capacity(self) -> int:
+        """Most pending requests (inputs) the buffer holds."""
+        return self.buffer.config.capacity
+
+    def admit(self, n: int) -> bool:
+        """Admission of a request of ``n`` inputs, queued whole or refused. True when it is
+        larger than the capacity and so must be queued past it, which only an empty buffer
+        allows (such a request could never fit otherwise); raises ``BufferFull`` (counted as
+        ``n`` rejected) when the buffer is not empty."""
+        if n <= self.capacity:
+            return False
+        if len(self.buffer):
+            self._count(rejected=n)
+            raise BufferFull(
+                f"a request of {n} inputs is larger than the queue capacity "
+                f"({self.capacity}) and is queued only when the queue is empty; retry later, "
+                "send fewer inputs per request, or raise --queue-capacity"
+            )
+        return True
+
+    def submit(self, item: Item, now: float, *, past_capacity: bool = False) -> None:
+        """Queue a request (past the capacity when ``admit`` said so). Raises
+        ``InvalidRequest`` or ``BufferFull`` (counted as rejected)."""
         n = self.config.policy.n_students
         if item.min_k > n:
             raise InvalidRequest(
@@ -137,7 +159,7 @@ class Scheduler:
         self._arrivals.append((now, item.n_tokens))
         self._window_tokens += item.n_tokens
         try:
-            self.buffer.push(item)
+            self.buffer.push(item, past_capacity=past_capacity)
         except BufferFull:
             self._count(rejected=1)
             raise

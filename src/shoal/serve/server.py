@@ -114,7 +114,6 @@ def build_app(
         batch=config.max_batch_size,
         length=max(1, max_length // 2),
         seconds=config.latency_target_ms / 1e3 * config.headroom,
-        floor=config.max_client_batch_size,
     )
     encoder = TextEncoder(
         tokenizer, max_length, truncate=config.truncate, max_chars=config.max_input_chars
@@ -182,13 +181,17 @@ def scheduler_config(config: ServeConfig, policy: Any, capacity: int) -> Any:
 def derived_queue_capacity(
     cost_model: Any, *, k: int, batch: int, length: int, seconds: float, floor: int = 1
 ) -> int:
-    """Inputs the runtime answers in ``seconds`` running ``batch``-input batches of ``length``
-    tokens with ``k`` students back to back (as the cost model predicts); at least ``floor``
-    (the most inputs one request may bring, which must always fit)."""
-    rate = cost_model.throughput(k, length, batch)
-    if not math.isfinite(rate):
+    """Most inputs the runtime answers within ``seconds`` (as the cost model predicts): as many
+    full ``batch``-input batches of ``length`` tokens with ``k`` students as fit back to back,
+    then the largest smaller batch that fits in the time left; at least ``floor``."""
+    full = cost_model.cost(k, batch, length)
+    if not (math.isfinite(full) and full > 0):
         return max(floor, 1024)
-    return max(floor, math.floor(rate * seconds))
+    slack = 1e-9  # the cost model's interpolation rounds
+    n_full = math.floor((seconds + slack) / full)
+    left = seconds - n_full * full + slack
+    rest = max((b for b in range(1, batch) if cost_model.cost(k, b, length) <= left), default=0)
+    return max(floor, n_full * batch + rest)
 
 
 # ------------------------------------------------------------------------------ running

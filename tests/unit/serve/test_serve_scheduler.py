@@ -132,6 +132,20 @@ def test_buffer_full_is_counted_and_raised() -> None:
     assert s.arrival_rate(0.0) == pytest.approx(1.0)  # offered load includes the rejected one
 
 
+def test_a_request_larger_than_the_capacity_is_admitted_only_into_an_empty_buffer() -> None:
+    s = scheduler(buffer=BufferConfig(capacity=2))
+    assert s.admit(2) is False  # fits: queued under the capacity check
+    assert s.admit(3) is True
+    for i in range(3):
+        s.submit(Item(i, 10, 0.0), 0.0, past_capacity=True)
+    assert len(s) == 3
+    with pytest.raises(BufferFull, match="larger than the queue capacity"):
+        s.admit(3)
+    with pytest.raises(BufferFull):
+        s.submit(Item(3, 10, 0.0), 0.0)
+    assert (s.stats.submitted, s.stats.rejected) == (3, 4)
+
+
 def test_fifo_scheduler_waits_for_max_wait() -> None:
     s = scheduler(buffer_kind="fifo", buffer=BufferConfig(max_wait_s=0.5))
     s.submit(Item(0, 10, 0.0), 0.0)

@@ -49,6 +49,13 @@ def test_queue_capacity_is_the_work_drainable_within_the_target():
     assert derived_queue_capacity(cost, k=1, batch=64, length=16, seconds=0.08) == 80
     assert derived_queue_capacity(cost, k=2, batch=64, length=16, seconds=0.08) == 40
     assert derived_queue_capacity(cost, k=2, batch=8, length=16, seconds=1.0) == 500
+    assert derived_queue_capacity(cost, k=2, batch=64, length=16, seconds=0.001) == 1
+    # a fixed 10 ms per batch: small batches cost more per input than full ones
+    fixed = CostModel(points=tuple((1, b, n, 0.01 + 1e-3 * b) for b in (1, 64) for n in (1, 128)))
+    # one batch of 64 takes 74 ms; 6 ms left is no batch at all
+    assert derived_queue_capacity(fixed, k=1, batch=64, length=16, seconds=0.08) == 64
+    # 30 ms: no full batch; the largest that fits is 20 inputs (10 + 20 ms)
+    assert derived_queue_capacity(fixed, k=1, batch=64, length=16, seconds=0.03) == 20
     # never below what one request may bring: such a request would be refused forever
     assert derived_queue_capacity(cost, k=2, batch=64, length=16, seconds=0.01, floor=32) == 32
 
