@@ -322,6 +322,7 @@ async def test_info_health_and_metrics(cohort_dir):
         "shoal_inference_time_seconds_sum",
         "shoal_batch_size_bucket",
         "shoal_queue_depth 0.0",
+        "shoal_queue_capacity ",
         "shoal_active_students 3.0",
         'shoal_requests_total{status="200"} 1.0',
         "shoal_padded_tokens_total",

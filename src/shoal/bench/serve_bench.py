@@ -49,6 +49,8 @@ SHOAL_SYSTEMS: dict[str, tuple[str, ...]] = {
     "deep-student": ("--no-pruning",),  # a 1-student cohort (--deep)
     # the same server as a Ray Serve application on a local Ray (docs/ray.md)
     "shoal-ray": ("--ray", "--replicas", "1", "--cpus-per-replica", "2"),
+    # the same, each replica answering HTTP itself on --port + 1 (Serve's direct ingress)
+    "shoal-ray-direct": ("--ray", "--proxy", "direct", "--replicas", "1", "--cpus-per-replica", "2"),
     "shoal-ray-2x1": ("--ray", "--replicas", "2", "--cpus-per-replica", "1", "--threads", "1"),
     "shoal-ray-autoscale": (
         "--ray",
@@ -212,9 +214,18 @@ def server_command(system: str, config: ServeBenchConfig, port: int) -> list[str
     ]
 
 
+def load_port(system: str, port: int) -> int:
+    """The port the load goes to: the server's, or with --proxy direct its one replica's
+    (direct ingress gives replicas the ports from --port + 1)."""
+    flags = SHOAL_SYSTEMS.get(system, ())
+    direct = "--proxy" in flags and flags[flags.index("--proxy") + 1] == "direct"
+    return port + 1 if direct else port
+
+
 @contextlib.contextmanager
 def running(cmd: list[str], port: int, log_path: Path, timeout_s: float = 300.0) -> Iterator[str]:
-    """Start a server, wait for /health, yield its URL, then stop it with SIGTERM."""
+    """Start a server, wait for /health on ``port``, yield its URL, then stop it with
+    SIGTERM."""
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
@@ -285,7 +296,7 @@ def _bench_system(
     target_s = config.latency_target_ms / 1000
     last = None
     api = "infinity" if system == "infinity" else "tei"
-    with running(cmd, port, out / "logs" / f"{system}.log") as url:
+    with running(cmd, load_port(system, port), out / "logs" / f"{system}.log") as url:
         run_load_sync(
             url,
             build_workload(

@@ -75,8 +75,9 @@ class ServeConfig:
     """Most inputs waiting; beyond it requests get 429 with Retry-After. None: what the
     cohort answers within latency_target * headroom at its profiled speed, in batches of up to
     max_batch_size at half of max_length with the fewest students pruning may use (all of them
-    with --no-pruning); at least 1. A request is queued whole or refused: one with more inputs
-    than the capacity is queued only into an empty queue."""
+    with --no-pruning); at least 1, and smaller while batches run slower than profiled (the
+    calibration). A request is queued whole or refused: one with more inputs than the capacity
+    is queued only into an empty queue."""
     max_wait_ms: float = 0.0
     """FIFO only: how long the oldest input may wait for a fuller batch."""
     # -- requests

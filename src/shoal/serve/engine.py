@@ -443,6 +443,11 @@ class Engine:
         return len(self.scheduler)
 
     @property
+    def queue_capacity(self) -> int:
+        """Inputs admitted to the buffer now (it follows the measured speed when derived)."""
+        return self.scheduler.capacity
+
+    @property
     def current_k(self) -> int:
         """Students the policy chose at its last decision."""
         return self.scheduler.current_k

@@ -20,7 +20,14 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from shoal.errors import ConfigError
-from shoal.serve.buffer import Buffer, BufferConfig, FifoBuffer, Item, LengthAwareBuffer
+from shoal.serve.buffer import (
+    Buffer,
+    BufferConfig,
+    FifoBuffer,
+    Item,
+    LengthAwareBuffer,
+    check_room,
+)
 from shoal.serve.costmodel import CostModel
 from shoal.serve.errors import BufferFull, InvalidRequest
 from shoal.serve.policy import LoadSnapshot, PolicyConfig, PolicyState, decide, initial_state
@@ -42,6 +49,10 @@ class SchedulerConfig:
     """Scale the cost model by the measured/predicted time of recent batches (see module)."""
     calibration_batches: int = 16
     """Span of the running estimate, batches: each batch moves it by 2/(span+1) in log space."""
+    capacity_follows_speed: bool = False
+    """Shrink the buffer's capacity by the calibrated cost scale while batches run slower
+    than profiled, so what is queued still drains within the same time (for a capacity
+    derived from the latency target; never above the configured one)."""
     calibration_clip: float = 4.0
     """One batch's ratio is clipped to [1/clip, clip] before it counts, so a single stall (a
     page fault, a first-call warm-up) cannot swing the policy; the estimate stays in the same
@@ -127,8 +138,12 @@ class Scheduler:
 
     @property
     def capacity(self) -> int:
-        """Most pending requests (inputs) the buffer holds."""
-        return self.buffer.config.capacity
+        """Most pending requests (inputs) admitted now: the buffer's capacity, divided by the
+        cost scale while batches run slower than profiled (``capacity_follows_speed``)."""
+        configured = self.buffer.config.capacity
+        if not self.config.capacity_follows_speed or self.cost_scale <= 1.0:
+            return configured
+        return max(1, math.floor(configured / self.cost_scale))
 
     def admit(self, n: int) -> bool:
         """Admission of a request of ``n`` inputs, queued whole or refused. True when it is
@@ -159,6 +174,8 @@ class Scheduler:
         self._arrivals.append((now, item.n_tokens))
         self._window_tokens += item.n_tokens
         try:
+            if not past_capacity:
+                check_room(len(self.buffer), self.capacity)
             self.buffer.push(item, past_capacity=past_capacity)
         except BufferFull:
             self._count(rejected=1)

@@ -175,6 +175,7 @@ def scheduler_config(config: ServeConfig, policy: Any, capacity: int) -> Any:
             max_wait_s=config.max_wait_ms / 1e3,
         ),
         calibrate=config.calibrate,
+        capacity_follows_speed=config.queue_capacity is None,
     )
 
 
@@ -354,7 +355,7 @@ def ray_command(cohort_dir: str, ray_config: Any, **options: Any) -> None:
     from shoal.serve.cluster import launch
 
     try:
-        launch.prepare_environment(ray_config)
+        launch.prepare_environment(ray_config, config.port)
         import ray.serve  # noqa: F401
     except (ImportError, FileNotFoundError) as e:
         raise ConfigError(
@@ -363,6 +364,9 @@ def ray_command(cohort_dir: str, ray_config: Any, **options: Any) -> None:
     if ray_config.ray_config_out:
         out = launch.write_serve_config(cohort_dir, config, ray_config)
         print(f"wrote {out}; deploy it with: serve deploy {out}")
+        variables = " ".join(f"{k}={v}" for k, v in ray_config.environment(config.port).items())
+        if variables:
+            print(f"start every node of the cluster with {variables} (before `ray start`)")
         return
     config = resolve_api_key(config, os.environ)
     launch.serve_on_ray(cohort_dir, config, ray_config)

@@ -146,6 +146,20 @@ def test_a_request_larger_than_the_capacity_is_admitted_only_into_an_empty_buffe
     assert (s.stats.submitted, s.stats.rejected) == (3, 4)
 
 
+def test_a_derived_capacity_shrinks_while_batches_run_slower_than_profiled() -> None:
+    fixed = scheduler(buffer=BufferConfig(capacity=12))
+    follows = scheduler(buffer=BufferConfig(capacity=12), capacity_follows_speed=True)
+    for s in (fixed, follows):
+        _observed(s, 3.0, times=200)  # batches ran 3x slower than profiled
+    assert (fixed.capacity, follows.capacity) == (12, 4)
+    for i in range(4):
+        follows.submit(Item(100 + i, 10, 0.0), 0.0)
+    with pytest.raises(BufferFull, match="capacity=4"):
+        follows.submit(Item(104, 10, 0.0), 0.0)
+    _observed(follows, 0.5, times=200)  # faster than profiled: never above the configured one
+    assert follows.capacity == 12
+
+
 def test_fifo_scheduler_waits_for_max_wait() -> None:
     s = scheduler(buffer_kind="fifo", buffer=BufferConfig(max_wait_s=0.5))
     s.submit(Item(0, 10, 0.0), 0.0)

@@ -127,6 +127,12 @@ class ServeMetrics:
         )
         depth = Gauge("shoal_queue_depth", "Requests waiting in the buffer.", registry=r)
         depth.set_function(lambda: engine.queue_depth)
+        capacity = Gauge(
+            "shoal_queue_capacity",
+            "Inputs admitted to the buffer now; beyond it requests get 429.",
+            registry=r,
+        )
+        capacity.set_function(lambda: engine.queue_capacity)
         active = Gauge("shoal_active_students", "Students the pruning policy uses now.", registry=r)
         active.set_function(lambda: engine.current_k)
         scale = Gauge(

@@ -15,6 +15,8 @@ INGRESS = "Cohort"
 """Name of the deployment whose replicas hold the whole cohort and answer HTTP."""
 COORDINATOR = "Coordinator"
 """Name of the one-replica deployment that gathers metrics and carries the drain signal."""
+DIRECT_PORTS = 1000
+"""Ports per node that direct ingress may give replicas, from --port + 1."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,9 +63,11 @@ class RayConfig:
     max_queued_requests: int = 1024
     """Requests Ray's router holds per caller while every replica is at
     max_ongoing_requests; beyond it the request gets 503 (-1: unbounded)."""
-    proxy: Literal["head", "every-node"] = "head"
-    """Where Ray runs the HTTP proxy: on the head node only (one address) or on every node
-    (put a load balancer in front)."""
+    proxy: Literal["head", "every-node", "direct"] = "head"
+    """Where Ray runs the HTTP proxy: on the head node only (one address), on every node (put
+    a load balancer in front), or 'direct': the head's proxy, and each replica also answers
+    HTTP itself on a port of its node from --port + 1 up (Serve's direct ingress, no proxy
+    hop: put a load balancer over the replicas' addresses, printed at start)."""
     ray_config_out: str | None = None
     """Write the equivalent Serve config file (YAML, for `serve deploy`) here and exit."""
 
@@ -109,6 +113,22 @@ class RayConfig:
             raise ConfigError(
                 f"max_queued_requests={self.max_queued_requests} must be >= 1, or -1 (unbounded)"
             )
+
+    def environment(self, port: int) -> dict[str, str]:
+        """Variables every node of the cluster needs from its start (``ray start``) for this
+        placement: with --proxy direct, Serve's direct ingress on the ports from port + 1."""
+        if self.proxy != "direct":
+            return {}
+        return {
+            "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port + 1),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1 + DIRECT_PORTS),
+        }
+
+    @property
+    def proxy_location(self) -> str:
+        """Serve's ``proxy_location``: direct ingress keeps the head's proxy only."""
+        return "EveryNode" if self.proxy == "every-node" else "HeadOnly"
 
     @property
     def autoscaling(self) -> dict[str, Any] | None:
@@ -162,7 +182,7 @@ class RayConfig:
         drain = float(serve_options.get("drain_timeout_s", 30.0))
         level = str(serve_options.get("log_level", "info")).upper()
         return {
-            "proxy_location": "HeadOnly" if self.proxy == "head" else "EveryNode",
+            "proxy_location": self.proxy_location,
             "http_options": {"host": host, "port": port},
             "applications": [
                 {

@@ -58,11 +58,15 @@ def write_serve_config(cohort_dir: str, config: Any, ray_config: RayConfig) -> P
     return out
 
 
-def prepare_environment(ray_config: RayConfig) -> None:
+def prepare_environment(ray_config: RayConfig, port: int) -> None:
     """Before Ray is imported: a local Ray and this process use token authentication (Ray
-    reads the mode once, at import), with a token made if ~/.ray has none."""
+    reads the mode once, at import), with a token made if ~/.ray has none, and the variables
+    the placement needs (``RayConfig.environment``; a cluster started elsewhere must have
+    them from its own start)."""
     if ray_config.ray_address or os.environ.get("RAY_ADDRESS"):
         return
+    for name, value in ray_config.environment(port).items():
+        os.environ.setdefault(name, value)
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     token = Path.home() / ".ray" / "auth_token"
     if os.environ["RAY_AUTH_MODE"] == "token" and not (
@@ -107,7 +111,7 @@ def serve_on_ray(cohort_dir: str, config: Any, ray_config: RayConfig) -> None:
             ) from None
         serve.start(
             http_options={"host": config.host, "port": config.port},
-            proxy_location="HeadOnly" if ray_config.proxy == "head" else "EveryNode",
+            proxy_location=ray_config.proxy_location,
             # the replicas log each request themselves; the proxy's access log would repeat it
             logging_config={"log_level": config.log_level.upper(), "enable_access_log": False},
         )
@@ -116,11 +120,14 @@ def serve_on_ray(cohort_dir: str, config: Any, ray_config: RayConfig) -> None:
             serve.run(app, name=ray_config.app_name, route_prefix="/")
         except Exception as e:  # a replica's constructor raised: its first line says why
             raise ShoalError(f"the Ray Serve application did not start: {_first_line(e)}") from None
+        direct = ""
+        if ray_config.proxy == "direct":
+            direct = "; replicas answer directly at " + _direct_addresses(ray_config, config)
         # printed at any log level: supervisors and scripts wait for this line
         print(
             f"shoal: serving {cohort} on http://{config.host}:{config.port} through Ray Serve "
             f"({address or 'a local Ray'}) with "
-            f"{json.dumps(ray_config.ingress_options(config.drain_timeout_s))}",
+            f"{json.dumps(ray_config.ingress_options(config.drain_timeout_s))}{direct}",
             file=sys.stderr,
             flush=True,
         )
@@ -136,6 +143,43 @@ def serve_on_ray(cohort_dir: str, config: Any, ray_config: RayConfig) -> None:
         ray.shutdown()
         if local is not None:
             local.stop()
+
+
+def replica_addresses(app_name: str) -> list[str]:
+    """``http://IP:PORT`` of each replica of the application that answers HTTP itself (Serve's
+    direct ingress), as Serve's controller lists them for load balancers; without direct
+    ingress the controller lists the proxies instead."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    controller = _get_global_client()._controller
+    groups = ray.get(controller.get_target_groups.remote(app_name), timeout=30)
+    return sorted(
+        f"http://{t.ip}:{t.port}"
+        for g in groups
+        if g.protocol == "HTTP" and g.app_name in ("", app_name)
+        for t in g.targets
+    )
+
+
+def _direct_addresses(ray_config: RayConfig, config: Any) -> str:
+    """The replicas' own addresses, for the ready line; a warning when the cluster was not
+    started with direct ingress (its replicas then answer through the proxy only)."""
+    proxy = f"http://{config.host}:{config.port}"
+    try:
+        addresses = [a for a in replica_addresses(ray_config.app_name) if a != proxy]
+    except Exception as e:  # the controller's listing is Serve's alpha API
+        log.warning("cannot list the replicas' addresses (%s); see their logs", _first_line(e))
+        return "(see the replicas' logs)"
+    if not addresses:
+        variables = " ".join(f"{k}={v}" for k, v in ray_config.environment(config.port).items())
+        log.warning(
+            "--proxy direct: the cluster's replicas do not answer HTTP themselves; start every "
+            "node with %s before `ray start`",
+            variables,
+        )
+        return "(none: direct ingress is off in this cluster)"
+    return ", ".join(addresses)
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
