@@ -106,3 +106,18 @@ def test_inputs_are_synthetic_without_data_and_a_missing_file_is_named(tiny_teac
     assert rows[0]["input_ids"].shape == (1, 25) and big["input_ids"].shape == (4, 25)
     with pytest.raises(DataError, match="missing.tsv does not exist"):
         equal_length_batches(tok, str(tmp_path / "missing.tsv"), None, 4)
+
+
+def test_a_length_no_sentence_reaches_is_refused_by_name(tiny_teacher, tmp_path):
+    from transformers import AutoTokenizer
+
+    from shoal.bench.offline.inputs import equal_length_batches
+    from shoal.errors import DataError
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_teacher))
+    data = tmp_path / "test.tsv"
+    data.write_text("sentence\tlabel\ngood film\t1\na bad one\t0\n")
+    rows, _, source = equal_length_batches(tok, str(data), 4, 2)
+    assert rows[0]["input_ids"].shape == (1, 4) and "of 4 tokens" in source
+    with pytest.raises(DataError, match="--length 5 or less"):
+        equal_length_batches(tok, str(data), 400, 2)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from shoal.data import read_tsv
+from shoal.errors import DataError
 
 
 def equal_length_batches(
@@ -30,6 +31,12 @@ def equal_length_batches(
         chosen = [s for s in sents if len(s) == length] or [
             s[:length] for s in sents if len(s) >= length
         ]
+        if not chosen:
+            raise DataError(
+                f"no sentence of {path} has {length} tokens or more (the longest has "
+                f"{lens[-1]}); give --length {lens[-1]} or less, or leave --length out for "
+                f"the median ({lens[len(lens) // 2]})"
+            )
         source = f"{path} ({len(chosen)} sentences of {length} tokens)"
     else:
         length = length or 25

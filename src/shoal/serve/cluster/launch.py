@@ -145,17 +145,18 @@ def serve_on_ray(cohort_dir: str, config: Any, ray_config: RayConfig) -> None:
             local.stop()
 
 
-def replica_addresses(app_name: str) -> list[str]:
+def replica_addresses(app_name: str, host: str) -> list[str]:
     """``http://IP:PORT`` of each replica of the application that answers HTTP itself (Serve's
-    direct ingress), as Serve's controller lists them for load balancers; without direct
-    ingress the controller lists the proxies instead."""
+    direct ingress), as Serve's controller lists them for load balancers (without direct
+    ingress it lists the proxies instead). Replicas listen on ``host`` (--host) of their node:
+    its address there when that is all interfaces, else ``host`` itself."""
     import ray
     from ray.serve.context import _get_global_client
 
     controller = _get_global_client()._controller
     groups = ray.get(controller.get_target_groups.remote(app_name), timeout=30)
     return sorted(
-        f"http://{t.ip}:{t.port}"
+        f"http://{t.ip if host in ('0.0.0.0', '::') else host}:{t.port}"
         for g in groups
         if g.protocol == "HTTP" and g.app_name in ("", app_name)
         for t in g.targets
@@ -165,9 +166,11 @@ def replica_addresses(app_name: str) -> list[str]:
 def _direct_addresses(ray_config: RayConfig, config: Any) -> str:
     """The replicas' own addresses, for the ready line; a warning when the cluster was not
     started with direct ingress (its replicas then answer through the proxy only)."""
-    proxy = f"http://{config.host}:{config.port}"
+    proxy = f":{config.port}"  # the proxies' port: what the listing holds without direct ingress
     try:
-        addresses = [a for a in replica_addresses(ray_config.app_name) if a != proxy]
+        addresses = [
+            a for a in replica_addresses(ray_config.app_name, config.host) if not a.endswith(proxy)
+        ]
     except Exception as e:  # the controller's listing is Serve's alpha API
         log.warning("cannot list the replicas' addresses (%s); see their logs", _first_line(e))
         return "(see the replicas' logs)"
