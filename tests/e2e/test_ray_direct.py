@@ -12,7 +12,9 @@ pytest.importorskip("ray.serve", reason="needs ray[serve]")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def test_a_replica_answers_on_its_own_port_as_through_the_proxy(e2e_cohort, profile_cache, tmp_path):
+def test_a_replica_answers_on_its_own_port_as_through_the_proxy(
+    e2e_cohort, profile_cache, tmp_path
+):
     s = RayServer(
         e2e_cohort,
         tmp_path / "server.log",

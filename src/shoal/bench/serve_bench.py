@@ -50,7 +50,15 @@ SHOAL_SYSTEMS: dict[str, tuple[str, ...]] = {
     # the same server as a Ray Serve application on a local Ray (docs/ray.md)
     "shoal-ray": ("--ray", "--replicas", "1", "--cpus-per-replica", "2"),
     # the same, each replica answering HTTP itself on --port + 1 (Serve's direct ingress)
-    "shoal-ray-direct": ("--ray", "--proxy", "direct", "--replicas", "1", "--cpus-per-replica", "2"),
+    "shoal-ray-direct": (
+        "--ray",
+        "--proxy",
+        "direct",
+        "--replicas",
+        "1",
+        "--cpus-per-replica",
+        "2",
+    ),
     "shoal-ray-2x1": ("--ray", "--replicas", "2", "--cpus-per-replica", "1", "--threads", "1"),
     "shoal-ray-autoscale": (
         "--ray",

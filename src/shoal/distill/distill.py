@@ -32,6 +32,7 @@ from shoal.devices import resolve_device
 from shoal.distill.augment import augment_key, augment_with_teacher, compose, swap_pairs
 from shoal.distill.config import METHODS, DistillConfig
 from shoal.distill.ensemble import Ensemble, fit_alpha_and_add, student_outputs
+from shoal.distill.objectives import OBJECTIVES
 from shoal.distill.prefix import PrefixEvaluator
 from shoal.distill.resume import check_same_run, resume, save_checkpoint, truncate, with_config
 from shoal.distill.students import train_jointly, train_student
@@ -215,7 +216,8 @@ def _cohort(config: DistillConfig, teacher, plan: list[list[int]]) -> ShoalModel
         teacher, config.n_students, config.student_layers, plan,
         head_per_student=config.space == "logits",
     )  # fmt: skip
-    changes: dict = {"combine": "mean"} if config.method == "average" else {}
+    combine = OBJECTIVES[config.method].combine
+    changes: dict = {"combine": combine} if combine != model.config.combine else {}
     if config.dropout != model.config.dropout:
         changes["dropout"] = config.dropout
     if changes:
@@ -230,7 +232,7 @@ def _cohort(config: DistillConfig, teacher, plan: list[list[int]]) -> ShoalModel
 def _ensemble(config: DistillConfig, model: ShoalModel, enc: Encoded) -> Ensemble | None:
     """The running ensemble ``b_k`` of a boosting method, in host memory; averaged students
     never read it, so they get no (n_tokens, H) store."""
-    if config.method == "average":
+    if not OBJECTIVES[config.method].boosts:
         return None
     return Ensemble(
         TokenStore(enc.lengths(), model.config.hidden_size),

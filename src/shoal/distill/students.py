@@ -1,5 +1,5 @@
-"""Training one student (or, with ``joint_epochs``, all of them together): the objective of
-each method, on the cached teacher outputs and the running ensemble."""
+"""Training one student (or, with ``joint_epochs``, all of them together) on the cached
+teacher outputs and the running ensemble, with its method's objective (``objectives``)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from torch import nn
 
 from shoal.data import Encoded, iterate
 from shoal.devices import model_device, to_device
-from shoal.distill import boosting, losses
+from shoal.distill import losses
 from shoal.distill.config import DistillConfig
 from shoal.distill.ensemble import Ensemble, initial_scale
+from shoal.distill.objectives import OBJECTIVES
 from shoal.distill.resume import step_checkpoint
 from shoal.distill.teacher_outputs import TeacherCache
 from shoal.distill.trainer import train
@@ -41,12 +42,12 @@ def train_student(
     # Post-LN students emit unit-scale states while later residuals are small: a learned
     # scalar c lets student k fit r_k as c * s_k (alpha_k replaces c once it is trained).
     c = nn.Parameter(torch.tensor(initial_scale(model, k, enc, cache, ensemble, pad), device=dev))
-    objective = _StudentObjective(model, k, cache, ensemble, config, proj, c)
+    objective = OBJECTIVES[config.method](model, k, cache, ensemble, config, proj, c)
     objective.head.eval()
     student = model.students[k]
     named = [(f"student.{n}", p) for n, p in student.named_parameters()]
     named += [(f"proj.{n}", p) for n, p in proj.named_parameters()] if objective.stack else []
-    named += [("scale", c)] if objective.boost else []
+    named += [("scale", c)] if objective.boosts else []
     if objective.logit_space:
         named += [(f"head.{n}", p) for n, p in objective.head.named_parameters()]
     train(
@@ -69,103 +70,6 @@ def _identity_projection(hidden: int) -> nn.Linear:
         proj.weight.copy_(torch.eye(hidden))
         proj.bias.zero_()
     return proj
-
-
-class _StudentObjective:
-    """Student k's loss on one batch: the residual term of its space (hidden states read by
-    the shared head, or logits through its own head), the stacking imitation, and KD / label
-    terms through the head. A boosting student (``ensemble`` given) fits ``T - b_{k-1}``; an
-    averaged one, and the first boosting student, fit the teacher itself."""
-
-    def __init__(
-        self,
-        model: ShoalModel,
-        k: int,
-        cache: TeacherCache,
-        ensemble: Ensemble | None,
-        config: DistillConfig,
-        proj: nn.Linear,
-        c: nn.Parameter,
-    ) -> None:
-        self.model, self.k, self.cache, self.ensemble = model, k, cache, ensemble
-        self.config, self.proj, self.c = config, proj, c
-        self.student = model.students[k]
-        self.dev = model_device(model)
-        self.boost = ensemble is not None
-        self.stack = config.method != "boost" and config.w_stack > 0 and config.student_layers > 1
-        self.logit_space = config.space == "logits"
-        self.head = model.heads[k] if self.logit_space else model.head
-
-    def __call__(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        config, dev = self.config, self.dev
-        b = to_device(b, dev)
-        idx, mask = b["index"].tolist(), b["attention_mask"]
-        with torch.no_grad():
-            x, amask = self.model.embed(b["input_ids"], mask, b["token_type_ids"])
-        states = self.student(x, amask)
-        teacher_states = self.cache.final.gather(idx, device=dev)
-        t_logits = self.cache.logits[b["index"]].to(dev)
-        residual = self.ensemble is not None and self.k > 0
-        prev = (
-            self.ensemble.hidden.gather(idx, device=dev)
-            if self.ensemble is not None and residual
-            else torch.zeros_like(teacher_states)
-        )
-        if self.logit_space:
-            loss, logits = self._logit_residual(b, states, teacher_states, t_logits, residual)
-        else:
-            loss, logits = self._hidden_residual(states, teacher_states, prev, mask)
-        if self.stack:
-            imitate = prev if residual else self.cache.middle.gather(idx, device=dev)
-            loss = loss + config.w_stack * losses.stacking_loss(
-                self.proj(states[-2]), imitate, mask
-            )
-        if config.w_kd > 0:
-            loss = loss + config.w_kd * losses.kd_loss(logits, t_logits, config.temperature)
-        if config.w_ce > 0:
-            loss = loss + config.w_ce * losses.label_loss(logits, b["labels"])
-        return loss
-
-    def _logit_residual(
-        self,
-        b: dict[str, torch.Tensor],
-        states: list[torch.Tensor],
-        teacher_states: torch.Tensor,
-        t_logits: torch.Tensor,
-        residual: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Own head: the residual is in logits. Returns (loss, the prefix's logits)."""
-        mask, w_res = b["attention_mask"], self.config.w_res
-        z = self.c * self.head(states[-1][:, 0])
-        prev_logits = (
-            self.ensemble.logits[b["index"]].to(self.dev)
-            if self.ensemble is not None and residual
-            else torch.zeros_like(z)
-        )
-        loss = w_res * losses.residual_loss(
-            z[:, None], (t_logits - prev_logits)[:, None], mask[:, :1]
-        )
-        if not residual:
-            # A student that fits the whole teacher also imitates its states; a boosting
-            # student's states are free to encode whatever predicts the residual.
-            loss = loss + w_res * losses.masked_mse(states[-1], teacher_states, mask)
-        return loss, prev_logits + z
-
-    def _hidden_residual(
-        self,
-        states: list[torch.Tensor],
-        teacher_states: torch.Tensor,
-        prev: torch.Tensor,
-        mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shared head: the residual is in hidden states. Returns (loss, the prefix's logits)."""
-        config = self.config
-        s = self.c * states[-1]
-        target = boosting.residual(teacher_states, prev)
-        loss = config.w_res * losses.residual_loss(s, target, mask)
-        if config.w_cls > 0:
-            loss = loss + config.w_cls * losses.masked_mse(s[:, :1], target[:, :1], mask[:, :1])
-        return loss, self.head(prev[:, 0] + s[:, 0])
 
 
 def shuffled(enc: Encoded, config: DistillConfig, pad: int, offset: int):

@@ -73,7 +73,8 @@ class ServeConfig:
     """Most inputs in one batch."""
     queue_capacity: int | None = None
     """Most inputs waiting; beyond it requests get 429 with Retry-After. None: what the
-    cohort answers within latency_target * headroom at its profiled speed, in batches of up to
+    cohort answers within half of latency_target * headroom at its profiled speed (the last
+    input admitted waits for the running batch, then for the queue), in batches of up to
     max_batch_size at half of max_length with the fewest students pruning may use (all of them
     with --no-pruning); at least 1, and smaller while batches run slower than profiled (the
     calibration). A request is queued whole or refused: one with more inputs than the capacity

@@ -113,7 +113,9 @@ def build_app(
         k=policy.effective_floor if config.pruning else n,
         batch=config.max_batch_size,
         length=max(1, max_length // 2),
-        seconds=config.latency_target_ms / 1e3 * config.headroom,
+        # an input admitted last waits for the batch running when it came, then for the
+        # queue ahead of it: each may take half of the target's share
+        seconds=config.latency_target_ms / 1e3 * config.headroom / 2,
     )
     encoder = TextEncoder(
         tokenizer, max_length, truncate=config.truncate, max_chars=config.max_input_chars
