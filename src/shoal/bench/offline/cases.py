@@ -20,7 +20,7 @@ import torch
 from shoal.bench.offline.flops import cohort_flops, teacher_flops
 from shoal.bench.offline.inputs import model_args
 from shoal.bench.offline.systems import ort_session, threaded_runner
-from shoal.bench.offline.timing import Case
+from shoal.bench.offline.timing import Case, System
 from shoal.models.cohort import ShoalModel
 from shoal.models.teacher import input_names
 from shoal.serve.runtime import LocalRunner, RuntimeConfig, WorkerPool
@@ -54,20 +54,22 @@ def in_process_cases(
 
 def _runners(model: ShoalModel, bf16: bool, onnx: bool) -> _Runners:
     n = model.n_students
-    runners: _Runners = [("cohort fused", LocalRunner(model), list(range(1, n + 1)))]
+    runners: _Runners = [(System.COHORT_FUSED, LocalRunner(model), list(range(1, n + 1)))]
     if bf16:
-        runners.append(("cohort fused bf16", LocalRunner(model, dtype="bfloat16"), sorted({1, n})))
+        runners.append(
+            (System.COHORT_FUSED_BF16, LocalRunner(model, dtype="bfloat16"), sorted({1, n}))
+        )
     if onnx:
         runners.append(
             (
-                "cohort ONNX Runtime",
+                System.COHORT_ORT,
                 LocalRunner(model, backend="onnxruntime"),
                 list(range(1, n + 1)),
             )
         )
         runners.append(
             (
-                "cohort ONNX Runtime int8",
+                System.COHORT_ORT_INT8,
                 LocalRunner(model, backend="onnxruntime", dtype="int8"),
                 sorted({1, n}),
             )
@@ -92,7 +94,7 @@ def _cohort_cases(model: ShoalModel, runners: _Runners, b: int, t: int, length: 
     ]
     cases.append(
         Case(
-            "cohort one-by-one",
+            System.COHORT_ONE_BY_ONE,
             b,
             n,
             t,
@@ -110,7 +112,7 @@ def _teacher_cases(
     tcfg, names = teacher.config, input_names(teacher)
     cases = [
         Case(
-            "teacher HF eager",
+            System.TEACHER_HF,
             b,
             None,
             t,
@@ -142,7 +144,7 @@ def threaded_cases(
     run = threaded_runner(LocalRunner(model), n, tp)
     return [
         Case(
-            "cohort threaded",
+            System.COHORT_THREADED,
             b,
             n,
             1,

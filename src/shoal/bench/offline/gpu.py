@@ -26,7 +26,7 @@ import torch
 from shoal.bench.offline.flops import cohort_flops, teacher_flops
 from shoal.bench.offline.inputs import equal_length_batches, model_args
 from shoal.bench.offline.run import provenance, shapes
-from shoal.bench.offline.timing import Case, measure, record
+from shoal.bench.offline.timing import Case, System, measure, record
 from shoal.devices import resolve_device
 from shoal.errors import ConfigError
 from shoal.models.cohort import ShoalModel
@@ -75,7 +75,7 @@ def _teacher_case(teacher: Any, dtype: torch.dtype, batch: int, flops: int) -> C
         out = teacher(**{n: x[n].to(dev) for n in names}).logits
         return out.float().cpu()
 
-    name = "teacher HF eager" + (" bf16" if dtype == torch.bfloat16 else "")
+    name = System.teacher(dtype == torch.bfloat16)
     return Case(name, batch, None, 1, flops, run)
 
 
@@ -121,7 +121,7 @@ def run_gpu(config: GpuBenchConfig) -> dict[str, Any]:
                 for k in range(1, n + 1):
                     cases.append(
                         Case(
-                            "cohort fused" + (" bf16" if d == torch.bfloat16 else ""),
+                            System.fused(d == torch.bfloat16),
                             b,
                             k,
                             1,
@@ -135,7 +135,7 @@ def run_gpu(config: GpuBenchConfig) -> dict[str, Any]:
                 return reference(ids, mask, types, n).logits.float().cpu()
 
             flops = cohort_flops(ccfg, n, b, length, fused=False)
-            cases.append(Case("cohort one-by-one", b, n, 1, flops, one_by_one))
+            cases.append(Case(System.COHORT_ONE_BY_ONE, b, n, 1, flops, one_by_one))
             measure(cases, inputs, config.iters, config.warmup)
             records.extend(record(c, length) for c in cases)
     return {
@@ -166,22 +166,22 @@ def summarize(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 
     out = []
     for batch in sorted({c["batch"] for c in records}):
-        for suffix in ("", " bf16"):
-            teacher = p50("teacher HF eager" + suffix, batch, None)
-            whole = p50("cohort fused" + suffix, batch, n)
-            one = p50("cohort fused" + suffix, batch, 1)
+        for bf16 in (False, True):
+            teacher = p50(System.teacher(bf16), batch, None)
+            whole = p50(System.fused(bf16), batch, n)
+            one = p50(System.fused(bf16), batch, 1)
             if teacher is None or whole is None or one is None:
                 continue
             row = {
                 "batch": batch,
-                "precision": "bf16" if suffix else "fp32",
+                "precision": "bf16" if bf16 else "fp32",
                 "teacher_p50_ms": teacher,
                 "cohort_p50_ms": whole,
                 "speedup_vs_teacher": teacher / whole,
                 "cohort_over_one_student": whole / one,
             }
-            serial = p50("cohort one-by-one", batch, n)
-            if not suffix and serial is not None:
+            serial = p50(System.COHORT_ONE_BY_ONE, batch, n)
+            if not bf16 and serial is not None:
                 row["one_by_one_over_fused"] = serial / whole
             out.append(row)
     return out

@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-_PER_K = ("cohort fused", "cohort ONNX Runtime")  # timed at every k; the bars show 1 and N
+from shoal.bench.offline.timing import System
+
+_PER_K = (System.COHORT_FUSED, System.COHORT_ORT)  # timed at every k; the bars show 1 and N
 
 
 def plot(result: dict[str, Any], path: str | Path) -> None:
@@ -76,10 +78,10 @@ def _latency_by_k(ax: Any, cases: list[dict[str, Any]], peaks: dict[str, float],
     """Batch-1 p50 against k for the fused cohort, ONNX Runtime and the worker pools, with
     the fused cohort's FLOPs at the matmul peak as its floor."""
     for i, t in enumerate(_thread_counts(peaks)):
-        fused = _by_k(cases, "cohort fused", t)
+        fused = _by_k(cases, System.COHORT_FUSED, t)
         ks = [c["k"] for c in fused]
         ax.plot(ks, [c["p50_ms"] for c in fused], "o-", color=f"C{i}", label=f"fused, {t} thr")
-        on_ort = _by_k(cases, "cohort ONNX Runtime", t)
+        on_ort = _by_k(cases, System.COHORT_ORT, t)
         if on_ort:
             ax.plot(
                 [c["k"] for c in on_ort],

@@ -20,7 +20,14 @@ from shoal.bench.offline.config import KernelsConfig
 from shoal.bench.offline.inputs import equal_length_batches
 from shoal.bench.offline.summary import summarize
 from shoal.bench.offline.systems import export_onnx, quantize_onnx
-from shoal.bench.offline.timing import Case, intra_op_threads, matmul_peak, measure, record
+from shoal.bench.offline.timing import (
+    Case,
+    System,
+    intra_op_threads,
+    matmul_peak,
+    measure,
+    record,
+)
 from shoal.models.cohort import ShoalModel
 from shoal.provenance import git_commit
 from shoal.serve.runtime.allocation import available_cores
@@ -101,8 +108,8 @@ def _in_process(run: _Run, tmp: Path, cores: int, bf16: bool) -> dict[str, float
     if config.onnx:
         fp32 = export_onnx(run.teacher, tmp, run.rows[0])
         teacher_graphs = [
-            ("teacher ONNX Runtime", fp32),
-            ("teacher ONNX Runtime int8", quantize_onnx(fp32)),
+            (System.TEACHER_ORT, fp32),
+            (System.TEACHER_ORT_INT8, quantize_onnx(fp32)),
         ]
     thread_counts = config.threads or tuple(sorted({1, cores or 1}))
     peaks: dict[str, float] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from shoal.bench.offline.config import TARGETS
+from shoal.bench.offline.timing import System
 
 
 def _find(
@@ -85,16 +86,16 @@ def summarize(
         if not key.startswith("fp32_t"):
             continue
         t = int(key.removeprefix("fp32_t"))
-        hf = _find(cases, "teacher HF eager", 1, None, t)
-        ort = _find(cases, "teacher ONNX Runtime", 1, None, t)
-        ort8 = _find(cases, "teacher ONNX Runtime int8", 1, None, t)
+        hf = _find(cases, System.TEACHER_HF, 1, None, t)
+        ort = _find(cases, System.TEACHER_ORT, 1, None, t)
+        ort8 = _find(cases, System.TEACHER_ORT_INT8, 1, None, t)
         row: dict[str, Any] = {"peak_gflops": peak}
         # (prefix, system, its peak, the ONNX Runtime teacher of the same precision)
         for prefix, system, family_peak, teacher in (
-            ("", "cohort fused", peak, ort),
-            ("bf16_", "cohort fused bf16", peaks.get(f"bf16_t{t}"), ort),
-            ("ort_", "cohort ONNX Runtime", peak, ort),
-            ("ort_int8_", "cohort ONNX Runtime int8", None, ort8),  # no int8 peak is measured
+            ("", System.COHORT_FUSED, peak, ort),
+            ("bf16_", System.COHORT_FUSED_BF16, peaks.get(f"bf16_t{t}"), ort),
+            ("ort_", System.COHORT_ORT, peak, ort),
+            ("ort_int8_", System.COHORT_ORT_INT8, None, ort8),  # no int8 peak is measured
         ):
             row |= _family_ratios(cases, system, prefix, t, n, large, family_peak, hf, teacher)
         out[f"threads_{t}"] = row
@@ -118,12 +119,12 @@ def _multiprocess_ratios(
     """Per worker layout: the overhead ratio, each case's floor on the cores it kept busy (one
     student occupies one worker, the full cohort every worker it is spread over), and the full
     cohort's speedups over the teachers on as many threads as the machine has cores."""
-    threads = max((c["threads"] for c in cases if c["system"] == "teacher HF eager"), default=1)
+    threads = max((c["threads"] for c in cases if c["system"] == System.TEACHER_HF), default=1)
     teachers = {
         key: _find(cases, system, 1, None, threads)
         for key, system in (
-            ("speedup_vs_hf_eager", "teacher HF eager"),
-            ("speedup_vs_onnxruntime", "teacher ONNX Runtime"),
+            ("speedup_vs_hf_eager", System.TEACHER_HF),
+            ("speedup_vs_onnxruntime", System.TEACHER_ORT),
         )
     }
     out: dict[str, Any] = {}

@@ -12,10 +12,36 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 import torch
+
+
+class System(StrEnum):
+    """The execution paths the offline benchmarks time, by kind; each value is the label the
+    results (JSON, tables, plots) carry. The worker-pool layouts are labelled by their shape
+    (``cohort W proc x T thr``)."""
+
+    COHORT_FUSED = "cohort fused"
+    COHORT_FUSED_BF16 = "cohort fused bf16"
+    COHORT_ORT = "cohort ONNX Runtime"
+    COHORT_ORT_INT8 = "cohort ONNX Runtime int8"
+    COHORT_ONE_BY_ONE = "cohort one-by-one"
+    COHORT_THREADED = "cohort threaded"
+    TEACHER_HF = "teacher HF eager"
+    TEACHER_HF_BF16 = "teacher HF eager bf16"
+    TEACHER_ORT = "teacher ONNX Runtime"
+    TEACHER_ORT_INT8 = "teacher ONNX Runtime int8"
+
+    @classmethod
+    def fused(cls, bf16: bool) -> System:
+        return cls.COHORT_FUSED_BF16 if bf16 else cls.COHORT_FUSED
+
+    @classmethod
+    def teacher(cls, bf16: bool) -> System:
+        return cls.TEACHER_HF_BF16 if bf16 else cls.TEACHER_HF
 
 
 @dataclass
