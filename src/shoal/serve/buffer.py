@@ -1,8 +1,8 @@
 """Request buffers: the paper's length-aware tail-merge queue and the FIFO baseline.
 
-Both hold pending requests and hand out *elements* (small batches) to free workers. No clock
-reads here: callers pass ``now``. Queue order is push order in both buffers, so the engine
-should push requests in arrival order.
+Both hold pending requests and hand out small batches (the paper calls them *elements*) to
+free workers. No clock reads here: callers pass ``now``. Queue order is push order in both
+buffers, so the engine should push requests in arrival order.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from shoal.serve.errors import BufferFull
 
 @dataclass(frozen=True, kw_only=True)
 class BufferConfig:
-    """How requests are grouped into elements (batches)."""
+    """How pending requests are grouped into batches."""
 
     bin_width: int = 16
     """Tokens per length bin: bin ``i`` holds lengths ``[i * bin_width, (i + 1) * bin_width)``."""
-    max_element_tokens: int = 4096
-    """Per-element limit in padded tokens (``n_items * longest item``). A single request longer
-    than this still forms an element of its own."""
-    max_element_size: int = 64
-    """Most requests in one element."""
+    max_batch_tokens: int = 4096
+    """Per-batch limit in padded tokens (``n_items * longest item``). A single request longer
+    than this still forms a batch of its own."""
+    max_batch_size: int = 64
+    """Most requests in one batch."""
     capacity: int = 1024
     """Most pending requests; a push beyond this raises ``BufferFull`` (unless the push is
     marked ``past_capacity``: a request larger than the capacity admitted into an empty
@@ -37,7 +37,7 @@ class BufferConfig:
     wait). The length-aware buffer never waits, as in the paper."""
 
     def __post_init__(self) -> None:
-        for name in ("bin_width", "max_element_tokens", "max_element_size", "capacity"):
+        for name in ("bin_width", "max_batch_tokens", "max_batch_size", "capacity"):
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(f"{name}={value} must be at least 1; set a positive {name}.")
@@ -78,7 +78,7 @@ class Item:
 
 
 @dataclass
-class Element:
+class PendingBatch:
     """A small batch of requests, in push order. ``bin`` is the length bin (for FIFO batches,
     the bin of the longest item)."""
 
@@ -108,8 +108,8 @@ class Buffer(Protocol):
     config: BufferConfig
 
     def push(self, item: Item, *, past_capacity: bool = False) -> None: ...
-    def pop(self) -> Element | None: ...
-    def peek(self) -> Element | None: ...
+    def pop(self) -> PendingBatch | None: ...
+    def peek(self) -> PendingBatch | None: ...
     def ready(self, now: float) -> bool: ...
     def cancel(self, item_id: int) -> bool: ...
     def expire(self, now: float) -> list[Item]: ...
@@ -130,23 +130,23 @@ def _is_expired(item: Item, now: float) -> bool:
 
 
 class LengthAwareBuffer:
-    """The paper's buffer: a queue of elements; a new request merges into the *tail* element iff
-    it is in the same length bin and the element stays within ``max_element_size`` requests and
-    ``max_element_tokens`` padded tokens; otherwise it becomes the new tail element."""
+    """The paper's buffer: a queue of batches; a new request merges into the *tail* batch iff
+    it is in the same length bin and that batch stays within ``max_batch_size`` requests and
+    ``max_batch_tokens`` padded tokens; otherwise it starts a new tail batch."""
 
     def __init__(self, config: BufferConfig | None = None) -> None:
         self.config = config if config is not None else BufferConfig()
-        self._elements: deque[Element] = deque()
-        self._where: dict[int, Element] = {}  # request id -> its element, for cancel
+        self._batches: deque[PendingBatch] = deque()
+        self._where: dict[int, PendingBatch] = {}  # request id -> its batch, for cancel
         self._tokens = 0
 
-    def _fits(self, element: Element, item: Item) -> bool:
+    def _fits(self, pending: PendingBatch, item: Item) -> bool:
         cfg = self.config
-        n = len(element) + 1
+        n = len(pending) + 1
         return (
-            element.bin == cfg.bin_of(item.n_tokens)
-            and n <= cfg.max_element_size
-            and n * max(element.max_tokens, item.n_tokens) <= cfg.max_element_tokens
+            pending.bin == cfg.bin_of(item.n_tokens)
+            and n <= cfg.max_batch_size
+            and n * max(pending.max_tokens, item.n_tokens) <= cfg.max_batch_tokens
         )
 
     def push(self, item: Item, *, past_capacity: bool = False) -> None:
@@ -156,50 +156,50 @@ class LengthAwareBuffer:
             check_room(len(self._where), self.config.capacity)
         if item.id in self._where:
             raise ValueError(f"request id {item.id} is already pending")
-        tail = self._elements[-1] if self._elements else None
+        tail = self._batches[-1] if self._batches else None
         if tail is not None and self._fits(tail, item):
             tail.items.append(item)
         else:
-            tail = Element([item], self.config.bin_of(item.n_tokens))
-            self._elements.append(tail)
+            tail = PendingBatch([item], self.config.bin_of(item.n_tokens))
+            self._batches.append(tail)
         self._where[item.id] = tail
         self._tokens += item.n_tokens
 
-    def pop(self) -> Element | None:
-        """Remove and return the head element; a free worker takes it at once (no delay)."""
-        if not self._elements:
+    def pop(self) -> PendingBatch | None:
+        """Remove and return the head batch; a free worker takes it at once (no delay)."""
+        if not self._batches:
             return None
-        element = self._elements.popleft()
-        for it in element.items:
+        pending = self._batches.popleft()
+        for it in pending.items:
             del self._where[it.id]
-        self._tokens -= element.real_tokens
-        return element
+        self._tokens -= pending.real_tokens
+        return pending
 
-    def peek(self) -> Element | None:
-        """The head element, left in place (do not mutate it)."""
-        return self._elements[0] if self._elements else None
+    def peek(self) -> PendingBatch | None:
+        """The head batch, left in place (do not mutate it)."""
+        return self._batches[0] if self._batches else None
 
     def ready(self, now: float) -> bool:
         """True whenever something is pending: the length-aware buffer never waits."""
-        return bool(self._elements)
+        return bool(self._batches)
 
-    def _drop(self, element: Element) -> None:
-        # By identity: two elements may hold equal items lists (both empty, say).
-        for i, e in enumerate(self._elements):
-            if e is element:
-                del self._elements[i]
+    def _drop(self, pending: PendingBatch) -> None:
+        # By identity: two batches may hold equal items lists (both empty, say).
+        for i, e in enumerate(self._batches):
+            if e is pending:
+                del self._batches[i]
                 return
 
     def cancel(self, item_id: int) -> bool:
-        """Remove a pending request; an element left empty is dropped. False if not pending."""
-        element = self._where.pop(item_id, None)
-        if element is None:
+        """Remove a pending request; a batch left empty is dropped. False if not pending."""
+        pending = self._where.pop(item_id, None)
+        if pending is None:
             return False
-        kept = [it for it in element.items if it.id != item_id]
-        self._tokens -= element.real_tokens - sum(it.n_tokens for it in kept)
-        element.items[:] = kept
+        kept = [it for it in pending.items if it.id != item_id]
+        self._tokens -= pending.real_tokens - sum(it.n_tokens for it in kept)
+        pending.items[:] = kept
         if not kept:
-            self._drop(element)
+            self._drop(pending)
         return True
 
     def expire(self, now: float) -> list[Item]:
@@ -211,12 +211,12 @@ class LengthAwareBuffer:
 
     def items(self) -> Iterator[Item]:
         """Pending requests in queue order."""
-        for element in self._elements:
-            yield from element.items
+        for pending in self._batches:
+            yield from pending.items
 
     def shapes(self) -> list[tuple[int, int]]:
-        """``(n_items, padded_length)`` of each pending element, head first."""
-        return [(len(e), e.max_tokens) for e in self._elements]
+        """``(n_items, padded_length)`` of each pending batch, head first."""
+        return [(len(e), e.max_tokens) for e in self._batches]
 
     def __len__(self) -> int:
         return len(self._where)
@@ -227,7 +227,7 @@ class LengthAwareBuffer:
 
     @property
     def pending_padded_tokens(self) -> int:
-        return sum(e.padded_tokens for e in self._elements)
+        return sum(e.padded_tokens for e in self._batches)
 
     @property
     def oldest_arrival(self) -> float | None:
@@ -236,7 +236,7 @@ class LengthAwareBuffer:
 
 class FifoBuffer:
     """Baseline: plain FIFO dynamic batching as in common servers. ``pop`` takes the first
-    requests in push order, up to ``max_element_size`` and ``max_element_tokens`` padded tokens,
+    requests in push order, up to ``max_batch_size`` and ``max_batch_tokens`` padded tokens,
     regardless of length."""
 
     def __init__(self, config: BufferConfig | None = None) -> None:
@@ -251,7 +251,7 @@ class FifoBuffer:
         n, longest = 0, 0
         for it in items:
             grown = max(longest, it.n_tokens)
-            if n > 0 and (n + 1 > cfg.max_element_size or (n + 1) * grown > cfg.max_element_tokens):
+            if n > 0 and (n + 1 > cfg.max_batch_size or (n + 1) * grown > cfg.max_batch_tokens):
                 yield n, longest
                 n, grown = 0, it.n_tokens
             n, longest = n + 1, grown
@@ -269,24 +269,24 @@ class FifoBuffer:
         self._ids.add(item.id)
         self._tokens += item.n_tokens
 
-    def peek(self) -> Element | None:
+    def peek(self) -> PendingBatch | None:
         """The batch ``pop`` would return, left in place."""
         first = next(self._batch_sizes(self._items), None)
         if first is None:
             return None
         batch = [self._items[i] for i in range(first[0])]
-        return Element(batch, self.config.bin_of(first[1]))
+        return PendingBatch(batch, self.config.bin_of(first[1]))
 
-    def pop(self) -> Element | None:
+    def pop(self) -> PendingBatch | None:
         """Remove and return the next batch (first requests in push order)."""
-        element = self.peek()
-        if element is None:
+        pending = self.peek()
+        if pending is None:
             return None
-        for it in element.items:
+        for it in pending.items:
             self._items.popleft()
             self._ids.discard(it.id)
-        self._tokens -= element.real_tokens
-        return element
+        self._tokens -= pending.real_tokens
+        return pending
 
     def ready(self, now: float) -> bool:
         """True when the next batch is full (by size or tokens) or the oldest request has
@@ -294,7 +294,7 @@ class FifoBuffer:
         if not self._items:
             return False
         n_next = next(self._batch_sizes(self._items))[0]
-        full = n_next == self.config.max_element_size or n_next < len(self._items)
+        full = n_next == self.config.max_batch_size or n_next < len(self._items)
         return full or now - self._items[0].arrival >= self.config.max_wait_s
 
     def cancel(self, item_id: int) -> bool:

@@ -32,13 +32,13 @@ class LoadSnapshot:
     """Mean length of recent arrivals (0 = unknown: the pending mean is used)."""
     max_min_k: int = 1
     """Largest per-request minimum number of students among pending requests."""
-    pending_elements: tuple[tuple[int, int], ...] = ()
+    pending_batches: tuple[tuple[int, int], ...] = ()
     """``(n_items, padded_length)`` of each batch the buffer holds; when empty, pending work is
     estimated from ``pending_requests`` and ``pending_tokens``."""
-    element_size: int = 64
-    """Most requests per batch (the buffer's ``max_element_size``)."""
-    element_tokens: int = 4096
-    """Most padded tokens per batch (the buffer's ``max_element_tokens``)."""
+    max_batch_size: int = 64
+    """Most requests per batch (the buffer's ``max_batch_size``)."""
+    max_batch_tokens: int = 4096
+    """Most padded tokens per batch (the buffer's ``max_batch_tokens``)."""
     cost_scale: float = 1.0
     """How much slower batches run now than the cost model predicts (online calibration; 1:
     as profiled). The drain time is multiplied by it."""
@@ -146,7 +146,9 @@ def bounds(snapshot: LoadSnapshot, config: PolicyConfig) -> tuple[int, int]:
 
 def _batch_size(length: float, snapshot: LoadSnapshot) -> int:
     # Full batches under both buffer limits, for requests of this length.
-    return max(1, min(snapshot.element_size, snapshot.element_tokens // max(1, math.ceil(length))))
+    return max(
+        1, min(snapshot.max_batch_size, snapshot.max_batch_tokens // max(1, math.ceil(length)))
+    )
 
 
 def drain_time(k: int, snapshot: LoadSnapshot, config: PolicyConfig, cost: CostModel) -> float:
@@ -157,8 +159,8 @@ def drain_time(k: int, snapshot: LoadSnapshot, config: PolicyConfig, cost: CostM
     """
     s = snapshot
     pending_mean = s.pending_tokens / s.pending_requests if s.pending_requests else 0.0
-    if s.pending_elements:
-        pending = sum(cost.cost(k, n, length) for n, length in s.pending_elements)
+    if s.pending_batches:
+        pending = sum(cost.cost(k, n, length) for n, length in s.pending_batches)
     elif s.pending_requests:
         b = _batch_size(pending_mean, s)
         full, rest = divmod(s.pending_requests, b)

@@ -199,9 +199,9 @@ class Scheduler:
             arrival_rate=rate,
             mean_tokens=mean,
             max_min_k=max((it.min_k for it in self.buffer.items()), default=1),
-            pending_elements=tuple(self.buffer.shapes()),
-            element_size=cfg.max_element_size,
-            element_tokens=cfg.max_element_tokens,
+            pending_batches=tuple(self.buffer.shapes()),
+            max_batch_size=cfg.max_batch_size,
+            max_batch_tokens=cfg.max_batch_tokens,
             cost_scale=self.cost_scale,
         )
 
@@ -219,15 +219,15 @@ class Scheduler:
         if not self.buffer.ready(now):
             return None
         k = self.decide(now)  # decided on the load including the batch about to leave
-        element = self.buffer.pop()
-        if element is None:
+        pending = self.buffer.pop()
+        if pending is None:
             return None
-        items = tuple(element.items)
+        items = tuple(pending.items)
         plan = Plan(
             items=items,
             k=max(k, *(it.min_k for it in items)),
-            padded_length=element.max_tokens,
-            bin=element.bin,
+            padded_length=pending.max_tokens,
+            bin=pending.bin,
         )
         self._count(
             batches=1,

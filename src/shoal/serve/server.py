@@ -171,8 +171,8 @@ def scheduler_config(config: ServeConfig, policy: Any, capacity: int) -> Any:
         buffer_kind=config.buffer,
         buffer=BufferConfig(
             bin_width=config.bin_width,
-            max_element_tokens=config.max_batch_tokens,
-            max_element_size=config.max_batch_size,
+            max_batch_tokens=config.max_batch_tokens,
+            max_batch_size=config.max_batch_size,
             capacity=capacity,
             max_wait_s=config.max_wait_ms / 1e3,
         ),

@@ -35,8 +35,8 @@ BASE = PolicyConfig(n_students=4, latency_target_s=0.1, headroom=0.8, up_hold_s=
 ACCURACY = (0.80, 0.85, 0.865, 0.87)
 # Drain budget 0.08 s; a full batch costs 0.00328 k s, so 10 batches allow k = 2 and 20 allow 1.
 IDLE = LoadSnapshot(now=10.0)
-MEDIUM = LoadSnapshot(now=10.0, pending_requests=640, pending_elements=((64, 32),) * 10)
-HEAVY = LoadSnapshot(now=10.0, pending_requests=1280, pending_elements=((64, 32),) * 20)
+MEDIUM = LoadSnapshot(now=10.0, pending_requests=640, pending_batches=((64, 32),) * 10)
+HEAVY = LoadSnapshot(now=10.0, pending_requests=1280, pending_batches=((64, 32),) * 20)
 FULL = PolicyState(k=4)
 LOW = PolicyState(k=1)
 RISING = PolicyState(k=1, since=10.0, candidate=4)
@@ -56,7 +56,7 @@ CASES = [
     ("slow machine drops further", at(MEDIUM, 10.0, cost_scale=2.0), FULL, {}, LOW),
     ("fast machine drops less", at(HEAVY, 10.0, cost_scale=0.5), FULL, {}, PolicyState(k=2)),
     (
-        "backlog estimated without element shapes",
+        "backlog estimated without batch shapes",
         LoadSnapshot(now=10.0, pending_requests=1280, pending_tokens=1280 * 32),
         FULL,
         {},

@@ -39,7 +39,7 @@ def drain(s: Scheduler, now: float) -> list[Plan]:
 @pytest.mark.parametrize("seed", range(10))
 def test_plan_k_covers_every_min_k(kind: str, seed: int) -> None:
     rng = random.Random(seed)
-    s = scheduler(buffer_kind=kind, buffer=BufferConfig(max_element_size=8))
+    s = scheduler(buffer_kind=kind, buffer=BufferConfig(max_batch_size=8))
     now, next_id, seen = 0.0, 0, 0
     for _ in range(300):
         now += rng.expovariate(2000.0)
@@ -57,7 +57,7 @@ def test_plan_k_covers_every_min_k(kind: str, seed: int) -> None:
 
 
 def test_high_min_k_request_gets_its_students_under_load() -> None:
-    s = scheduler(buffer=BufferConfig(bin_width=16, max_element_size=64))
+    s = scheduler(buffer=BufferConfig(bin_width=16, max_batch_size=64))
     for i in range(500):  # a backlog that drives the policy to k = 1
         s.submit(Item(i, 500, 0.0), 0.0)
     first = s.next_plan(0.0)
@@ -88,14 +88,14 @@ def test_arrival_rate_sliding_window() -> None:
 
 
 def test_snapshot_reflects_buffer() -> None:
-    s = scheduler(buffer=BufferConfig(bin_width=16, max_element_size=2, max_element_tokens=999))
+    s = scheduler(buffer=BufferConfig(bin_width=16, max_batch_size=2, max_batch_tokens=999))
     for i, n in enumerate([3, 5, 7, 40]):
         s.submit(Item(i, n, 0.0, min_k=2 if i == 3 else 1), 0.0)
     snap = s.snapshot(0.0)
     assert snap.pending_requests == 4 and snap.pending_tokens == 55
-    assert snap.pending_elements == ((2, 5), (1, 7), (1, 40))
+    assert snap.pending_batches == ((2, 5), (1, 7), (1, 40))
     assert snap.max_min_k == 2
-    assert (snap.element_size, snap.element_tokens) == (2, 999)
+    assert (snap.max_batch_size, snap.max_batch_tokens) == (2, 999)
 
 
 def test_expire_cancel_and_stats() -> None:
