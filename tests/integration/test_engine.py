@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_engine_fakes import FakeRuntime, ManualClock, cohort_dir, linear_costs, make_engine
 
-from shoal.serve.engine import build_batch
+from shoal.serve.batch import Batch
 from shoal.serve.errors import (
     BackendError,
     BufferFull,
@@ -323,7 +323,7 @@ async def test_encoder_truncates_or_refuses_long_inputs(cohort_dir):
     encoder.close()
 
 
-def test_build_batch_pads_right(cohort_dir):
+def test_batch_from_items_pads_right(cohort_dir):
     from shoal.serve.buffer import Item
     from shoal.serve.encoder import TokenizedInput
 
@@ -331,7 +331,9 @@ def test_build_batch_pads_right(cohort_dir):
         Item(0, 3, 0.0, payload=TokenizedInput([2, 5, 3], [0, 0, 0])),
         Item(1, 5, 0.0, payload=TokenizedInput([2, 5, 6, 7, 3], [0, 0, 1, 1, 1])),
     ]
-    ids, mask, types = build_batch(items, 5, pad_id=0)
+    batch = Batch.from_items(items, 5, pad_id=0, k=2)
+    ids, mask, types = batch.input_ids, batch.attention_mask, batch.token_type_ids
+    assert batch.shape == (2, 5) and batch.k == 2
     assert ids.tolist() == [[2, 5, 3, 0, 0], [2, 5, 6, 7, 3]]
     assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
     assert types.tolist() == [[0, 0, 0, 0, 0], [0, 0, 1, 1, 1]]

@@ -7,9 +7,19 @@ arrays cross a pipe without passing shared-memory file descriptors, as tensors w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from shoal.serve.buffer import Item
+from shoal.serve.encoder import TokenizedInput
+
+
+def encoded(item: Item) -> TokenizedInput:
+    """The tokenised input an item carries (the engine puts one in every item it submits)."""
+    assert isinstance(item.payload, TokenizedInput)
+    return item.payload
 
 
 @dataclass(frozen=True)
@@ -35,3 +45,17 @@ class Batch:
         """``(B, L)``: rows and padded length."""
         rows, length = self.input_ids.shape
         return int(rows), int(length)
+
+    @classmethod
+    def from_items(cls, items: Sequence[Item], padded_length: int, pad_id: int, *, k: int) -> Batch:
+        """Right-pad the items' tokens to ``padded_length`` (every item must fit in it)."""
+        ids = np.full((len(items), padded_length), pad_id, dtype=np.int64)
+        mask = np.zeros((len(items), padded_length), dtype=np.int64)
+        types = np.zeros((len(items), padded_length), dtype=np.int64)
+        for row, item in enumerate(items):
+            enc = encoded(item)
+            n = enc.n_tokens
+            ids[row, :n] = enc.input_ids
+            types[row, :n] = enc.token_type_ids
+            mask[row, :n] = 1
+        return cls(ids, mask, types, k)

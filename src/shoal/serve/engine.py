@@ -22,11 +22,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from shoal.serve.batch import Batch
+from shoal.serve.batch import Batch, encoded
 from shoal.serve.buffer import Item
 from shoal.serve.costmodel import CostModel
 from shoal.serve.encoder import TokenizedInput
 from shoal.serve.errors import BackendError, DeadlineExceeded, Draining
+from shoal.serve.results import BatchRecord, Prediction, softmax
 from shoal.serve.scheduler import Plan, Scheduler
 
 log = logging.getLogger("shoal.serve.engine")
@@ -43,70 +44,6 @@ class BatchRuntime(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-# ------------------------------------------------------------------------------ results
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The answer to one input. ``scores`` are softmax probabilities by class id."""
-
-    label_id: int
-    scores: tuple[float, ...]
-    logits: tuple[float, ...]
-    k: int
-    """Students that computed it."""
-    queue_s: float
-    """From submission to the start of its batch."""
-    inference_s: float
-    """Execution time of its batch."""
-    batch_size: int
-    truncated: bool
-
-
-@dataclass(frozen=True)
-class BatchRecord:
-    """What one executed batch cost, for metrics."""
-
-    size: int
-    k: int
-    padded_length: int
-    real_tokens: int
-    inference_s: float
-
-    @property
-    def padded_tokens(self) -> int:
-        """Positions computed: ``size * padded_length``."""
-        return self.size * self.padded_length
-
-
-def _encoded(item: Item) -> TokenizedInput:
-    # The engine puts a ``TokenizedInput`` in every item it submits.
-    assert isinstance(item.payload, TokenizedInput)
-    return item.payload
-
-
-def build_batch(
-    items: Sequence[Item], padded_length: int, pad_id: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``token_type_ids``, each (B, L) int64."""
-    ids = np.full((len(items), padded_length), pad_id, dtype=np.int64)
-    mask = np.zeros((len(items), padded_length), dtype=np.int64)
-    types = np.zeros((len(items), padded_length), dtype=np.int64)
-    for row, item in enumerate(items):
-        enc = _encoded(item)
-        n = enc.n_tokens
-        ids[row, :n] = enc.input_ids
-        types[row, :n] = enc.token_type_ids
-        mask[row, :n] = 1
-    return ids, mask, types
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Probabilities over the last axis, computed stably (the row maximum subtracted first)."""
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 # ------------------------------------------------------------------------------ engine
@@ -349,7 +286,7 @@ class Engine:
 
     def _run_batch(self, plan: Plan) -> BatchOutput:
         # Worker thread: build the padded (B, L) batch, run it, softmax.
-        batch = Batch(*build_batch(plan.items, plan.padded_length, self.pad_id), k=plan.k)
+        batch = Batch.from_items(plan.items, plan.padded_length, self.pad_id, k=plan.k)
         logits = np.asarray(self.runner.run_batch(batch), dtype=np.float32)  # (B, C)
         return logits.tolist(), softmax(logits).tolist()
 
@@ -377,7 +314,7 @@ class Engine:
                         queue_s=max(0.0, start - it.arrival),
                         inference_s=seconds,
                         batch_size=len(plan.items),
-                        truncated=_encoded(it).truncated,
+                        truncated=encoded(it).truncated,
                     )
                 )
             self.scheduler.observe(plan, seconds)

@@ -20,7 +20,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shoal.serve.api.guard import refuse
-from shoal.serve.engine import BatchRecord, Engine, Prediction
+from shoal.serve.engine import Engine
+from shoal.serve.results import BatchRecord, Prediction
 
 log = logging.getLogger("shoal.serve.access")
 

@@ -34,8 +34,9 @@ from shoal.serve.api.schemas import (
     parse_predict_inputs,
 )
 from shoal.serve.encoder import TextEncoder
-from shoal.serve.engine import Engine, Prediction, Ticket
+from shoal.serve.engine import Engine, Ticket
 from shoal.serve.errors import Draining
+from shoal.serve.results import Prediction
 
 if TYPE_CHECKING:
     from shoal.serve.api.app import ApiLimits, AppHooks, ServiceInfo
