@@ -113,7 +113,8 @@ def kernels_entry(path: Path) -> dict[str, Any]:
 
 
 def _low_p50(systems: dict[str, Any], name: str) -> float | None:
-    return (systems.get(name, {}).get("low_load") or {}).get("p50_ms")
+    p50 = (systems.get(name, {}).get("low_load") or {}).get("p50_ms")
+    return None if p50 is None else round(p50, 2)
 
 
 def _sustained(systems: dict[str, Any], name: str) -> float | None:
@@ -152,7 +153,13 @@ def serving_entry(path: Path, system: str = "shoal-onnx-int8") -> dict[str, Any]
         "burst_rate_ratio_vs_teacher_torch_is_lower_bound", ours_rate == top
     )
     entry["commit"] = bench["machine"].get("commit")
+    entry["machine"] = bench_machine(bench["machine"])
     return entry
+
+
+def bench_machine(recorded: dict[str, Any]) -> str:
+    """The machine a benchmark recorded in its JSON, as the results pages name it."""
+    return f"{recorded.get('cores')} cores, {recorded.get('cpu')}, torch {recorded.get('torch')}"
 
 
 def ray_entry(path: Path) -> dict[str, Any]:

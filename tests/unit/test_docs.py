@@ -83,6 +83,14 @@ def test_readme_results_table_agrees_with_summary_json():
         assert _numbers(p50) == [serving["low_load_p50_ratio_vs_teacher_torch"]], key
         assert _numbers(burst) == [serving["burst_rate_ratio_vs_teacher_torch"]], key
         assert ("≥" in burst) == serving["burst_rate_is_lower_bound"], key
+        p50_peer = row[col["low-load p50 vs Infinity"]]
+        burst_peer = row[col["burst rate vs Infinity"]]
+        if "low_load_p50_ratio_vs_infinity" not in serving:
+            assert not _numbers(p50_peer) and not _numbers(burst_peer), key
+            continue
+        assert _numbers(p50_peer) == [serving["low_load_p50_ratio_vs_infinity"]], key
+        assert _numbers(burst_peer) == [serving["burst_rate_ratio_vs_infinity"]], key
+        assert ("≥" in burst_peer) == serving["burst_rate_ratio_vs_infinity_is_lower_bound"], key
 
 
 def test_summary_entries_keep_their_command_and_commit():

@@ -119,6 +119,7 @@ class ServeBenchConfig:
     base_rate: float = 5.0
     """Arrival rate between bursts."""
     burst_s: float = 6.0
+    """Length of each burst: the last ``burst_s`` of every ``period_s``."""
     period_s: float = 12.0
     sweep_duration_s: float = 24.0
     sustain_fraction: float = 0.95
@@ -142,6 +143,10 @@ class ServeBenchConfig:
         unknown = set(self.systems) - set(ALL_SYSTEMS)
         if unknown:
             raise ConfigError(f"unknown systems {sorted(unknown)}; choose from {ALL_SYSTEMS}")
+        if not 0 < self.burst_s <= self.period_s:
+            raise ConfigError(
+                f"burst_s={self.burst_s} must be above 0 and at most period_s={self.period_s}"
+            )
         if "deep-student" in self.systems and not self.deep:
             raise ConfigError("system 'deep-student' needs --deep (a 1-student cohort folder)")
         if "infinity" in self.systems and not Path(self.infinity).is_file():

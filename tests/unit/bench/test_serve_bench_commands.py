@@ -118,3 +118,11 @@ def test_extra_flags_reach_every_shoal_server_and_no_teacher():
     _, served = _serve_config(server_command("shoal-onnx", config, 8000))
     assert served.headroom == 0.5 and served.backend == "onnxruntime"
     assert "--headroom" not in server_command("teacher-torch", config, 8000)
+
+
+@pytest.mark.parametrize("burst_s, period_s", [(0.0, 12.0), (20.0, 12.0)])
+def test_a_burst_outside_its_period_is_refused(burst_s, period_s):
+    from shoal.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="burst_s"):
+        ServeBenchConfig(cohort="c", teacher="t", data="d", burst_s=burst_s, period_s=period_s)

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 from shoal.errors import ConfigError
+
+SERVING_ENVIRONMENT = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
+"""Defaults a serving process sets before its first forward pass (the environment's own values
+win). oneDNN keeps one primitive per tensor shape, up to 1,024 by default; a server meets a
+new shape with every new (inputs, padded length) batch, so that cache grows its memory for as
+long as it runs, for no measurable speed (docs/results/serve.md, "Memory under new batch
+shapes")."""
+
+
+def set_serving_environment(environ: MutableMapping[str, str]) -> None:
+    """Put ``SERVING_ENVIRONMENT``'s defaults into ``environ`` where it has no value. Worker
+    processes started afterwards inherit them."""
+    for name, value in SERVING_ENVIRONMENT.items():
+        environ.setdefault(name, value)
+
 
 DTYPES = ("float32", "bfloat16", "int8")
 BACKENDS = ("torch", "onnxruntime")
