@@ -252,7 +252,9 @@ def bench_serve(
         "httpx", help="Load generator transport: httpx, or raw (flat cost per request in flight)."
     ),
     shoal_flags: str = typer.Option(
-        "", help="Extra `shoal serve` flags for every Shoal system, e.g. '--headroom 0.5'."
+        "",
+        help="Extra `shoal serve` flags for every Shoal system, after (so overriding) the "
+        "system's own, e.g. '--headroom 0.5'.",
     ),
     infinity: str = typer.Option(
         ".venv-infinity/bin/infinity_emb",

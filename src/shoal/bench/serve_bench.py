@@ -177,8 +177,8 @@ def server_command(system: str, config: ServeBenchConfig, port: int) -> list[str
             "--max-length",
             str(config.max_length),
             *threads,
-            *config.extra_shoal_flags,
             *SHOAL_SYSTEMS[system],
+            *config.extra_shoal_flags,  # last, so that they override the system's own
         ]
         return cmd
     if system == "infinity":

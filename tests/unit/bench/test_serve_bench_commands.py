@@ -120,6 +120,18 @@ def test_extra_flags_reach_every_shoal_server_and_no_teacher():
     assert "--headroom" not in server_command("teacher-torch", config, 8000)
 
 
+def test_extra_flags_override_the_system_s_own():
+    config = ServeBenchConfig(
+        cohort="c",
+        teacher="t",
+        data="d",
+        systems=("shoal-ray-autoscale",),
+        extra_shoal_flags=("--target-ongoing-requests", "2"),
+    )
+    _, _, ray = _configs(server_command("shoal-ray-autoscale", config, 8000))
+    assert ray.target_ongoing_requests == 2
+
+
 @pytest.mark.parametrize("burst_s, period_s", [(0.0, 12.0), (20.0, 12.0)])
 def test_a_burst_outside_its_period_is_refused(burst_s, period_s):
     from shoal.errors import ConfigError
