@@ -17,53 +17,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from shoal.bench.launch import free_port, stop, wait_healthy
-from shoal.bench.overload_server import _rss_mb
+from shoal.bench.overload_server import ServerProcess
 from shoal.provenance import git_commit
 
 WORDS = ["the", "a", "movie", "good", "bad", "great", "awful", "plot", "actor", "scene"]
 
 
-def run_one(args: argparse.Namespace, env_spec: str, log: Path) -> dict:
-    extra = dict(item.split("=", 1) for item in env_spec.split() if "=" in item)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "shoal.serve.server", args.cohort, "--port", str(port)]
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **extra}
-        )
+def run_one(args: argparse.Namespace, extra: dict[str, str], log: Path) -> dict:
+    server = ServerProcess(args.cohort, log, flags=(), env=extra)
     rng = random.Random(args.seed)
-    samples: list[tuple[float, float]] = []
     requests = 0
     try:
-        wait_healthy(proc, url, log)
-        t0 = time.monotonic()
-        next_sample = 0.0
-        with httpx.Client(timeout=30) as client:
-            while (t := time.monotonic() - t0) < args.seconds:
-                if t >= next_sample:
-                    samples.append((round(t, 1), round(_rss_mb(proc.pid), 1)))
-                    next_sample += args.sample_s
+        server.wait_ready()
+        with server.sampling_memory(every_s=args.sample_s), httpx.Client(timeout=30) as client:
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < args.seconds:
                 n = rng.randint(1, args.max_inputs)
                 inputs = [
                     [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, args.max_words)))]
                     for _ in range(n)
                 ]
-                client.post(f"{url}/predict", json={"inputs": inputs}).raise_for_status()
+                client.post(f"{server.url}/predict", json={"inputs": inputs}).raise_for_status()
                 requests += 1
-        samples.append((round(args.seconds, 1), round(_rss_mb(proc.pid), 1)))
     finally:
-        stop(proc)
+        server.stop()
+    samples = [(round(t, 1), round(mb, 1)) for t, mb in server.rss_mb]
+    if not samples:
+        raise SystemExit(f"error: no memory sample in {args.seconds} s; lower --sample-s")
     rss = [mb for _, mb in samples]
     warm = [mb for t, mb in samples if t >= args.warm_up_s]
     return {
@@ -79,6 +65,14 @@ def run_one(args: argparse.Namespace, env_spec: str, log: Path) -> dict:
         },
         "samples": samples,
     }
+
+
+def parse_env(spec: str) -> dict[str, str]:
+    """``"A=1 B=2"`` as a dict; a word without ``=`` is refused."""
+    bad = [item for item in spec.split() if "=" not in item]
+    if bad:
+        raise SystemExit(f"error: --env {spec!r}: {bad[0]!r} is not NAME=VALUE")
+    return dict(item.split("=", 1) for item in spec.split())
 
 
 def main() -> None:
@@ -100,10 +94,13 @@ def main() -> None:
     args = parser.parse_args()
     if not Path(args.cohort, "shoal_meta.json").is_file():
         parser.error(f"{args.cohort} is not a cohort folder (no shoal_meta.json)")
+    if not 0 < args.sample_s < args.seconds:
+        parser.error("--sample-s and --seconds must be above 0, --sample-s below --seconds")
+    envs = [parse_env(spec) for spec in args.env or [""]]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     runs = []
-    for i, env_spec in enumerate(args.env or [""]):
-        result = run_one(args, env_spec, args.out.parent / f"server_rss_{i}.log")
+    for i, extra in enumerate(envs):
+        result = run_one(args, extra, args.out.parent / f"server_rss_{i}.log")
         print(json.dumps({k: v for k, v in result.items() if k != "samples"}), flush=True)
         runs.append(result)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

@@ -33,6 +33,7 @@ class ServerProcess:
         log: Path,
         flags: Sequence[str],
         file_limit: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -50,7 +51,7 @@ class ServerProcess:
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                 preexec_fn=None if file_limit is None else (lambda: _limit_files(file_limit)),
             )
         self.rss_mb: list[tuple[float, float]] = []

@@ -25,7 +25,7 @@ from typing import Any
 from shoal.bench import report
 from shoal.bench.launch import free_port, stop, wait_healthy
 from shoal.bench.loadgen import CLIENTS, Client, run_load_sync
-from shoal.bench.workload import WorkloadConfig, build_workload
+from shoal.bench.workload import WorkloadConfig, build_workload, check_burst
 from shoal.errors import ConfigError
 from shoal.provenance import git_commit
 from shoal.serve.runtime.allocation import available_cores
@@ -143,10 +143,7 @@ class ServeBenchConfig:
         unknown = set(self.systems) - set(ALL_SYSTEMS)
         if unknown:
             raise ConfigError(f"unknown systems {sorted(unknown)}; choose from {ALL_SYSTEMS}")
-        if not 0 < self.burst_s <= self.period_s:
-            raise ConfigError(
-                f"burst_s={self.burst_s} must be above 0 and at most period_s={self.period_s}"
-            )
+        check_burst(self.burst_s, self.period_s)
         if "deep-student" in self.systems and not self.deep:
             raise ConfigError("system 'deep-student' needs --deep (a 1-student cohort folder)")
         if "infinity" in self.systems and not Path(self.infinity).is_file():

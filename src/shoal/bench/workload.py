@@ -57,6 +57,12 @@ def gamma(rate: float, duration: float, cv: float, seed: int) -> list[float]:
     return times[times < duration].tolist()
 
 
+def check_burst(burst_s: float, period_s: float) -> None:
+    """Refuse a burst that is empty or longer than its period."""
+    if not 0 < burst_s <= period_s:
+        raise ConfigError(f"burst_s={burst_s} must be in (0, period_s={period_s}]")
+
+
 def on_off(
     base_rate: float, burst_rate: float, period_s: float, burst_s: float, duration: float, seed: int
 ) -> list[float]:
@@ -69,8 +75,7 @@ def on_off(
     _check_positive(
         base_rate=base_rate, burst_rate=burst_rate, period_s=period_s, duration=duration
     )
-    if not 0 < burst_s <= period_s:
-        raise ConfigError(f"burst_s={burst_s} must be in (0, period_s={period_s}]")
+    check_burst(burst_s, period_s)
     quiet = period_s - burst_s
 
     def rate_at(t: np.ndarray) -> np.ndarray:
