@@ -322,9 +322,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from shoal.serve.cluster.config import RayConfig
-    from shoal.serve.runtime.config import set_serving_environment
-
-    set_serving_environment(os.environ)
 
     args = vars(_parser().parse_args(argv))
     cohort = args.pop("cohort_dir")

@@ -96,10 +96,7 @@ class Cohort:
         import os
 
         from shoal.serve.api.app import AppHooks
-        from shoal.serve.runtime.config import set_serving_environment
         from shoal.serve.server import ServeConfig, build_app, resolve_api_key
-
-        set_serving_environment(os.environ)
 
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._node = ray.get_runtime_context().get_node_id()

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from shoal.errors import ConfigError
 
 SERVING_ENVIRONMENT = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
-"""Defaults a serving process sets before its first forward pass (the environment's own values
-win). oneDNN keeps one primitive per tensor shape, up to 1,024 by default; a server meets a
-new shape with every new (inputs, padded length) batch, so that cache keeps adding memory
-while new shapes arrive, for minutes, and buys no measurable speed (docs/results/serve.md,
-"Memory under new batch shapes")."""
+"""Defaults ``Runtime.start`` sets before its first forward pass and before it starts any
+worker process (the environment's own values win). oneDNN keeps one primitive per tensor
+shape, up to 1,024 by default; a server meets a new shape with every new (inputs, padded
+length) batch, so that cache keeps adding memory while new shapes arrive, for minutes, and
+buys no measurable speed (docs/results/serve.md, "Memory under new batch shapes")."""
 
 
 def set_serving_environment(environ: MutableMapping[str, str]) -> None:

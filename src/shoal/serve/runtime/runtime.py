@@ -25,7 +25,7 @@ import torch
 from shoal.models.cohort import ShoalModel
 from shoal.serve.batch import Batch
 from shoal.serve.costmodel import CostModel
-from shoal.serve.runtime.config import RuntimeConfig
+from shoal.serve.runtime.config import RuntimeConfig, set_serving_environment
 from shoal.serve.runtime.handle import WorkerStatus
 from shoal.serve.runtime.pool import WorkerPool
 from shoal.serve.runtime.profile import ProfileConfig, load_or_profile
@@ -66,6 +66,7 @@ class Runtime:
             cache_dir: where cost profiles are cached; None: ``~/.cache/shoal/profiles``.
             refresh_profile: measure again even when a cached profile exists.
         """
+        set_serving_environment(os.environ)  # before the first forward pass and any worker
         executor: LocalRunner | WorkerPool
         if config.workers == 0:
             device = "cuda:0" if config.device == "cuda" else config.device
