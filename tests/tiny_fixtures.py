@@ -95,7 +95,7 @@ def write_tsv_folder(folder: Path, sizes=(200, 60, 60), pair: bool = False) -> P
 
 def tiny_distill_config(teacher: Path, data: Path, out: Path, **kw):
     """A ``DistillConfig`` for the tiny teacher: 32 tokens, one epoch at lr 1e-3, batch 32,
-    seed 0; keyword arguments set or override the rest."""
+    seed 0, float32 on any CPU; keyword arguments set or override the rest."""
     from shoal.distill.distill import DistillConfig
     from shoal.distill.trainer import TrainConfig
 
@@ -104,6 +104,7 @@ def tiny_distill_config(teacher: Path, data: Path, out: Path, **kw):
         data=str(data),
         out=str(out),
         max_length=32,
+        precision="fp32",
         train=TrainConfig(epochs=1, lr=1e-3, batch_size=32, seed=0),
     )
     return DistillConfig(**{**base, **kw})
@@ -111,7 +112,8 @@ def tiny_distill_config(teacher: Path, data: Path, out: Path, **kw):
 
 def tiny_finetune_config(teacher: Path, data: Path, out: Path, **kw):
     """A ``FinetuneConfig`` for the tiny teacher: 32 tokens, one epoch at lr 1e-3, batch 8,
-    one evaluation per epoch; keyword arguments set or override the rest (``train`` whole)."""
+    one evaluation per epoch, float32 on any CPU; keyword arguments set or override the rest
+    (``train`` whole)."""
     from shoal.distill.finetune import FinetuneConfig
     from shoal.distill.trainer import TrainConfig
 
@@ -120,6 +122,7 @@ def tiny_finetune_config(teacher: Path, data: Path, out: Path, **kw):
         data=str(data),
         out=str(out),
         max_length=32,
+        precision="fp32",
         train=TrainConfig(epochs=1, lr=1e-3, batch_size=8, evals_per_epoch=1),
     )
     return FinetuneConfig(**{**base, **kw})

@@ -51,3 +51,18 @@ def test_model_device():
     assert model_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
     assert model_device(torch.nn.ReLU()) == torch.device("cpu")
     assert model_device(torch.nn.Linear(2, 2, device="meta")) == torch.device("meta")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_autocast_follows_the_precision_and_auto_follows_the_hardware(monkeypatch, native):
+    from shoal import devices
+
+    monkeypatch.setattr(devices, "bf16_native", lambda device: native)
+    cpu = torch.device("cpu")
+    assert devices.autocast(cpu, "bf16").enabled
+    assert not devices.autocast(cpu, "fp32").enabled
+    mixed = devices.autocast(cpu, "auto")
+    assert mixed.enabled is native
+    with mixed():
+        y = torch.nn.Linear(4, 4)(torch.ones(2, 4))
+    assert y.dtype == (torch.bfloat16 if native else torch.float32)

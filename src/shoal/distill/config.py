@@ -246,12 +246,20 @@ class DistillConfig:
     cache_dir: str | None = None
     """Where the teacher's cached outputs live (default OUT/cache); share it between runs
     on the same data so the teacher runs once."""
+    precision: str = "auto"
+    """Arithmetic of the teacher's pass over the training set and of the students' training
+    steps: 'bf16' (bfloat16 autocast; weights and optimiser stay float32, and the cache keeps
+    its float16 states and float32 logits), 'fp32', or 'auto' (bf16 where the device computes
+    it natively: CUDA with bf16, or a CPU with AVX512-BF16/AMX; fp32 elsewhere, where emulated
+    bf16 is slower)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, epochs=1.0))
     """Optimiser and schedule of each student."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"method={self.method!r} is unknown; use one of {METHODS}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision={self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.n_students < 1 or self.student_layers < 1:
             raise ConfigError(
                 f"n_students={self.n_students} and student_layers="

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from shoal.data import Encoded, encode, load_task, with_dev_split
-from shoal.devices import resolve_device
+from shoal.devices import autocast, model_device, resolve_device
 from shoal.distill.augment import augment_key, augment_with_teacher, compose, swap_pairs
 from shoal.distill.config import METHODS, DistillConfig
 from shoal.distill.ensemble import Ensemble, fit_alpha_and_add, student_outputs
@@ -206,6 +206,7 @@ def _teacher_outputs(
         augment=augment,
         swapped=config.swap_pairs,
         composed=[config.compose, config.train.seed] if config.compose else None,
+        bf16=autocast(model_device(teacher), config.precision).enabled,
     )
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from shoal.data import Encoded, iterate
-from shoal.devices import model_device, to_device
+from shoal.devices import autocast, model_device, to_device
 from shoal.distill import losses
 from shoal.distill.config import DistillConfig
 from shoal.distill.ensemble import Ensemble, initial_scale
@@ -50,9 +50,15 @@ def train_student(
     named += [("scale", c)] if objective.boosts else []
     if objective.logit_space:
         named += [(f"head.{n}", p) for n, p in objective.head.named_parameters()]
+    mixed = autocast(dev, config.precision)
+
+    def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        with mixed():
+            return objective(b)
+
     train(
         named,
-        objective,
+        step,
         shuffled(enc, config, pad, 1000 * k),
         config.train,
         set_train=student.train,
@@ -99,8 +105,9 @@ def train_jointly(
         head.eval()  # no dropout on the states the prefixes are scored on
     weights = [model.weights(k).detach().clone() for k in range(1, n + 1)]
     dev = model_device(model)
+    mixed = autocast(dev, config.precision)
 
-    def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
+    def prefix_losses(b: dict[str, torch.Tensor]) -> torch.Tensor:
         b = to_device(b, dev)
         idx, mask = b["index"].tolist(), b["attention_mask"]
         with torch.no_grad():
@@ -129,6 +136,10 @@ def train_jointly(
                 term = term + config.w_ce * losses.label_loss(logits, b["labels"])
             loss = loss + term / n
         return loss
+
+    def step(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        with mixed():
+            return prefix_losses(b)
 
     named = [(f"students.{n_}", p) for n_, p in model.students.named_parameters()]
     if logit_space:

@@ -28,9 +28,15 @@ class TeacherCache:
 
 @torch.inference_mode()
 def cache_teacher(
-    teacher: nn.Module, enc: Encoded, depth: int, pad_id: int, batch_size: int = 128
+    teacher: nn.Module,
+    enc: Encoded,
+    depth: int,
+    pad_id: int,
+    batch_size: int = 128,
+    bf16: bool = False,
 ) -> TeacherCache:
-    """Run the teacher once over a split and keep what distillation needs."""
+    """Run the teacher once over a split and keep what distillation needs; with ``bf16`` its
+    matmuls run in bfloat16 autocast (the outputs are stored as without it)."""
     hidden = teacher.config.hidden_size
     final = TokenStore(enc.lengths(), hidden, torch.float16)
     middle = TokenStore(enc.lengths(), hidden, torch.float16)
@@ -38,11 +44,13 @@ def cache_teacher(
     teacher.eval()
     dev = model_device(teacher)
     names = input_names(teacher)
+    mixed = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
     bar = tqdm(total=len(enc), desc="teacher outputs", unit="ex", dynamic_ncols=True)
     for b in iterate(enc, batch_size, shuffle=False, pad_id=pad_id):
         bar.update(len(b["index"]))
         b = to_device(b, dev)
-        out = teacher(**{n: b[n] for n in names}, output_hidden_states=True)
+        with mixed:
+            out = teacher(**{n: b[n] for n in names}, output_hidden_states=True)
         idx = b["index"].tolist()
         final.set_(idx, out.hidden_states[-1])
         middle.set_(idx, out.hidden_states[depth])
@@ -60,8 +68,10 @@ def load_teacher_outputs(
     augment: list | None = None,
     swapped: bool = False,
     composed: list | None = None,
+    bf16: bool = False,
 ) -> TeacherCache:
-    """Load the cached teacher outputs, or run the teacher once and save them."""
+    """Load the cached teacher outputs, or run the teacher once (in bfloat16 autocast with
+    ``bf16``) and save them."""
     key = {
         "n": len(enc),
         "tokens": sum(enc.lengths()),
@@ -74,6 +84,8 @@ def load_teacher_outputs(
         key["swap_pairs"] = True
     if composed:
         key["compose"] = composed
+    if bf16:
+        key["precision"] = "bf16"
     folder = folder / f"depth{depth}"
     meta = folder / "teacher.json"
     if meta.is_file() and json.loads(meta.read_text()) == key:
@@ -82,7 +94,7 @@ def load_teacher_outputs(
             TokenStore.load(folder, "middle"),
             torch.load(folder / "logits.pt"),
         )
-    cache = cache_teacher(teacher, enc, depth, pad)
+    cache = cache_teacher(teacher, enc, depth, pad, bf16=bf16)
     folder.mkdir(parents=True, exist_ok=True)
     cache.final.save(folder, "final")
     cache.middle.save(folder, "middle")

@@ -357,3 +357,41 @@ def test_init_naming_a_layer_the_teacher_lacks_is_refused_before_its_outputs_are
     monkeypatch.setattr(teacher_outputs, "cache_teacher", lambda *a, **k: pytest.fail("cached"))
     with pytest.raises(ConfigError, match=r"names layers \[7\]; the teacher has 0..3"):
         distill(_config(teacher, tiny_data, tmp_path / "c", n_students=1, init="0,7"))
+
+
+def test_bf16_runs_the_teacher_and_the_students_in_autocast_and_keeps_its_own_cache(
+    tmp_path, tiny_teacher, tiny_data, monkeypatch
+):
+    from shoal.distill.objectives import AverageObjective
+
+    seen: list[bool] = []
+    real = AverageObjective.step
+
+    def spy(self, b):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return real(self, b)
+
+    monkeypatch.setattr(AverageObjective, "step", spy)
+    cache = tmp_path / "cache"
+    runs, logits = {}, {}
+    for precision in ("fp32", "bf16"):
+        cfg = tiny_distill_config(
+            tiny_teacher, tiny_data, tmp_path / precision, n_students=1, cache_dir=str(cache),
+            precision=precision,
+        )  # fmt: skip
+        seen.clear()
+        runs[precision] = distill(cfg)
+        assert seen and set(seen) == {precision == "bf16"}
+        (folder,) = cache.glob("depth*")
+        logits[precision] = torch.load(folder / "logits.pt")
+    # the fp32 outputs were not reused: the teacher ran again in bf16, close but not equal
+    assert '"precision": "bf16"' in (folder / "teacher.json").read_text()
+    assert logits["bf16"].dtype == torch.float32
+    assert not torch.equal(logits["bf16"], logits["fp32"])
+    torch.testing.assert_close(logits["bf16"], logits["fp32"], atol=0.05, rtol=0.05)
+    assert [r["k"] for r in runs["bf16"]["prefix_accuracy"]] == [1]
+
+
+def test_an_unknown_precision_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"precision='fp16'; use one of auto, fp32, bf16"):
+        DistillConfig(teacher=str(tmp_path), precision="fp16")
