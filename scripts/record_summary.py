@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 SUMMARY = Path(__file__).resolve().parent.parent / "docs" / "results" / "summary.json"
+LINKS = ("serving", "prefix_table", "page")
+"""Keys of an entry that name another entry or a file, kept when the entry is recorded again."""
 
 
 def machine() -> str:
@@ -51,6 +53,7 @@ def teacher_entry(report_path: Path) -> dict[str, Any]:
     report = raw.get("report", raw)
     return {
         "test_accuracy": points(report["test"]["accuracy"]),
+        "test_f1": points(report["test"].get("f1")),
         "dev_accuracy": points(report["dev"]["accuracy"]) if "dev" in report else None,
         "train_seconds": report.get("train_seconds"),
         "steps": report.get("steps"),
@@ -221,7 +224,10 @@ def main() -> None:
             "kernels": "kernels",
             "serving": "serving",
         }[args.kind]
-        summary.setdefault(section, {})[args.key] = entry
+        old = summary.setdefault(section, {}).get(args.key, {})
+        # links to other entries and pages survive a rerun; measured values never do
+        entry.update({k: old[k] for k in LINKS if k in old and k not in entry})
+        summary[section][args.key] = entry
     args.summary.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{section}[{args.key!r}] = {json.dumps(entry)}")
 
