@@ -44,12 +44,11 @@ def cache_teacher(
     teacher.eval()
     dev = model_device(teacher)
     names = input_names(teacher)
-    mixed = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
     bar = tqdm(total=len(enc), desc="teacher outputs", unit="ex", dynamic_ncols=True)
     for b in iterate(enc, batch_size, shuffle=False, pad_id=pad_id):
         bar.update(len(b["index"]))
         b = to_device(b, dev)
-        with mixed:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             out = teacher(**{n: b[n] for n in names}, output_hidden_states=True)
         idx = b["index"].tolist()
         final.set_(idx, out.hidden_states[-1])
