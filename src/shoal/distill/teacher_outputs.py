@@ -1,20 +1,34 @@
 """The teacher's outputs on the training set (final and intermediate hidden states, logits),
-computed once per teacher, data and depth, and kept on disk under one key."""
+computed once per teacher, data and depth, and kept on disk under one key.
+
+The states are written straight into memory-mapped files, so an augmented split whose states
+outgrow host memory still fits, and the pass over it saves its progress every
+``PROGRESS_EVERY_S`` seconds: a run stopped in the middle of it starts again where it was.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from shoal.data import Encoded, iterate
+from shoal.data import Encoded, bucketed_batches, collate
 from shoal.devices import model_device, to_device
 from shoal.distill.token_store import TokenStore
 from shoal.models.teacher import input_names
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 128
+PROGRESS_EVERY_S = 60.0  # how often a pass over the training set saves what it has done
 
 
 @dataclass
@@ -32,30 +46,73 @@ def cache_teacher(
     enc: Encoded,
     depth: int,
     pad_id: int,
-    batch_size: int = 128,
+    folder: Path,
+    key: dict,
     bf16: bool = False,
 ) -> TeacherCache:
-    """Run the teacher once over a split and keep what distillation needs; with ``bf16`` its
-    matmuls run in bfloat16 autocast (the outputs are stored as without it)."""
-    hidden = teacher.config.hidden_size
-    final = TokenStore(enc.lengths(), hidden, torch.float16)
-    middle = TokenStore(enc.lengths(), hidden, torch.float16)
-    logits = torch.zeros(len(enc), teacher.config.num_labels)
+    """Run the teacher over a split into memory-mapped stores under ``folder``, continuing a
+    pass with the same ``key`` that was stopped; with ``bf16`` its matmuls run in bfloat16
+    autocast (the outputs are stored as without it: float16 states, float32 logits)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "teacher.json").unlink(missing_ok=True)  # the files below are rewritten
+    progress = folder / "progress.json"
+    done = _progress(progress, key)
+    hidden, n_labels = teacher.config.hidden_size, teacher.config.num_labels
+    final = TokenStore.on_disk(folder, "final", enc.lengths(), hidden, reopen=done > 0)
+    middle = TokenStore.on_disk(folder, "middle", enc.lengths(), hidden, reopen=done > 0)
+    logits = _logits_file(folder / "logits.partial.npy", (len(enc), n_labels), done > 0)
+    batches = bucketed_batches(enc.lengths(), BATCH_SIZE, shuffle=False)
+    if done:
+        log.info("continuing the teacher's pass at batch %d of %d", done, len(batches))
     teacher.eval()
     dev = model_device(teacher)
     names = input_names(teacher)
-    bar = tqdm(total=len(enc), desc="teacher outputs", unit="ex", dynamic_ncols=True)
-    for b in iterate(enc, batch_size, shuffle=False, pad_id=pad_id):
-        bar.update(len(b["index"]))
-        b = to_device(b, dev)
+    bar = tqdm(
+        total=len(enc), initial=sum(len(b) for b in batches[:done]),
+        desc="teacher outputs", unit="ex", dynamic_ncols=True,
+    )  # fmt: skip
+    saved = time.monotonic()
+    for i in range(done, len(batches)):
+        b = to_device(collate(enc, batches[i], pad_id), dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             out = teacher(**{n: b[n] for n in names}, output_hidden_states=True)
         idx = b["index"].tolist()
         final.set_(idx, out.hidden_states[-1])
         middle.set_(idx, out.hidden_states[depth])
-        logits[b["index"]] = out.logits.float().cpu()
+        logits[idx] = out.logits.float().cpu().numpy()
+        bar.update(len(idx))
+        if time.monotonic() - saved >= PROGRESS_EVERY_S:
+            _save_progress(progress, key, i + 1, final, middle, logits)
+            saved = time.monotonic()
     bar.close()
-    return TeacherCache(final, middle, logits)
+    _save_progress(progress, key, len(batches), final, middle, logits)
+    return TeacherCache(final, middle, torch.from_numpy(np.array(logits)))
+
+
+def _logits_file(file: Path, shape: tuple[int, int], reopen: bool) -> np.memmap:
+    if reopen and file.is_file():
+        arr = np.load(file, mmap_mode="r+")
+        if arr.shape == shape:
+            return arr
+    return np.lib.format.open_memmap(file, mode="w+", dtype=np.float32, shape=shape)
+
+
+def _progress(file: Path, key: dict) -> int:
+    """Batches a stopped pass with the same key finished (0: none, or another key's)."""
+    try:
+        saved = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return 0
+    return int(saved["batches"]) if saved.get("key") == key else 0
+
+
+def _save_progress(file: Path, key: dict, batches: int, *stores) -> None:
+    """Flush the stores, then record how far they are written (atomically)."""
+    for s in stores:
+        s.flush()
+    tmp = file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "batches": batches}))
+    os.replace(tmp, file)
 
 
 def load_teacher_outputs(
@@ -70,7 +127,7 @@ def load_teacher_outputs(
     bf16: bool = False,
 ) -> TeacherCache:
     """Load the cached teacher outputs, or run the teacher once (in bfloat16 autocast with
-    ``bf16``) and save them."""
+    ``bf16``), continuing a pass that was stopped, and mark them complete."""
     key = {
         "n": len(enc),
         "tokens": sum(enc.lengths()),
@@ -87,16 +144,23 @@ def load_teacher_outputs(
         key["precision"] = "bf16"
     folder = folder / f"depth{depth}"
     meta = folder / "teacher.json"
-    if meta.is_file() and json.loads(meta.read_text()) == key:
+    stores = TokenStore.saved(folder, "final") and TokenStore.saved(folder, "middle")
+    if (
+        stores
+        and (folder / "logits.pt").is_file()
+        and meta.is_file()
+        and json.loads(meta.read_text()) == key
+    ):
         return TeacherCache(
             TokenStore.load(folder, "final"),
             TokenStore.load(folder, "middle"),
             torch.load(folder / "logits.pt"),
         )
-    cache = cache_teacher(teacher, enc, depth, pad, bf16=bf16)
-    folder.mkdir(parents=True, exist_ok=True)
-    cache.final.save(folder, "final")
-    cache.middle.save(folder, "middle")
+    cache = cache_teacher(teacher, enc, depth, pad, folder, key, bf16=bf16)
     torch.save(cache.logits, folder / "logits.pt")
-    meta.write_text(json.dumps(key))
+    tmp = meta.with_suffix(".tmp")
+    tmp.write_text(json.dumps(key))
+    os.replace(tmp, meta)
+    for partial in ("progress.json", "logits.partial.npy"):
+        (folder / partial).unlink(missing_ok=True)
     return cache

@@ -1,7 +1,10 @@
-"""Per-token tensors of a whole split kept flat in memory: teacher outputs, ensemble states.
+"""Per-token tensors of a whole split kept flat: teacher outputs, ensemble states.
 
 Rows of all examples are concatenated (no padding is stored); ``gather`` pads a batch back to
-(B, L, H) in the same layout ``shoal.data.collate`` produces.
+(B, L, H) in the same layout ``shoal.data.collate`` produces. A store lives in host memory, or
+(``on_disk``/``load``) in a memory-mapped ``.npy`` file, so the teacher's states on an
+augmented split may outgrow the host's memory: pages are read and written through the page
+cache.
 """
 
 from __future__ import annotations
@@ -9,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+
+_NUMPY = {torch.float16: np.float16, torch.float32: np.float32}
 
 
 class TokenStore:
@@ -30,6 +35,48 @@ class TokenStore:
         self.data = data if data is not None else torch.zeros(total, hidden, dtype=dtype)
         if self.data.shape[0] != total:
             raise ValueError(f"store holds {self.data.shape[0]} rows, lengths need {total}")
+        self._map: np.memmap | None = None
+
+    @classmethod
+    def on_disk(
+        cls,
+        path: Path,
+        name: str,
+        lengths: Sequence[int],
+        hidden: int,
+        dtype: torch.dtype = torch.float16,
+        reopen: bool = False,
+    ) -> TokenStore:
+        """A store written straight into ``path/name.npy`` (memory-mapped), its lengths beside
+        it; with ``reopen``, the rows an earlier, interrupted writer left there are kept."""
+        file, total = path / f"{name}.npy", int(sum(lengths))
+        shape = (total, hidden)
+        if reopen and file.is_file():
+            arr = np.load(file, mmap_mode="r+")
+            if arr.shape != shape or arr.dtype != _NUMPY[dtype]:
+                raise ValueError(f"{file} holds {arr.dtype}{arr.shape}, expected {shape}")
+        else:
+            arr = np.lib.format.open_memmap(file, mode="w+", dtype=_NUMPY[dtype], shape=shape)
+        np.save(path / f"{name}.lengths.npy", np.asarray(lengths, dtype=np.int64))
+        store = cls(lengths, hidden, data=torch.from_numpy(arr))
+        store._map = arr
+        return store
+
+    @classmethod
+    def load(cls, path: Path, name: str) -> TokenStore:
+        """Map a store that ``on_disk`` wrote; changes stay in this process (copy on write)."""
+        arr = np.load(path / f"{name}.npy", mmap_mode="c")
+        lengths = np.load(path / f"{name}.lengths.npy").tolist()
+        return cls(lengths, arr.shape[1], data=torch.from_numpy(arr))
+
+    @staticmethod
+    def saved(path: Path, name: str) -> bool:
+        return (path / f"{name}.npy").is_file() and (path / f"{name}.lengths.npy").is_file()
+
+    def flush(self) -> None:
+        """Write the rows set so far to the store's file (a no-op in memory)."""
+        if self._map is not None:
+            self._map.flush()
 
     def _rows(self, index: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Flat row ids of the examples and their (row-in-batch, position) targets."""
@@ -63,14 +110,3 @@ class TokenStore:
         """Overwrite the real positions of the examples with ``value`` (B, L, H), on any device."""
         flat, valid, width = self._rows(index)
         self.data[flat] = value[:, :width].to(self.data.device)[valid].to(self.data.dtype)
-
-    def save(self, path: Path, name: str) -> None:
-        save_file(
-            {"data": self.data.contiguous(), "lengths": self.lengths},
-            str(path / f"{name}.safetensors"),
-        )
-
-    @classmethod
-    def load(cls, path: Path, name: str) -> TokenStore:
-        t = load_file(str(path / f"{name}.safetensors"))
-        return cls(t["lengths"].tolist(), t["data"].shape[1], data=t["data"])
