@@ -9,7 +9,6 @@ outgrow host memory still fits, and the pass over it saves its progress every
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from dataclasses import dataclass
@@ -24,8 +23,6 @@ from shoal.data import Encoded, bucketed_batches, collate
 from shoal.devices import model_device, to_device
 from shoal.distill.token_store import TokenStore
 from shoal.models.teacher import input_names
-
-log = logging.getLogger(__name__)
 
 BATCH_SIZE = 128
 PROGRESS_EVERY_S = 60.0  # how often a pass over the training set saves what it has done
@@ -63,7 +60,7 @@ def cache_teacher(
     logits = _logits_file(folder / "logits.partial.npy", (len(enc), n_labels), done > 0)
     batches = bucketed_batches(enc.lengths(), BATCH_SIZE, shuffle=False)
     if done:
-        log.info("continuing the teacher's pass at batch %d of %d", done, len(batches))
+        tqdm.write(f"[teacher outputs] resumed from {progress} at batch {done}/{len(batches)}")
     teacher.eval()
     dev = model_device(teacher)
     names = input_names(teacher)

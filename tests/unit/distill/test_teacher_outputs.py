@@ -58,7 +58,7 @@ def _counting(teacher, fail_after: int | None = None) -> list[int]:
 
 
 def test_a_stopped_pass_continues_where_it_was_and_equals_an_uninterrupted_one(
-    tmp_path, tiny_teacher, tiny_data, monkeypatch
+    tmp_path, tiny_teacher, tiny_data, monkeypatch, capsys
 ):
     monkeypatch.setattr(teacher_outputs, "BATCH_SIZE", 8)
     monkeypatch.setattr(teacher_outputs, "PROGRESS_EVERY_S", 0.0)  # save after every batch
@@ -78,6 +78,9 @@ def test_a_stopped_pass_continues_where_it_was_and_equals_an_uninterrupted_one(
     calls = _counting(teacher)
     resumed = load_teacher_outputs(tmp_path / "cut", teacher, enc, 1, 0)
     assert len(calls) == n_batches - 3
+    assert (
+        f"resumed from {folder / 'progress.json'} at batch 3/{n_batches}" in capsys.readouterr().out
+    )
     assert (folder / "teacher.json").is_file() and not (folder / "progress.json").exists()
     for a, b in ((whole.final, resumed.final), (whole.middle, resumed.middle)):
         assert torch.equal(a.data, b.data)
