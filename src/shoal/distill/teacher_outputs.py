@@ -4,6 +4,7 @@ computed once per teacher, data and depth, and kept on disk under one key.
 The states are written straight into memory-mapped files, so an augmented split whose states
 outgrow host memory still fits, and the pass over it saves its progress every
 ``PROGRESS_EVERY_S`` seconds: a run stopped in the middle of it starts again where it was.
+Runs sharing a cache folder take turns: one runs the teacher, the others wait and read.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -47,16 +49,18 @@ def cache_teacher(
     key: dict,
     bf16: bool = False,
 ) -> TeacherCache:
-    """Run the teacher over a split into memory-mapped stores under ``folder``, continuing a
-    pass with the same ``key`` that was stopped; with ``bf16`` its matmuls run in bfloat16
-    autocast (the outputs are stored as without it: float16 states, float32 logits)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "teacher.json").unlink(missing_ok=True)  # the files below are rewritten
+    """Run the teacher over a split into memory-mapped ``*.partial`` stores under ``folder``,
+    continuing a pass with the same ``key`` that was stopped; with ``bf16`` its matmuls run in
+    bfloat16 autocast (the outputs are stored as without it: float16 states, float32
+    logits)."""
     progress = folder / "progress.json"
     done = _progress(progress, key)
+    if not all((folder / f"{n}.partial.npy").is_file() for n in ("final", "middle", "logits")):
+        done = 0
     hidden, n_labels = teacher.config.hidden_size, teacher.config.num_labels
-    final = TokenStore.on_disk(folder, "final", enc.lengths(), hidden, reopen=done > 0)
-    middle = TokenStore.on_disk(folder, "middle", enc.lengths(), hidden, reopen=done > 0)
+    lengths = enc.lengths()
+    final = TokenStore.on_disk(folder, "final.partial", lengths, hidden, reopen=done > 0)
+    middle = TokenStore.on_disk(folder, "middle.partial", lengths, hidden, reopen=done > 0)
     logits = _logits_file(folder / "logits.partial.npy", (len(enc), n_labels), done > 0)
     batches = bucketed_batches(enc.lengths(), BATCH_SIZE, shuffle=False)
     if done:
@@ -87,10 +91,8 @@ def cache_teacher(
 
 
 def _logits_file(file: Path, shape: tuple[int, int], reopen: bool) -> np.memmap:
-    if reopen and file.is_file():
-        arr = np.load(file, mmap_mode="r+")
-        if arr.shape == shape:
-            return arr
+    if reopen:
+        return np.load(file, mmap_mode="r+")
     return np.lib.format.open_memmap(file, mode="w+", dtype=np.float32, shape=shape)
 
 
@@ -140,21 +142,39 @@ def load_teacher_outputs(
     if bf16:
         key["precision"] = "bf16"
     folder = folder / f"depth{depth}"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        tqdm.write(f"[teacher outputs] waiting for another run writing {folder}")
+        lock.acquire()
+    try:
+        return _load_or_run(folder, key, teacher, enc, depth, pad, bf16)
+    finally:
+        lock.release()
+
+
+def _load_or_run(
+    folder: Path, key: dict, teacher, enc: Encoded, depth: int, pad: int, bf16: bool
+) -> TeacherCache:
     meta = folder / "teacher.json"
     stores = TokenStore.saved(folder, "final") and TokenStore.saved(folder, "middle")
-    if (
-        stores
-        and (folder / "logits.pt").is_file()
-        and meta.is_file()
-        and json.loads(meta.read_text()) == key
-    ):
+    complete = stores and (folder / "logits.pt").is_file() and meta.is_file()
+    if complete and json.loads(meta.read_text()) == key:
         return TeacherCache(
             TokenStore.load(folder, "final"),
             TokenStore.load(folder, "middle"),
             torch.load(folder / "logits.pt"),
         )
+    meta.unlink(missing_ok=True)
     cache = cache_teacher(teacher, enc, depth, pad, folder, key, bf16=bf16)
     torch.save(cache.logits, folder / "logits.pt")
+    # New names, not rewritten files: a run still reading the stores a finished pass left
+    # here keeps them (its mapping outlives the name).
+    for name in ("final", "middle"):
+        for suffix in (".npy", ".lengths.npy"):
+            os.replace(folder / f"{name}.partial{suffix}", folder / f"{name}{suffix}")
     tmp = meta.with_suffix(".tmp")
     tmp.write_text(json.dumps(key))
     os.replace(tmp, meta)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 import pytest
@@ -73,7 +74,8 @@ def test_a_stopped_pass_continues_where_it_was_and_equals_an_uninterrupted_one(
     with pytest.raises(_Stop):
         load_teacher_outputs(tmp_path / "cut", teacher, enc, 1, 0)
     folder = tmp_path / "cut" / "depth1"
-    assert not (folder / "teacher.json").exists()
+    assert not (folder / "teacher.json").exists() and not (folder / "final.npy").exists()
+    assert (folder / "final.partial.npy").is_file() and (folder / "progress.json").is_file()
     teacher, _ = load_teacher(tiny_teacher)
     calls = _counting(teacher)
     resumed = load_teacher_outputs(tmp_path / "cut", teacher, enc, 1, 0)
@@ -82,6 +84,7 @@ def test_a_stopped_pass_continues_where_it_was_and_equals_an_uninterrupted_one(
         f"resumed from {folder / 'progress.json'} at batch 3/{n_batches}" in capsys.readouterr().out
     )
     assert (folder / "teacher.json").is_file() and not (folder / "progress.json").exists()
+    assert not list(folder.glob("*.partial*"))
     for a, b in ((whole.final, resumed.final), (whole.middle, resumed.middle)):
         assert torch.equal(a.data, b.data)
     assert torch.equal(whole.logits, resumed.logits)
@@ -104,3 +107,64 @@ def test_a_stopped_pass_of_other_data_starts_again(tmp_path, tiny_teacher, tiny_
     calls = _counting(teacher)
     load_teacher_outputs(tmp_path, teacher, enc, 1, 0, composed=[1, 0])  # another key
     assert len(calls) == -(-len(enc) // 8)
+
+
+def test_a_pass_without_its_partial_stores_starts_again(
+    tmp_path, tiny_teacher, tiny_data, monkeypatch
+):
+    monkeypatch.setattr(teacher_outputs, "BATCH_SIZE", 8)
+    monkeypatch.setattr(teacher_outputs, "PROGRESS_EVERY_S", 0.0)
+    teacher, tok = load_teacher(tiny_teacher)
+    enc = encode(tok, load_task(tiny_data).splits["train"], 32)
+    _counting(teacher, fail_after=2)
+    with pytest.raises(_Stop):
+        load_teacher_outputs(tmp_path, teacher, enc, 1, 0)
+    (tmp_path / "depth1" / "middle.partial.npy").unlink()  # lost: progress.json is not enough
+    teacher, _ = load_teacher(tiny_teacher)
+    calls = _counting(teacher)
+    load_teacher_outputs(tmp_path, teacher, enc, 1, 0)
+    assert len(calls) == -(-len(enc) // 8)
+
+
+def test_a_run_reading_the_stores_keeps_them_when_another_pass_replaces_them(
+    tmp_path, tiny_teacher, tiny_data
+):
+    teacher, tok = load_teacher(tiny_teacher)
+    enc = encode(tok, load_task(tiny_data).splits["train"], 32)
+    load_teacher_outputs(tmp_path, teacher, enc, 1, 0)
+    reading = load_teacher_outputs(tmp_path, teacher, enc, 1, 0)  # mapped from the files
+    before = reading.final.data.clone()
+    half = encode(tok, load_task(tiny_data).splits["train"].subset(len(enc) // 2), 32)
+    replaced = load_teacher_outputs(tmp_path, teacher, half, 1, 0)  # another key
+    assert replaced.final.data.shape[0] < before.shape[0]
+    assert torch.equal(reading.final.data, before)
+
+
+def test_a_run_waits_for_another_writing_the_same_folder(
+    tmp_path, tiny_teacher, tiny_data, monkeypatch
+):
+    from filelock import FileLock
+
+    teacher, tok = load_teacher(tiny_teacher)
+    enc = encode(tok, load_task(tiny_data).splits["train"], 32)
+    calls = _counting(teacher)
+    waiting = threading.Event()
+
+    def write(message):
+        if "waiting for another run" in message:
+            waiting.set()
+
+    monkeypatch.setattr(teacher_outputs.tqdm, "write", write)
+    (tmp_path / "depth1").mkdir()
+    other = FileLock(tmp_path / "depth1" / ".lock")
+    other.acquire()
+    done: list = []
+    t = threading.Thread(
+        target=lambda: done.append(load_teacher_outputs(tmp_path, teacher, enc, 1, 0))
+    )
+    t.start()
+    assert waiting.wait(timeout=60)
+    assert calls == [] and not done  # held back while the other run holds the folder
+    other.release()
+    t.join(timeout=120)
+    assert len(done) == 1 and calls
