@@ -95,7 +95,9 @@ def test_a_stopped_pass_continues_where_it_was_and_equals_an_uninterrupted_one(
     assert isinstance(np.load(folder / "final.npy", mmap_mode="r"), np.memmap)
 
 
-def test_a_stopped_pass_of_other_data_starts_again(tmp_path, tiny_teacher, tiny_data, monkeypatch):
+def _stopped_after_two_batches(tmp_path, tiny_teacher, tiny_data, monkeypatch):
+    """A pass of batches of 8 (progress saved after each) stopped after two; returns the
+    encoded split and a fresh teacher whose forward calls are counted."""
     monkeypatch.setattr(teacher_outputs, "BATCH_SIZE", 8)
     monkeypatch.setattr(teacher_outputs, "PROGRESS_EVERY_S", 0.0)
     teacher, tok = load_teacher(tiny_teacher)
@@ -104,7 +106,11 @@ def test_a_stopped_pass_of_other_data_starts_again(tmp_path, tiny_teacher, tiny_
     with pytest.raises(_Stop):
         load_teacher_outputs(tmp_path, teacher, enc, 1, 0)
     teacher, _ = load_teacher(tiny_teacher)
-    calls = _counting(teacher)
+    return enc, teacher, _counting(teacher)
+
+
+def test_a_stopped_pass_of_other_data_starts_again(tmp_path, tiny_teacher, tiny_data, monkeypatch):
+    enc, teacher, calls = _stopped_after_two_batches(tmp_path, tiny_teacher, tiny_data, monkeypatch)
     load_teacher_outputs(tmp_path, teacher, enc, 1, 0, composed=[1, 0])  # another key
     assert len(calls) == -(-len(enc) // 8)
 
@@ -112,16 +118,8 @@ def test_a_stopped_pass_of_other_data_starts_again(tmp_path, tiny_teacher, tiny_
 def test_a_pass_without_its_partial_stores_starts_again(
     tmp_path, tiny_teacher, tiny_data, monkeypatch
 ):
-    monkeypatch.setattr(teacher_outputs, "BATCH_SIZE", 8)
-    monkeypatch.setattr(teacher_outputs, "PROGRESS_EVERY_S", 0.0)
-    teacher, tok = load_teacher(tiny_teacher)
-    enc = encode(tok, load_task(tiny_data).splits["train"], 32)
-    _counting(teacher, fail_after=2)
-    with pytest.raises(_Stop):
-        load_teacher_outputs(tmp_path, teacher, enc, 1, 0)
+    enc, teacher, calls = _stopped_after_two_batches(tmp_path, tiny_teacher, tiny_data, monkeypatch)
     (tmp_path / "depth1" / "middle.partial.npy").unlink()  # lost: progress.json is not enough
-    teacher, _ = load_teacher(tiny_teacher)
-    calls = _counting(teacher)
     load_teacher_outputs(tmp_path, teacher, enc, 1, 0)
     assert len(calls) == -(-len(enc) // 8)
 
