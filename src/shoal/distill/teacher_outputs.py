@@ -62,7 +62,7 @@ def cache_teacher(
     final = TokenStore.on_disk(folder, "final.partial", lengths, hidden, reopen=done > 0)
     middle = TokenStore.on_disk(folder, "middle.partial", lengths, hidden, reopen=done > 0)
     logits = _logits_file(folder / "logits.partial.npy", (len(enc), n_labels), done > 0)
-    batches = bucketed_batches(enc.lengths(), BATCH_SIZE, shuffle=False)
+    batches = bucketed_batches(lengths, BATCH_SIZE, shuffle=False)
     if done:
         tqdm.write(f"[teacher outputs] resumed from {progress} at batch {done}/{len(batches)}")
     teacher.eval()
@@ -109,8 +109,13 @@ def _save_progress(file: Path, key: dict, batches: int, *stores) -> None:
     """Flush the stores, then record how far they are written (atomically)."""
     for s in stores:
         s.flush()
+    _write_json(file, {"key": key, "batches": batches})
+
+
+def _write_json(file: Path, value: dict) -> None:
+    """Write ``file`` whole or not at all (a stop mid-write leaves the previous one)."""
     tmp = file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "batches": batches}))
+    tmp.write_text(json.dumps(value))
     os.replace(tmp, file)
 
 
@@ -175,9 +180,7 @@ def _load_or_run(
     for name in ("final", "middle"):
         for suffix in (".npy", ".lengths.npy"):
             os.replace(folder / f"{name}.partial{suffix}", folder / f"{name}{suffix}")
-    tmp = meta.with_suffix(".tmp")
-    tmp.write_text(json.dumps(key))
-    os.replace(tmp, meta)
+    _write_json(meta, key)
     for partial in ("progress.json", "logits.partial.npy"):
         (folder / partial).unlink(missing_ok=True)
     return cache
