@@ -194,6 +194,20 @@ def test_a_worker_that_died_idle_is_replaced_before_the_next_batch(runtime, refe
     )
 
 
+def test_a_restarted_worker_reads_as_down_until_it_has_loaded(runtime, reference, batch):
+    worker = _pool(runtime)._workers[0]
+    with worker.lock:  # as a restart holds it: the monitor and dispatches wait
+        worker.stop(graceful=True)
+        worker.spawn()
+        loading = runtime.status()[0]
+        worker.await_ready()
+    assert loading.pid is not None and not loading.alive
+    assert runtime.status()[0].alive
+    torch.testing.assert_close(
+        runtime.execute(*batch, N), reference.run(*batch, N), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_an_error_inside_a_worker_is_reported_and_the_worker_survives(runtime, batch):
     ids, mask, types = batch
     pids = [s.pid for s in _pool(runtime).status()]

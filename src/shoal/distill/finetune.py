@@ -23,6 +23,7 @@ from shoal.distill.augment import augment_key, augment_with_teacher
 from shoal.distill.config import FinetuneConfig
 from shoal.distill.evaluate import predict_logits, score
 from shoal.distill.losses import consistency_loss, kd_loss, label_loss
+from shoal.distill.teacher_outputs import write_json_atomic
 from shoal.distill.trainer import Checkpoint, TrainResult, train
 from shoal.errors import ConfigError, DataError
 from shoal.models.teacher import load_teacher, logits_of
@@ -296,5 +297,5 @@ def _teacher_logits(
     own = folder / "logits"
     own.mkdir(parents=True, exist_ok=True)
     torch.save(logits, own / "logits.pt")
-    (own / "teacher.json").write_text(json.dumps(key))
+    write_json_atomic(own / "teacher.json", key)
     return logits, str(own)

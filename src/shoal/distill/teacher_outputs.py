@@ -109,10 +109,10 @@ def _save_progress(file: Path, key: dict, batches: int, *stores) -> None:
     """Flush the stores, then record how far they are written (atomically)."""
     for s in stores:
         s.flush()
-    _write_json(file, {"key": key, "batches": batches})
+    write_json_atomic(file, {"key": key, "batches": batches})
 
 
-def _write_json(file: Path, value: dict) -> None:
+def write_json_atomic(file: Path, value: dict) -> None:
     """Write ``file`` whole or not at all (a stop mid-write leaves the previous one)."""
     tmp = file.with_suffix(".tmp")
     tmp.write_text(json.dumps(value))
@@ -180,7 +180,7 @@ def _load_or_run(
     for name in ("final", "middle"):
         for suffix in (".npy", ".lengths.npy"):
             os.replace(folder / f"{name}.partial{suffix}", folder / f"{name}{suffix}")
-    _write_json(meta, key)
+    write_json_atomic(meta, key)
     for partial in ("progress.json", "logits.partial.npy"):
         (folder / partial).unlink(missing_ok=True)
     return cache

@@ -69,6 +69,7 @@ class WorkerStatus:
     """Students this worker holds."""
     pid: int | None
     alive: bool
+    """Its process runs and has loaded its students: one still loading is not alive."""
     restarts: int
     """Times the runtime tried to restart this worker after a crash or hang."""
     start_failures: int = 0
@@ -115,6 +116,9 @@ class WorkerHandle:
         self.process: Any = None  # multiprocessing Process
         self.conn: Connection | None = None
         self.info: dict[str, Any] = {}
+        self.ready = False
+        """Whether the running process has loaded its students (sent ``Ready``): a process
+        still loading, or one that is dead, is down."""
         self.lock = threading.Lock()
         self.restarts = 0
         self.inflight = 0
@@ -159,7 +163,7 @@ class WorkerHandle:
         with _child_env(env):
             proc.start()
         child.close()  # only the worker holds its end, so its death reads as EOF here
-        self.process, self.conn = proc, parent
+        self.process, self.conn, self.ready = proc, parent, False
         self.info = {"device": self.slot.device, "cores": self.slot.cores, "pid": proc.pid}
 
     def await_ready(self) -> None:
@@ -173,7 +177,7 @@ class WorkerHandle:
                 f"above"
             ) from None
         assert isinstance(msg, Ready), msg
-        self.info = msg.info
+        self.info, self.ready = msg.info, True
 
     def restart(self) -> None:
         """Replace the process by a fresh one (caller holds ``lock``).
@@ -225,7 +229,7 @@ class WorkerHandle:
         proc.join(timeout=5.0)
         if conn is not None:
             conn.close()
-        self.process, self.conn = None, None
+        self.process, self.conn, self.ready = None, None, False
 
     def ensure_alive(self) -> None:
         """Restart the process if it died while idle (no batch was on it yet)."""
@@ -239,7 +243,7 @@ class WorkerHandle:
             self.slot.cores,
             self.students,
             self.info.get("pid"),
-            bool(self.process and self.process.is_alive()),
+            self.ready and bool(self.process and self.process.is_alive()),
             self.restarts,
             self.start_failures,
         )
