@@ -180,7 +180,9 @@ class _WorkerCollector:
 
     def collect(self) -> Iterator[Metric]:
         status = list(self.workers())
-        alive = GaugeMetricFamily("shoal_workers_alive", "Worker processes alive now.")
+        alive = GaugeMetricFamily(
+            "shoal_workers_alive", "Worker processes alive now, with their students loaded."
+        )
         alive.add_metric([], sum(1 for w in status if w.alive))
         restarts = CounterMetricFamily(
             "shoal_worker_restarts",
