@@ -23,9 +23,9 @@ from shoal.distill.augment import augment_key, augment_with_teacher
 from shoal.distill.config import FinetuneConfig
 from shoal.distill.evaluate import predict_logits, score
 from shoal.distill.losses import consistency_loss, kd_loss, label_loss
-from shoal.distill.teacher_outputs import write_json_atomic
 from shoal.distill.trainer import Checkpoint, TrainResult, train
 from shoal.errors import ConfigError, DataError
+from shoal.files import write_json_atomic
 from shoal.models.teacher import load_teacher, logits_of
 from shoal.provenance import command_line, git_commit
 from shoal.types import Task

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from shoal.data import Encoded, bucketed_batches, collate
 from shoal.devices import model_device, to_device
 from shoal.distill.token_store import TokenStore
+from shoal.files import write_json_atomic
 from shoal.models.teacher import input_names
 
 BATCH_SIZE = 128
@@ -110,13 +111,6 @@ def _save_progress(file: Path, key: dict, batches: int, *stores) -> None:
     for s in stores:
         s.flush()
     write_json_atomic(file, {"key": key, "batches": batches})
-
-
-def write_json_atomic(file: Path, value: dict) -> None:
-    """Write ``file`` whole or not at all (a stop mid-write leaves the previous one)."""
-    tmp = file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, file)
 
 
 def load_teacher_outputs(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 import statistics
 import time
@@ -24,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from shoal.errors import ConfigError
+from shoal.files import write_json_atomic
 from shoal.serve.costmodel import CostModel
 from shoal.serve.runtime.allocation import available_cores
 from shoal.types import token_limit
@@ -225,7 +225,5 @@ def load_or_profile(
         "cost_model": model.to_json(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1, default=str))
-    tmp.replace(path)  # atomic: a concurrent start never reads half a file
+    write_json_atomic(path, record, indent=1, default=str)  # a concurrent start never reads half
     return model
