@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import random
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,41 @@ def read_tsv(path: Path, num_labels: int | None = None) -> TextDataset:
         raise DataError(f"{path} has a header but no examples")
     n = num_labels if num_labels is not None else max(labels) + 1
     return TextDataset(texts, labels, pairs if len(text_cols) == 2 else None, max(n, 2))
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def read_unlabeled(path: str | Path, *, sentences: bool = True, min_words: int = 3) -> list[str]:
+    """Texts without labels for a teacher to label (``shoal distill --unlabeled``): a TSV with
+    a ``text`` (or ``sentence``) column and a header, or a plain text file, one text a line.
+    With ``sentences`` each text is split at sentence ends (., ! or ? before a space) and
+    the pieces of fewer than ``min_words`` words are dropped; duplicates are dropped."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(
+            f"unlabeled data {path} does not exist; pass a TSV with a 'text' column or a "
+            "plain text file with one text a line"
+        )
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t") if lines else []
+    column = next((c for c in SINGLE_COLUMNS[::-1] if c in header), None)
+    if column is not None:
+        i = header.index(column)
+        rows = [line.split("\t") for line in lines[1:]]
+        raw = [r[i] for r in rows if len(r) > i]
+    elif path.suffix == ".tsv":
+        raise DataError(
+            f"{path} has columns {header} but no 'text' or 'sentence' column; name the "
+            "column of texts 'text'"
+        )
+    else:
+        raw = lines
+    pieces = (p for t in raw for p in (_SENTENCE_END.split(t) if sentences else [t]))
+    texts = list(dict.fromkeys(p.strip() for p in pieces if len(p.split()) >= min_words))
+    if not texts:
+        raise DataError(f"{path} holds no text of {min_words} words or more")
+    return texts
 
 
 def _load_tsv_folder(folder: Path) -> Task:

@@ -14,6 +14,7 @@ from shoal.errors import ConfigError
 from shoal.models.layer_plan import NAMED_PLANS, layer_plan
 
 METHODS = ("stack", "boost", "average")
+STUDENT_DATA = ("all", "shards")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -37,6 +38,13 @@ class TrainConfig:
     """Evaluations on dev per epoch; each keeps the weights when they score best so far."""
     seed: int = 0
     """Seed of shuffling and initialisation."""
+    max_steps: int = 0
+    """Stop after this many optimiser steps (the schedule decays to 0 there), whatever
+    ``epochs`` says: equal budgets for runs on training sets of different sizes; 0: no cap."""
+    patience: int = 0
+    """Stop once the dev score has not improved for this many evaluations in a row
+    (``evals_per_epoch`` an epoch, up to ``epochs``); the best evaluation's weights are
+    kept. 0: train to the end (the run still keeps its best evaluation where it has one)."""
     checkpoint_every: int = 200
     """Steps between resumable checkpoints, where the run keeps one (``shoal finetune``'s
     OUT/checkpoint.pt, ``shoal distill``'s OUT/checkpoints/); 0 turns periodic checkpoints
@@ -53,6 +61,10 @@ class TrainConfig:
             raise ConfigError(f"warmup={self.warmup} must be in [0, 1)")
         if self.evals_per_epoch < 1:
             raise ConfigError(f"evals_per_epoch={self.evals_per_epoch} must be >= 1")
+        if self.max_steps < 0 or self.patience < 0:
+            raise ConfigError(
+                f"max_steps={self.max_steps} and patience={self.patience} must be >= 0 (0: off)"
+            )
         if self.checkpoint_every < 0:
             raise ConfigError(
                 f"checkpoint_every={self.checkpoint_every} must be >= 0 (0: no checkpoints)"
@@ -232,6 +244,25 @@ class DistillConfig:
     """Also train on every sentence pair in the other order (``augment.swap_pairs``): for
     symmetric pair tasks such as paraphrase detection (MRPC, QQP), where the reversed pair
     keeps its gold label. Sentence-pair data only."""
+    unlabeled: str | None = None
+    """Texts without labels that the teacher labels and the students train on, after the
+    training set and its augmentation: a TSV with a 'text' column or a plain text file, one
+    text a line (``shoal.data.read_unlabeled``)."""
+    unlabeled_sentences: bool = True
+    """Split each unlabeled text into its sentences (pieces of 3 words or more)."""
+    w_rel: float = 0.0
+    """Weight of the attention-relation loss (MiniLMv2): the query-query, key-key and
+    value-value relations of the student's last layer against those of the teacher's last
+    layer (computed from its cached input); 0 turns it off and the cache keeps no extra
+    store."""
+    student_data: str = "all"
+    """What each student trains on: 'all' (the whole training set, in its own order) or
+    'shards' (every labelled example, and one N-th of the added texts: word-replaced copies,
+    joined texts, unlabeled texts, a different share per student), so students disagree
+    more."""
+    cache_only: bool = False
+    """Run the teacher over the training set, cache its outputs and stop: later runs with
+    the same data and ``--cache-dir`` read them."""
     max_length: int = 128
     """Tokens per example after truncation."""
     max_train: int | None = None
@@ -281,12 +312,19 @@ class DistillConfig:
 
         if self.augment_by not in WEIGHTINGS:
             raise ConfigError(f"augment_by={self.augment_by!r} is unknown; use one of {WEIGHTINGS}")
+        if self.student_data not in STUDENT_DATA:
+            raise ConfigError(
+                f"student_data={self.student_data!r} is unknown; use one of {STUDENT_DATA}"
+            )
+        if self.w_rel < 0:
+            raise ConfigError(f"w_rel={self.w_rel} must be >= 0 (0 turns it off)")
         if self.compose < 0:
             raise ConfigError(f"compose={self.compose} must be >= 0 (0 adds no joined texts)")
-        if (self.augment or self.compose) and self.w_ce:
+        if (self.augment or self.compose or self.unlabeled) and self.w_ce:
             raise ConfigError(
-                "augmented copies and joined texts have no gold label, so w_ce > 0 cannot be "
-                "combined with augment or compose; use w_ce=0 (the teacher's outputs label them)"
+                "augmented copies, joined texts and unlabeled texts have no gold label, so "
+                "w_ce > 0 cannot be combined with augment, compose or unlabeled; use w_ce=0 "
+                "(the teacher's outputs label them)"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1); BERT uses 0.1")

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from shoal.data import Encoded, encode, load_task, with_dev_split
+from shoal.data import Encoded, encode, load_task, read_unlabeled, with_dev_split
 from shoal.devices import autocast, model_device, resolve_device
 from shoal.distill.augment import augment_key, augment_with_teacher, compose, swap_pairs
 from shoal.distill.config import METHODS, DistillConfig
@@ -40,7 +40,9 @@ from shoal.distill.teacher_outputs import TeacherCache, cache_teacher, load_teac
 from shoal.distill.token_store import TokenStore
 from shoal.errors import DataError
 from shoal.models.cohort import ShoalModel
+from shoal.models.families import family_of
 from shoal.models.layer_plan import layer_plan
+from shoal.models.layers import Layer
 from shoal.models.teacher import load_teacher
 from shoal.provenance import command_line, git_commit
 from shoal.types import Task, TextDataset
@@ -83,16 +85,23 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
         config.init, config.n_students, config.student_layers, teacher.config.num_hidden_layers
     )
     pad = tok.pad_token_id or 0
-    enc = _encode(config, task, tok, _training_set(config, task, tok, teacher))
+    train_set, n_labelled = _training_set(config, task, tok, teacher)
+    enc = _encode(config, task, tok, train_set)
     teacher.to(device)
     t0 = time.perf_counter()
     cache = _teacher_outputs(config, teacher, enc["train"], pad, out)
     teacher_seconds = time.perf_counter() - t0
+    if config.cache_only:
+        tqdm.write(f"teacher outputs cached in {teacher_seconds:.0f} s (--cache-only)")
+        return {"cache_only": True, "teacher_seconds": round(teacher_seconds, 1)}
 
     torch.manual_seed(config.train.seed)
     model = _cohort(config, teacher, plan).to(device)
+    if config.w_rel > 0:
+        cache.late_layer = _last_layer(teacher, model).to(device)
     del teacher
     run = _Run(config, out, model, enc, cache, _ensemble(config, model, enc["train"]), pad)
+    run.n_labelled = n_labelled
     state = resume(out, model, enc["train"], run.ensemble, pad)
     run.table, run.seconds = state["table"], state["seconds"]
     stopped = _train_students(run, state["done"], stop_after, device)
@@ -118,6 +127,7 @@ class _Run:
     cache: TeacherCache
     ensemble: Ensemble | None
     pad: int
+    n_labelled: int = 0  # the training set's labelled examples, before the texts added to it
     table: list[dict] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
 
@@ -141,9 +151,10 @@ def _load_task(config: DistillConfig) -> Task:
     return task
 
 
-def _training_set(config: DistillConfig, task: Task, tok, teacher) -> TextDataset:
+def _training_set(config: DistillConfig, task: Task, tok, teacher) -> tuple[TextDataset, int]:
     """The labelled examples (``--max-train``; both orders with ``--swap-pairs``), then the
-    word-replaced copies (``--augment``), then the joined texts (``--compose``)."""
+    word-replaced copies (``--augment``), the joined texts (``--compose``) and the unlabeled
+    texts (``--unlabeled``); with the number of labelled examples, which come first."""
     train_set = task.splits["train"].subset(config.max_train or len(task.splits["train"]))
     if config.swap_pairs:
         train_set = swap_pairs(train_set)
@@ -166,7 +177,20 @@ def _training_set(config: DistillConfig, task: Task, tok, teacher) -> TextDatase
             f"joined {len(train_set) - n_before:,} pairs of training examples into new texts "
             f"(--compose {config.compose}): {len(train_set):,} in all"
         )
-    return train_set
+    if config.unlabeled:
+        if task.is_pair:
+            raise DataError(
+                f"--unlabeled adds single texts, but {config.data} has sentence pairs; "
+                "drop --unlabeled"
+            )
+        texts = read_unlabeled(config.unlabeled, sentences=config.unlabeled_sentences)
+        # placeholder labels: w_ce is refused with unlabeled texts, the teacher labels them
+        train_set = TextDataset(
+            train_set.texts + texts, train_set.labels + [0] * len(texts), None,
+            train_set.num_labels,
+        )  # fmt: skip
+        tqdm.write(f"added {len(texts):,} unlabeled texts: {len(train_set):,} in all")
+    return train_set, n_labelled
 
 
 def _encode(config: DistillConfig, task: Task, tok, train_set: TextDataset) -> dict[str, Encoded]:
@@ -206,8 +230,18 @@ def _teacher_outputs(
         augment=augment,
         swapped=config.swap_pairs,
         composed=[config.compose, config.train.seed] if config.compose else None,
+        unlabeled=_unlabeled_key(config),
         bf16=autocast(model_device(teacher), config.precision).enabled,
+        late=config.w_rel > 0,
     )
+
+
+def _unlabeled_key(config: DistillConfig) -> list | None:
+    """What the cache key records of ``--unlabeled``: the file's name, size and the split."""
+    if not config.unlabeled:
+        return None
+    path = Path(config.unlabeled)
+    return [path.name, path.stat().st_size, config.unlabeled_sentences]
 
 
 def _cohort(config: DistillConfig, teacher, plan: list[list[int]]) -> ShoalModel:
@@ -228,6 +262,16 @@ def _cohort(config: DistillConfig, teacher, plan: list[list[int]]) -> ShoalModel
     for p in shared:
         p.requires_grad_(False)  # shared by all students: frozen so cached outputs stay valid
     return model
+
+
+def _last_layer(teacher, model: ShoalModel) -> Layer:
+    """A frozen copy of the teacher's last layer, whose attention relations the students'
+    last layers learn (``--w-rel``)."""
+    c = model.config
+    layer = Layer(c.hidden_size, c.num_attention_heads, c.intermediate_size, c.layer_norm_eps)
+    family = family_of(teacher.config.model_type)
+    family.copy_layer(family.teacher_layers(teacher)[-1], layer)
+    return layer.eval().requires_grad_(False)
 
 
 def _ensemble(config: DistillConfig, model: ShoalModel, enc: Encoded) -> Ensemble | None:
@@ -255,7 +299,11 @@ def _train_students(
         if stop_after is not None and k - done >= stop_after:
             return k
         t1 = time.perf_counter()
-        train_student(run.model, k, enc["train"], run.cache, run.ensemble, pad, config, run.out)
+        train_student(
+            run.model, k, enc["train"], run.cache, run.ensemble, pad, config, run.out,
+            n_labelled=run.n_labelled,
+            evaluate=(lambda k=k: evaluator.dev_score(k)) if "dev" in enc else None,
+        )  # fmt: skip
         alpha = fit_alpha_and_add(run.model, k, enc["train"], run.cache, run.ensemble, pad, config)
         run.seconds.append(time.perf_counter() - t1)
         evaluator.add(k)

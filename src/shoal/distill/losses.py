@@ -83,3 +83,41 @@ def consistency_loss(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     kl_ab = F.kl_div(b, a, log_target=True, reduction="batchmean")  # KL(p_a || p_b)
     kl_ba = F.kl_div(a, b, log_target=True, reduction="batchmean")
     return (kl_ab + kl_ba) / 2
+
+
+def relation_loss(
+    student_in: torch.Tensor,
+    teacher_in: torch.Tensor,
+    student_layer: torch.nn.Module,
+    teacher_layer: torch.nn.Module,
+    mask: torch.Tensor,
+    heads: int,
+) -> torch.Tensor:
+    """MiniLMv2's self-attention relations: for the query, key and value projections of a
+    layer in turn, each head's scaled dot products between every pair of tokens, softmaxed
+    over the keys; the KL divergence from the teacher's relations to the student's, averaged
+    over the three, the heads and the real tokens.
+
+    Shape:
+        student_in, teacher_in: (B, L, H), the inputs of the two layers; mask: (B, L).
+        ``*_layer`` have ``query``, ``key`` and ``value`` linear maps of H -> H.
+    """
+    b, n, h = student_in.shape
+    d = h // heads
+    keep = mask.to(torch.bool)
+    drop = ~keep[:, None, None, :]  # (B, 1, 1, L): padded keys
+
+    def log_relations(layer: torch.nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+        t = getattr(layer, name)(x).float().view(b, n, heads, d).transpose(1, 2)
+        scores = (t @ t.transpose(-1, -2)) / d**0.5
+        return F.log_softmax(scores.masked_fill(drop, torch.finfo(scores.dtype).min), dim=-1)
+
+    rows = keep[:, None, :, None].float()  # real query tokens
+    total = student_in.new_zeros((), dtype=torch.float32)
+    for name in ("query", "key", "value"):
+        log_s = log_relations(student_layer, name, student_in)
+        with torch.no_grad():
+            log_t = log_relations(teacher_layer, name, teacher_in)
+        kl = (log_t.exp() * (log_t - log_s)).masked_fill(drop, 0.0).sum(-1, keepdim=True)
+        total = total + (kl * rows).sum() / (rows.sum() * heads).clamp_min(1.0)
+    return total / 3

@@ -92,11 +92,29 @@ class Objective:
             loss = loss + config.w_stack * losses.stacking_loss(
                 self.proj(states[-2]), self.imitation_target(idx, prev), mask
             )
+        if config.w_rel > 0:
+            loss = loss + config.w_rel * self._relations(idx, x, states, mask)
         if config.w_kd > 0:
             loss = loss + config.w_kd * losses.kd_loss(logits, t_logits, config.temperature)
         if config.w_ce > 0:
             loss = loss + config.w_ce * losses.label_loss(logits, b["labels"])
         return loss
+
+    def _relations(
+        self, idx: list[int], x: torch.Tensor, states: list[torch.Tensor], mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The attention relations of the student's last layer against the teacher's."""
+        late, layer = self.cache.late, self.cache.late_layer
+        if late is None or layer is None:
+            raise ValueError("w_rel > 0 needs the teacher's last layer and its cached input")
+        return losses.relation_loss(
+            states[-2] if len(states) > 1 else x,
+            late.gather(idx, device=self.dev),
+            self.student.layers[-1],
+            layer,
+            mask,
+            self.model.config.num_attention_heads,
+        )
 
     def _logit_residual(
         self,

@@ -27,11 +27,26 @@ class PrefixEvaluator:
     @torch.inference_mode()
     def add(self, k: int) -> None:
         """Run student k over the evaluation splits and keep its first-token states."""
-        for split, data in self.enc.items():
-            first = torch.zeros(len(data), self.model.config.hidden_size)
-            for idx, _, s in student_outputs(self.model, k, data, self.pad_id, batch_size=256):
-                first[idx] = s[:, 0].cpu()
-            self.states[split].append(first)
+        for split in self.enc:
+            self.states[split].append(self._first_tokens(k, split))
+
+    def _first_tokens(self, k: int, split: str) -> torch.Tensor:
+        data = self.enc[split]
+        first = torch.zeros(len(data), self.model.config.hidden_size)
+        for idx, _, s in student_outputs(self.model, k, data, self.pad_id, batch_size=256):
+            first[idx] = s[:, 0].cpu()
+        return first
+
+    @torch.inference_mode()
+    def dev_score(self, k: int) -> float:
+        """Dev accuracy of prefix k with student k as it is now (the students before it as
+        added); what a student's training selects its weights by."""
+        if "dev" not in self.enc:
+            raise ValueError("dev_score needs a dev split")
+        dev = model_device(self.model)
+        states = torch.stack([*self.states["dev"][:k], self._first_tokens(k, "dev")]).to(dev)
+        logits = self.model.finish(self.model.students_sum(states, list(range(k + 1)), k + 1))
+        return score(logits.cpu(), self.enc["dev"].labels)["accuracy"]
 
     @torch.inference_mode()
     def table(self) -> list[dict]:
@@ -47,7 +62,22 @@ class PrefixEvaluator:
                 logits = logits.cpu()
                 for name, value in score(logits, data.labels).items():
                     rows[k - 1][f"{split}_{name}"] = value
+                if split == "dev":
+                    rows[k - 1]["dev_disagreement"] = self._disagreement(states, k)
         return rows
+
+    def _disagreement(self, states: torch.Tensor, k: int) -> float | None:
+        """The fraction of dev examples on which student k, alone, predicts another label
+        than prefix k - 1 (0 for the first student): what averaging it in can change. None
+        for boosted cohorts, whose later students fit residuals and predict nothing alone."""
+        m = self.model
+        if m.config.combine != "mean":
+            return None
+        if k == 1:
+            return 0.0
+        alone = m.finish(m.alpha[k - 1].to(states.dtype) * states[k - 1])
+        before = m.finish(m.students_sum(states[: k - 1], list(range(k - 1)), k - 1))
+        return (alone.argmax(-1) != before.argmax(-1)).float().mean().item()
 
 
 def print_table(table: list[dict]) -> None:

@@ -3,13 +3,14 @@ teacher outputs and the running ensemble, with its method's objective (``objecti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from shoal.data import Encoded, iterate
+from shoal.data import Encoded, bucketed_batches, collate, iterate
 from shoal.devices import autocast, model_device, to_device
 from shoal.distill import losses
 from shoal.distill.config import DistillConfig
@@ -30,11 +31,17 @@ def train_student(
     pad: int,
     config: DistillConfig,
     out: Path,
+    *,
+    n_labelled: int = 0,
+    evaluate: Callable[[], float] | None = None,
 ) -> None:
     """Train student k against the residual and the stacking target; others stay frozen.
     ``ensemble`` is None for averaged students (they fit the teacher itself). The training
     state is checkpointed every ``config.train.checkpoint_every`` steps under
-    ``out/checkpoints``, and a run of the same command continues from there."""
+    ``out/checkpoints``, and a run of the same command continues from there. With
+    ``--student-data shards`` the student trains on the first ``n_labelled`` examples and its
+    share of the rest. ``evaluate`` (prefix k's dev accuracy) is scored ``evals_per_epoch``
+    times an epoch; the student keeps the weights of its best evaluation."""
     dev = model_device(model)
     proj = _identity_projection(model.config.hidden_size).to(dev)
     model.embeddings.eval()
@@ -56,16 +63,34 @@ def train_student(
         with mixed():
             return objective(b)
 
+    best: dict[str, torch.Tensor] = {}
+
+    def keep_best(_score: float) -> None:
+        best.update({n: p.detach().clone() for n, p in student.state_dict().items()})
+
+    rows = student_rows(len(enc), n_labelled, k, config)
     train(
         named,
         step,
-        shuffled(enc, config, pad, 1000 * k),
+        shuffled(enc, config, pad, 1000 * k, rows),
         config.train,
+        evaluate=evaluate,
+        on_best=keep_best if evaluate is not None else None,
         set_train=student.train,
         desc=f"student {k + 1}/{config.n_students}",
         checkpoint=step_checkpoint(out, f"student-{k + 1}", config, len(enc)),
         resume=True,
     )
+    if best:
+        student.load_state_dict(best)
+
+
+def student_rows(n: int, n_labelled: int, k: int, config: DistillConfig) -> list[int] | None:
+    """The training rows of student k: all (None), or with ``student_data='shards'`` every
+    labelled example and every N-th added text, starting at the k-th."""
+    if config.student_data == "all" or config.n_students == 1:
+        return None
+    return [*range(n_labelled), *range(n_labelled + k % config.n_students, n, config.n_students)]
 
 
 def _identity_projection(hidden: int) -> nn.Linear:
@@ -78,10 +103,22 @@ def _identity_projection(hidden: int) -> nn.Linear:
     return proj
 
 
-def shuffled(enc: Encoded, config: DistillConfig, pad: int, offset: int):
-    """``batches(epoch)`` for the trainer: a fresh seeded shuffle per epoch."""
+def shuffled(
+    enc: Encoded, config: DistillConfig, pad: int, offset: int, rows: list[int] | None = None
+):
+    """``batches(epoch)`` for the trainer: a fresh seeded shuffle per epoch, of ``rows`` only
+    when given."""
     size, seed = config.train.batch_size, config.train.seed + offset
-    return lambda e: list(iterate(enc, size, shuffle=True, seed=seed + e, pad_id=pad))
+    if rows is None:
+        return lambda e: list(iterate(enc, size, shuffle=True, seed=seed + e, pad_id=pad))
+    lengths = enc.lengths()
+    sub = [lengths[i] for i in rows]
+
+    def batches(e: int) -> list[dict[str, torch.Tensor]]:
+        order = bucketed_batches(sub, size, shuffle=True, seed=seed + e)
+        return [collate(enc, [rows[j] for j in b], pad) for b in order]
+
+    return batches
 
 
 def train_jointly(

@@ -38,6 +38,12 @@ class TeacherCache:
     final: TokenStore  # (n_tokens, H) last hidden states
     middle: TokenStore  # (n_tokens, H) hidden states at the students' intermediate depth
     logits: torch.Tensor  # (N, C)
+    late: TokenStore | None = None
+    """(n_tokens, H) the input of the teacher's last layer, kept when attention relations are
+    distilled (``--w-rel``): the last layer's queries, keys and values are computed from it."""
+    late_layer: nn.Module | None = None
+    """A frozen copy of the teacher's last layer (its ``query``, ``key`` and ``value`` read
+    ``late``); set by the run that distils attention relations."""
 
 
 @torch.inference_mode()
@@ -49,26 +55,34 @@ def cache_teacher(
     folder: Path,
     key: dict,
     bf16: bool = False,
+    late: bool = False,
 ) -> TeacherCache:
     """Run the teacher over a split into memory-mapped ``*.partial`` stores under ``folder``,
     continuing a pass with the same ``key`` that was stopped; with ``bf16`` its matmuls run in
     bfloat16 autocast (the outputs are stored as without it: float16 states, float32
-    logits)."""
+    logits); with ``late`` the input of its last layer is stored too."""
     progress = folder / "progress.json"
     done = _progress(progress, key)
-    if not all((folder / f"{n}.partial.npy").is_file() for n in ("final", "middle", "logits")):
+    names = ("final", "middle", "logits", *(("late",) if late else ()))
+    if not all((folder / f"{n}.partial.npy").is_file() for n in names):
         done = 0
     hidden, n_labels = teacher.config.hidden_size, teacher.config.num_labels
     lengths = enc.lengths()
     final = TokenStore.on_disk(folder, "final.partial", lengths, hidden, reopen=done > 0)
     middle = TokenStore.on_disk(folder, "middle.partial", lengths, hidden, reopen=done > 0)
+    last = (
+        TokenStore.on_disk(folder, "late.partial", lengths, hidden, reopen=done > 0)
+        if late
+        else None
+    )
+    stores = [final, middle, *([last] if last is not None else [])]
     logits = _logits_file(folder / "logits.partial.npy", (len(enc), n_labels), done > 0)
     batches = bucketed_batches(lengths, BATCH_SIZE, shuffle=False)
     if done:
         tqdm.write(f"[teacher outputs] resumed from {progress} at batch {done}/{len(batches)}")
     teacher.eval()
     dev = model_device(teacher)
-    names = input_names(teacher)
+    inputs = input_names(teacher)
     bar = tqdm(
         total=len(enc), initial=sum(len(b) for b in batches[:done]),
         desc="teacher outputs", unit="ex", dynamic_ncols=True,
@@ -77,18 +91,20 @@ def cache_teacher(
     for i in range(done, len(batches)):
         b = to_device(collate(enc, batches[i], pad_id), dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            out = teacher(**{n: b[n] for n in names}, output_hidden_states=True)
+            out = teacher(**{n: b[n] for n in inputs}, output_hidden_states=True)
         idx = b["index"].tolist()
         final.set_(idx, out.hidden_states[-1])
         middle.set_(idx, out.hidden_states[depth])
+        if last is not None:
+            last.set_(idx, out.hidden_states[-2])
         logits[idx] = out.logits.float().cpu().numpy()
         bar.update(len(idx))
         if time.monotonic() - saved >= PROGRESS_EVERY_S:
-            _save_progress(progress, key, i + 1, final, middle, logits)
+            _save_progress(progress, key, i + 1, *stores, logits)
             saved = time.monotonic()
     bar.close()
-    _save_progress(progress, key, len(batches), final, middle, logits)
-    return TeacherCache(final, middle, torch.from_numpy(np.array(logits)))
+    _save_progress(progress, key, len(batches), *stores, logits)
+    return TeacherCache(final, middle, torch.from_numpy(np.array(logits)), last)
 
 
 def _logits_file(file: Path, shape: tuple[int, int], reopen: bool) -> np.memmap:
@@ -122,10 +138,14 @@ def load_teacher_outputs(
     augment: list | None = None,
     swapped: bool = False,
     composed: list | None = None,
+    unlabeled: list | None = None,
     bf16: bool = False,
+    late: bool = False,
 ) -> TeacherCache:
     """Load the cached teacher outputs, or run the teacher once (in bfloat16 autocast with
-    ``bf16``), continuing a pass that was stopped, and mark them complete."""
+    ``bf16``), continuing a pass that was stopped, and mark them complete. With ``late`` the
+    input of the teacher's last layer is kept too; a cache that holds it also serves runs
+    that do not ask for it."""
     key = {
         "n": len(enc),
         "tokens": sum(enc.lengths()),
@@ -138,6 +158,8 @@ def load_teacher_outputs(
         key["swap_pairs"] = True
     if composed:
         key["compose"] = composed
+    if unlabeled:
+        key["unlabeled"] = unlabeled
     if bf16:
         key["precision"] = "bf16"
     folder = folder / f"depth{depth}"
@@ -149,32 +171,37 @@ def load_teacher_outputs(
         tqdm.write(f"[teacher outputs] waiting for another run writing {folder}")
         lock.acquire()
     try:
-        return _load_or_run(folder, key, teacher, enc, depth, pad, bf16)
+        return _load_or_run(folder, key, teacher, enc, depth, pad, bf16, late)
     finally:
         lock.release()
 
 
 def _load_or_run(
-    folder: Path, key: dict, teacher, enc: Encoded, depth: int, pad: int, bf16: bool
+    folder: Path, key: dict, teacher, enc: Encoded, depth: int, pad: int, bf16: bool, late: bool
 ) -> TeacherCache:
     meta = folder / "teacher.json"
     stores = TokenStore.saved(folder, "final") and TokenStore.saved(folder, "middle")
     complete = stores and (folder / "logits.pt").is_file() and meta.is_file()
-    if complete and json.loads(meta.read_text()) == key:
+    saved = json.loads(meta.read_text()) if complete else None
+    has_late = saved is not None and saved.pop("late", False) and TokenStore.saved(folder, "late")
+    if saved == key and (has_late or not late):
         return TeacherCache(
             TokenStore.load(folder, "final"),
             TokenStore.load(folder, "middle"),
             torch.load(folder / "logits.pt"),
+            TokenStore.load(folder, "late") if has_late else None,
         )
     meta.unlink(missing_ok=True)
-    cache = cache_teacher(teacher, enc, depth, pad, folder, key, bf16=bf16)
+    cache = cache_teacher(
+        teacher, enc, depth, pad, folder, {**key, "late": True} if late else key, bf16, late
+    )
     torch.save(cache.logits, folder / "logits.pt")
     # New names, not rewritten files: a run still reading the stores a finished pass left
     # here keeps them (its mapping outlives the name).
-    for name in ("final", "middle"):
+    for name in ("final", "middle", *(("late",) if late else ())):
         for suffix in (".npy", ".lengths.npy"):
             os.replace(folder / f"{name}.partial{suffix}", folder / f"{name}{suffix}")
-    write_json_atomic(meta, key)
+    write_json_atomic(meta, {**key, "late": True} if late else key)
     for partial in ("progress.json", "logits.partial.npy"):
         (folder / partial).unlink(missing_ok=True)
     return cache

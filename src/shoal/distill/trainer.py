@@ -197,6 +197,8 @@ def train(
     first = batches(0)
     per_epoch = len(first)
     total = max(1, int(math.ceil(per_epoch * config.epochs)))
+    if config.max_steps:
+        total = min(total, config.max_steps)
     run = _Run(named_params, config, total)
     if checkpoint is not None and resume and checkpoint.exists():
         run.restore(checkpoint.load())
@@ -219,6 +221,12 @@ def train(
             evaluated = evaluate is not None and (i in eval_at or last)
             if evaluated and evaluate is not None:
                 _evaluate(run, evaluate, on_best, set_train, total, desc)
+                if config.patience and _stale(run.result.history) >= config.patience:
+                    tqdm.write(
+                        f"[{desc}] dev has not improved for {config.patience} evaluations: "
+                        f"stopping at step {run.done}/{total}"
+                    )
+                    last, total = True, run.done
             periodic = config.checkpoint_every and run.done % config.checkpoint_every == 0
             if checkpoint is not None and not last and (evaluated or periodic):
                 checkpoint.save(run.state(i))
@@ -233,6 +241,12 @@ def train(
         checkpoint.remove()
     run.result.steps, run.result.seconds = run.done, run.seconds()
     return run.result
+
+
+def _stale(history: list[dict[str, float]]) -> int:
+    """Evaluations since the best one (0 when the latest is the best)."""
+    scores = [h["score"] for h in history]
+    return len(scores) - 1 - scores.index(max(scores)) if scores else 0
 
 
 def _evaluate(
