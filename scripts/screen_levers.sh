@@ -3,6 +3,7 @@
 # same cached teacher outputs (--cache-dir) and trains each student for the same number of
 # steps; then print one table (dev / test by k, dev disagreement, seconds).
 #   bash scripts/screen_levers.sh TEACHER [STEPS] [SEED]
+# LEVERS="baseline diverse" runs some of them (default: all four).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TEACHER=${1:?usage: screen_levers.sh TEACHER [STEPS] [SEED]}
@@ -21,17 +22,18 @@ declare -A levers=(
   [diverse]="--init 5,11/3,11 --student-data shards"
   [diverse-relations]="--init 5,11/3,11 --student-data shards --w-rel 1"
 )
-for name in baseline relations diverse diverse-relations; do
+LEVERS=${LEVERS:-baseline relations diverse diverse-relations}
+for name in $LEVERS; do
   # shellcheck disable=SC2086
   shoal distill "${common[@]}" ${levers[$name]} --out "$OUT/$name-s$SEED"
 done
-python - "$OUT" "$SEED" <<'PY'
+python - "$OUT" "$SEED" $LEVERS <<'PY'
 import json, sys
 from pathlib import Path
-out, seed = Path(sys.argv[1]), sys.argv[2]
+out, seed, names = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 print("| lever | seed | dev k = 1 / 2 | test k = 1 / 2 | dev disagreement | seconds (students) |")
 print("|---|---:|---|---|---:|---:|")
-for name in ("baseline", "relations", "diverse", "diverse-relations"):
+for name in names:
     meta = json.loads((out / f"{name}-s{seed}" / "shoal_meta.json").read_text())
     t = meta["prefix_accuracy"]
     dev = " / ".join(f"{100 * r['dev_accuracy']:.2f}" for r in t)

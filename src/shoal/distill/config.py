@@ -323,8 +323,8 @@ class DistillConfig:
         if (self.augment or self.compose or self.unlabeled) and self.w_ce:
             raise ConfigError(
                 "augmented copies, joined texts and unlabeled texts have no gold label, so "
-                "w_ce > 0 cannot be combined with augment, compose or unlabeled; use w_ce=0 "
-                "(the teacher's outputs label them)"
+                "w_ce > 0 cannot be combined with augment or compose, nor with unlabeled; use "
+                "w_ce=0 (the teacher's outputs label them)"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1); BERT uses 0.1")

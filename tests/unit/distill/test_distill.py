@@ -67,9 +67,9 @@ def test_stacking_targets_are_the_frozen_previous_students(tmp_path, tiny_data, 
     captured = {}
     real_train = distill_mod.train_student
 
-    def wrapped(model, k, enc, cache, ensemble, pad, config, out):
+    def wrapped(model, k, enc, cache, ensemble, pad, config, out, **kw):
         seen.clear()
-        real_train(model, k, enc, cache, ensemble, pad, config, out)
+        real_train(model, k, enc, cache, ensemble, pad, config, out, **kw)
         if k == 1:
             captured["targets"] = list(seen)
             captured["ensemble"] = ensemble.hidden.data.clone()
