@@ -63,10 +63,13 @@ def train_student(
         with mixed():
             return objective(b)
 
-    best: dict[str, torch.Tensor] = {}
+    # on disk, beside the step checkpoints, so a resumed run still ends on its best weights
+    best = out / "checkpoints" / f"student-{k + 1}.best.pt"
 
     def keep_best(_score: float) -> None:
-        best.update({n: p.detach().clone() for n, p in student.state_dict().items()})
+        tmp = best.with_name(best.name + ".tmp")
+        torch.save(student.state_dict(), tmp)
+        tmp.replace(best)
 
     rows = student_rows(len(enc), n_labelled, k, config)
     train(
@@ -81,8 +84,9 @@ def train_student(
         checkpoint=step_checkpoint(out, f"student-{k + 1}", config, len(enc)),
         resume=True,
     )
-    if best:
-        student.load_state_dict(best)
+    if best.is_file():
+        student.load_state_dict(torch.load(best, map_location=dev))
+        best.unlink()
 
 
 def student_rows(n: int, n_labelled: int, k: int, config: DistillConfig) -> list[int] | None:

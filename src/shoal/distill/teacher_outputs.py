@@ -192,16 +192,15 @@ def _load_or_run(
             TokenStore.load(folder, "late") if has_late else None,
         )
     meta.unlink(missing_ok=True)
-    cache = cache_teacher(
-        teacher, enc, depth, pad, folder, {**key, "late": True} if late else key, bf16, late
-    )
+    key = {**key, "late": True} if late else key  # what the finished pass records
+    cache = cache_teacher(teacher, enc, depth, pad, folder, key, bf16, late)
     torch.save(cache.logits, folder / "logits.pt")
     # New names, not rewritten files: a run still reading the stores a finished pass left
     # here keeps them (its mapping outlives the name).
     for name in ("final", "middle", *(("late",) if late else ())):
         for suffix in (".npy", ".lengths.npy"):
             os.replace(folder / f"{name}.partial{suffix}", folder / f"{name}{suffix}")
-    write_json_atomic(meta, {**key, "late": True} if late else key)
+    write_json_atomic(meta, key)
     for partial in ("progress.json", "logits.partial.npy"):
         (folder / partial).unlink(missing_ok=True)
     return cache
