@@ -71,6 +71,7 @@ def cohort_entry(cohort: Path) -> dict[str, Any]:
         "dev_accuracy_by_k": [points(row.get("dev_accuracy")) for row in table],
         "layers": config["student_layers"],
         "students": config["n_students"],
+        "n_students": config["n_students"],
         "hidden_size": config["hidden_size"],
         "train_seconds": meta.get("train_seconds", {}).get("total"),
         "command": meta.get("command"),
@@ -79,6 +80,14 @@ def cohort_entry(cohort: Path) -> dict[str, Any]:
     if any("test_f1" in row for row in table):
         entry["test_f1_by_k"] = [points(row.get("test_f1")) for row in table]
     return entry
+
+
+def eval_entry(field: str, path: Path) -> dict[str, Any]:
+    """``field`` from one ``shoal eval`` JSON: a list by k (``--by-k``) or one accuracy."""
+    result = json.loads(path.read_text())
+    if "by_k" in result:
+        return {f"{field}_by_k": [points(row["accuracy"]) for row in result["by_k"]]}
+    return {field: points(result["accuracy"])}
 
 
 def _p50(cases: list[dict[str, Any]], system: str, batch: int, threads: int) -> float | None:
@@ -197,6 +206,12 @@ def main() -> None:
     parser.add_argument("--commit", help="the commit, where the JSON does not record it")
     parser.add_argument("--teacher", help="a cohort's teacher key (default: the cohort's key)")
     parser.add_argument("--page", help="the results page that reports it")
+    parser.add_argument(
+        "--long", type=Path, help="`shoal eval --min-words 15` JSON (with --by-k for a cohort)"
+    )
+    parser.add_argument(
+        "--imdb", type=Path, help="`shoal eval` JSON on imdb-sample (with --by-k for a cohort)"
+    )
     parser.add_argument("--summary", type=Path, default=SUMMARY)
     args = parser.parse_args()
     build = {
@@ -207,6 +222,9 @@ def main() -> None:
         "ray": ray_entry,
     }
     entry = build[args.kind](args.source)
+    for field, path in (("long_sentence_accuracy", args.long), ("imdb_accuracy", args.imdb)):
+        if path is not None:
+            entry.update(eval_entry(field, path))
     for field in ("command", "commit", "page"):
         if getattr(args, field):
             entry[field] = getattr(args, field)

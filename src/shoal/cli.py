@@ -140,6 +140,9 @@ def evaluate(
     device: str = typer.Option(
         "auto", help="auto (a GPU when there is one; the CPU for onnxruntime) | cpu | cuda:N."
     ),
+    by_k: bool = typer.Option(
+        False, help="Cohorts: score every prefix k = 1..N (the students run once) instead of one k."
+    ),
 ) -> None:
     """Report accuracy (and F1 for binary tasks) of a model on a split."""
     from shoal.evaluation import evaluate_model
@@ -155,6 +158,7 @@ def evaluate(
             backend=backend,
             dtype=dtype,
             device=device,
+            by_k=by_k,
         )
     except ShoalError as e:
         _fail(e)

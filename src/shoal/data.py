@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -82,6 +83,11 @@ def with_dev_split(task: Task, fraction: float = 0.1, seed: int = 0) -> Task:
     return Task(task.name, splits, task.label_names)
 
 
+def _tsv_reader(f: IO[str]) -> Iterator[list[str]]:
+    """Rows of a TSV file opened with ``newline=""``: tabs split fields, quotes are text."""
+    return csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+
+
 def read_tsv(path: Path, num_labels: int | None = None) -> TextDataset:
     """Read one TSV split; raise DataError naming the file and the fix on any problem."""
     if not path.is_file():
@@ -89,7 +95,7 @@ def read_tsv(path: Path, num_labels: int | None = None) -> TextDataset:
             f"data file {path} does not exist; pass a folder holding train.tsv/dev.tsv/test.tsv"
         )
     with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        reader = _tsv_reader(f)
         header = next(reader, None)
         if header is None:
             raise DataError(f"{path} is empty; it needs a header row and at least one example")
@@ -157,20 +163,20 @@ def read_unlabeled(path: str | Path, *, sentences: bool = True, min_words: int =
             f"unlabeled data {path} does not exist; pass a TSV with a 'text' column or a "
             "plain text file with one text a line"
         )
-    lines = path.read_text(encoding="utf-8").splitlines()
-    header = lines[0].split("\t") if lines else []
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(_tsv_reader(f))
+    header = [name.strip() for name in rows[0]] if rows else []
     column = next((c for c in SINGLE_COLUMNS[::-1] if c in header), None)
     if column is not None:
         i = header.index(column)
-        rows = [line.split("\t") for line in lines[1:]]
-        raw = [r[i] for r in rows if len(r) > i]
+        raw = [r[i] for r in rows[1:] if len(r) > i]
     elif path.suffix == ".tsv":
         raise DataError(
             f"{path} has columns {header} but no 'text' or 'sentence' column; name the "
             "column of texts 'text'"
         )
-    else:
-        raw = lines
+    else:  # a plain file: one text a line, tabs and all
+        raw = path.read_text(encoding="utf-8").splitlines()
     pieces = (p for t in raw for p in (_SENTENCE_END.split(t) if sentences else [t]))
     texts = list(dict.fromkeys(p.strip() for p in pieces if len(p.split()) >= min_words))
     if not texts:

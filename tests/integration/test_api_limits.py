@@ -1,6 +1,8 @@
 """The HTTP API's guards and compatibility routes in process (httpx over ASGI, fake runtime):
-the key before the body, body limits (413) and abandoned uploads (499), readiness, Hugging Face
-and SageMaker routes and parameters, invisible text, and 500s that name a request id only."""
+the key before the body, body limits (413), bodies of more values than a request can hold
+refused before they are parsed, the largest valid batch within the default body limit,
+abandoned uploads (499), readiness, Hugging Face and SageMaker routes and parameters,
+invisible text, and 500s that name a request id only."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ import math
 
 import pytest
 from test_api import INFO, assert_error, serving
-from test_engine_fakes import cohort_dir, make_engine
+from test_engine_fakes import FakeRuntime, cohort_dir, make_engine
 
 from shoal.serve.api import ApiLimits, create_app
-from shoal.serve.api.routes import FAILING_AFTER
+from shoal.serve.failures import FAILING_AFTER
+from shoal.serve.server import ServeConfig, build_app
 
 __all__ = ["cohort_dir"]
 pytestmark = pytest.mark.anyio
@@ -103,6 +106,61 @@ async def test_an_abandoned_upload_counts_as_499(cohort_dir):
     assert sent[0]["status"] == 499
     assert 'shoal_requests_total{status="499"} 1.0' in metrics
     assert 'status="400"' not in metrics and rt.calls == []
+
+
+async def test_a_full_batch_of_escaped_non_latin_text_fits_the_default_limit(cohort_dir):
+    config = ServeConfig()
+    n, chars = config.max_client_batch_size, config.max_input_chars
+    cjk, emoji = "漢" * chars, "😀" * chars  # 6 and 12 bytes a character, escaped
+    # as requests and json.dumps send them by default (ensure_ascii): the largest valid bodies
+    predict = json.dumps({"inputs": [[emoji, emoji]] * n}).encode()
+    classify = json.dumps({"texts": [cjk] * n, "text_pairs": [emoji] * n}).encode()
+    assert len(predict) > 12 * 2 * n * chars
+    app = build_app(cohort_dir, config, runner=FakeRuntime.load(cohort_dir))
+    json_type = {"content-type": "application/json"}
+    async with serving(app) as client:
+        answers = [
+            await client.post("/predict", content=predict, headers=json_type),
+            await client.post("/v1/classify", content=classify, headers=json_type),
+        ]
+    for resp in answers:
+        assert resp.status_code == 200, resp.text[:300]
+    assert len(answers[0].json()) == n and len(answers[1].json()["results"]) == n
+
+
+class ParseSpy:
+    """Stands in for the ``json`` module of Starlette's request: records each body parsed."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def loads(self, body: bytes) -> object:
+        self.sizes.append(len(body))
+        return json.loads(body)
+
+
+async def test_a_body_of_many_values_is_refused_before_it_is_parsed(cohort_dir, monkeypatch):
+    import starlette.requests
+
+    spy = ParseSpy()
+    monkeypatch.setattr(starlette.requests, "json", spy)
+    app, _, rt = make_app(cohort_dir, max_body_bytes=8 << 20)
+    items = 370_000  # 2.5 MiB of ["a"]: about a second to parse and validate
+    bodies = {
+        "/predict": {"inputs": [["a"]] * items},
+        "/invocations": {"inputs": [["a"]] * items},
+        "/v1/classify": {"texts": ["a"] * items},
+        "/": {"inputs": "a", "unknown": [[]] * items},
+    }
+    async with serving(app) as client:
+        refused = {path: await client.post(path, json=body) for path, body in bodies.items()}
+        over = await client.post("/predict", json={"inputs": [["good"]] * 5})
+        ok = await client.post("/predict", json={"inputs": [["good"], ["good", "bad"]]})
+    for resp in refused.values():
+        assert_error(resp, 413, "validation", "max_client_batch_size=4", "--max-client-batch-size")
+    assert all(size < 1000 for size in spy.sizes), spy.sizes  # only the small ones were parsed
+    assert_error(over, 413, "validation", "5 inputs in one request, above max_client_batch_size=4")
+    assert ok.status_code == 200 and len(rt.calls) == 1
 
 
 async def test_docs_need_the_key_and_probes_do_not(cohort_dir):
@@ -197,7 +255,13 @@ async def test_health_fails_after_batches_fail_in_a_row(cohort_dir):
         rt.fail = False
         assert (await client.post("/predict", json={"inputs": "good"})).status_code == 200
         healthy = await client.get("/health")
-    assert_error(unhealthy, 503, "unhealthy", f"last {FAILING_AFTER} batches failed")
+    assert_error(
+        unhealthy,
+        503,
+        "unhealthy",
+        f"last {FAILING_AFTER} batches or requests failed",
+        "runtime failed",
+    )
     assert healthy.status_code == 200 and engine.batch_failures == 0
 
 

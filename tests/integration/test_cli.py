@@ -60,10 +60,21 @@ def test_finetune_distill_eval(tmp_path, tiny_teacher, tiny_data):
     )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "c" / "distill_config.json").is_file()
+    assert (tmp_path / "c" / "README.md").is_file()  # the model card
     r = runner.invoke(app, ["eval", str(tmp_path / "c"), "--data", str(tiny_data), "--k", "1"])
     assert r.exit_code == 0, r.output
     fp32 = _json_tail(r.stdout)
     assert fp32["k"] == 1 and fp32["dtype"] == "float32"
+    # every prefix from one pass of the students scores as a run with that k does
+    r = runner.invoke(app, ["eval", str(tmp_path / "c"), "--data", str(tiny_data), "--by-k"])
+    assert r.exit_code == 0, r.output
+    by_k = _json_tail(r.stdout)["by_k"]
+    assert [row["k"] for row in by_k] == [1, 2]
+    assert by_k[0]["accuracy"] == fp32["accuracy"] and by_k[0]["f1"] == fp32["f1"]
+    r = runner.invoke(app, ["eval", str(tmp_path / "c"), "--data", str(tiny_data), "--k", "2"])
+    assert _json_tail(r.stdout)["accuracy"] == by_k[1]["accuracy"]
+    r = runner.invoke(app, ["eval", str(tmp_path / "t"), "--data", str(tiny_data), "--by-k"])
+    assert r.exit_code == 2 and "not a cohort" in r.output
     # the cohort as an int8 ONNX Runtime server would run it
     r = runner.invoke(
         app,

@@ -32,6 +32,7 @@ from shoal.devices import autocast, model_device, resolve_device
 from shoal.distill.augment import augment_key, augment_with_teacher, compose, swap_pairs
 from shoal.distill.config import METHODS, DistillConfig
 from shoal.distill.ensemble import Ensemble, fit_alpha_and_add, student_outputs
+from shoal.distill.model_card import write_model_card
 from shoal.distill.objectives import OBJECTIVES
 from shoal.distill.prefix import PrefixEvaluator
 from shoal.distill.resume import check_same_run, resume, save_checkpoint, truncate, with_config
@@ -343,7 +344,8 @@ def _train_jointly(run: _Run) -> float:
 
 
 def _save(run: _Run, task: Task, tok, teacher_seconds: float, joint_seconds: float) -> dict:
-    """Save the cohort on the CPU with its prefix table and provenance; return its meta."""
+    """Save the cohort on the CPU with its prefix table and provenance, and its model card
+    (README.md); return its meta."""
     config, model, seconds = run.config, run.model, run.seconds
     model.meta.update(
         {
@@ -364,4 +366,5 @@ def _save(run: _Run, task: Task, tok, teacher_seconds: float, joint_seconds: flo
         }
     )
     model.cpu().save_pretrained(run.out, tok)
+    write_model_card(run.out, asdict(model.config), model.meta, asdict(config))
     return {"out": str(run.out), **model.meta}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -21,8 +22,8 @@ from shoal.models.cohort_folder import (
     META_NAME,
     MODEL_TYPE,
     WEIGHTS_NAME,
+    read_cohort,
     read_config,
-    read_meta,
 )
 from shoal.models.families import family_of
 from shoal.models.fused import FusedStudents
@@ -326,27 +327,39 @@ class ShoalModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> ShoalModel:
-        """Load a folder written by :meth:`save_pretrained` (``cohort_folder`` reads its JSON)."""
+        """Load a folder written by :meth:`save_pretrained`.
+
+        ``cohort_folder.read_cohort`` checks both JSON files and the weights' shapes (from the
+        safetensors header) first, so a damaged folder fails in one line before any tensor is
+        allocated.
+        """
         path = Path(folder)
-        raw = read_config(path)
+        read_config(path)  # a cohort at all? (the 'not a Shoal cohort' message)
         if not (path / WEIGHTS_NAME).is_file():
             raise ModelError(
                 f"{path} is not a Shoal cohort: it needs {WEIGHTS_NAME}; create one with "
                 "`shoal distill`"
             )
+        raw, meta = read_cohort(path)
         try:
             config = ShoalConfig(**raw)
         except TypeError as e:
             raise ModelError(f"{path / CONFIG_NAME} does not describe a cohort: {e}") from None
         model = cls(config)
-        state = load_file(str(path / WEIGHTS_NAME))
+        try:
+            state = load_file(str(path / WEIGHTS_NAME))
+        except (OSError, SafetensorError) as e:
+            raise ModelError(
+                f"cannot load the cohort's weights {path / WEIGHTS_NAME} ({e}); the file is "
+                "damaged: copy it again or re-run `shoal distill`"
+            ) from None
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ModelError(
                 f"{path / WEIGHTS_NAME} does not match config.json: missing "
                 f"{missing[:3]}, unexpected {unexpected[:3]}"
             )
-        model.meta = read_meta(path)
+        model.meta = meta
         return model.to(device).eval()
 
     # ------------------------------------------------------------------ from a teacher

@@ -3,8 +3,12 @@
 ``ShoalModel.save_pretrained`` writes ``config.json`` (the ``ShoalConfig``, ``model_type``
 'shoal-cohort'), ``model.safetensors``, the tokenizer and ``shoal_meta.json`` (the prefix
 accuracy table, label names, training times). The server, ``shoal eval`` and the benchmarks read
-the JSON files and the tokenizer before, or instead of, the weights; ``read_config`` is the one
-place that decides whether a folder holds a cohort, and ``is_cohort`` its yes/no form.
+the JSON files and the tokenizer before, or instead of, the weights. ``is_cohort`` says whether a
+folder holds a cohort (its config names ``model_type`` 'shoal-cohort'); ``read_config``,
+``read_meta`` and ``read_cohort`` also check every field Shoal reads by type and range
+(``cohort_schema``), and ``read_cohort`` the weights' shapes against the config from the
+safetensors header (``cohort_weights``), so a damaged folder fails in one line before anything
+is allocated.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from shoal.errors import ModelError
+from shoal.models.cohort_schema import check_config, check_meta, check_pair
+from shoal.models.cohort_weights import check_weights
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -22,11 +28,17 @@ MODEL_TYPE = "shoal-cohort"
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:
-    """The cohort's ``config.json`` as a dict.
+    """The cohort's ``config.json`` as a dict, checked, with ``ShoalConfig``'s defaults filled.
 
     Raises:
         ModelError: the file is missing or unreadable, or names another ``model_type``.
+        CohortFileError: a field has the wrong type or range (a ``ModelError``).
     """
+    return check_config(_claimed_config(folder), Path(folder) / CONFIG_NAME)
+
+
+def _claimed_config(folder: str | Path) -> dict[str, Any]:
+    """``config.json`` as written, if it names the cohort ``model_type``."""
     path = Path(folder)
     try:
         config = json.loads((path / CONFIG_NAME).read_text())
@@ -44,19 +56,21 @@ def read_config(folder: str | Path) -> dict[str, Any]:
 
 
 def is_cohort(folder: str | Path) -> bool:
-    """Whether ``folder`` holds a Shoal cohort (``read_config`` accepts it)."""
+    """Whether ``folder`` holds a Shoal cohort: a JSON ``config.json`` naming ``model_type``
+    'shoal-cohort', usable or not (``read_config`` says what is wrong with one that is not)."""
     try:
-        read_config(folder)
+        _claimed_config(folder)
     except ModelError:
         return False
     return True
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
-    """The cohort's ``shoal_meta.json``; {} when the folder has none.
+    """The cohort's ``shoal_meta.json``, checked on its own; {} when the folder has none.
 
     Raises:
         ModelError: the file is not a JSON object.
+        CohortFileError: a field has the wrong type or range (a ``ModelError``).
     """
     meta_path = Path(folder) / META_NAME
     if not meta_path.is_file():
@@ -72,12 +86,26 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
         raise ModelError(
             f"{meta_path} holds a {type(meta).__name__}, not a JSON object; restore it"
         )
+    check_meta(meta, meta_path)
     return meta
 
 
 def read_cohort(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``config.json`` and ``shoal_meta.json`` of a cohort folder (no weights loaded)."""
-    return read_config(folder), read_meta(folder)
+    """``config.json`` and ``shoal_meta.json`` of a cohort folder, each checked, checked against
+    each other, and (when the folder has ``model.safetensors``) against the weights' header;
+    no weights are loaded.
+
+    Raises:
+        ModelError: a file is missing, unreadable or not JSON.
+        CohortFileError: a field is wrong, the files disagree, or the weights' shapes are not
+            those the config describes.
+    """
+    path = Path(folder)
+    config, meta = read_config(path), read_meta(path)
+    check_pair(config, meta, path / META_NAME)
+    if (path / WEIGHTS_NAME).is_file():
+        check_weights(path / WEIGHTS_NAME, config, path / CONFIG_NAME)
+    return config, meta
 
 
 def label_names(config: dict[str, Any], meta: dict[str, Any]) -> list[str]:

@@ -29,18 +29,23 @@ class ServeConfig:
     """File holding the API key (surrounding whitespace ignored); instead of --api-key."""
     max_body_bytes: int | None = None
     """Most bytes of request body, declared or streamed (413 above). None: room for
-    max_client_batch_size pairs of max_input_chars characters at 2 bytes each, plus 64 KiB of
-    JSON (2.5 MiB with the defaults)."""
+    max_client_batch_size pairs of max_input_chars characters at 12 bytes each (a character
+    outside the BMP as the \\uXXXX\\uXXXX escape pair that json.dumps and requests send by
+    default), plus 64 KiB of JSON (14.7 MiB with the defaults)."""
     max_connections: int = 512
-    """Most open client connections: a new one at the cap closes the longest-idle connection,
-    and a request arriving with the cap reached (or that many requests in flight) gets 503."""
+    """Most open client connections: a new one at the cap closes the connection that has waited
+    longest on its client without progress (an idle socket, or an upload whose last body bytes
+    are oldest), and a request arriving at the cap with none stalled gets 503."""
     header_timeout_s: float = 10.0
     """Seconds a connection may take to send a complete request head, from connecting or from
     its previous response; then it is closed."""
+    body_timeout_s: float = 10.0
+    """Seconds a request may take to send its body once its head is in; then it gets 408 and
+    the connection is closed."""
     keep_alive_s: float = 5.0
     """Seconds an idle keep-alive connection stays open after a response."""
     max_header_bytes: int = 16_384
-    """Most bytes of request line plus headers (400 above)."""
+    """Most bytes of request line plus headers (431 above, and the connection is closed)."""
     log_level: str = "info"
     """Python logging level: debug, info, warning, error."""
     # -- pruning policy
@@ -133,7 +138,7 @@ class ServeConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}={value} must be at least 1")
-        timeouts = ("header_timeout_s", "keep_alive_s")
+        timeouts = ("header_timeout_s", "body_timeout_s", "keep_alive_s")
         for name in ("latency_target_ms", "drain_timeout_s", "headroom", *timeouts):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be > 0")
@@ -153,7 +158,9 @@ class ServeConfig:
         """``max_body_bytes``, or its default derived from the per-request limits."""
         if self.max_body_bytes is not None:
             return self.max_body_bytes
-        return self.max_client_batch_size * 2 * self.max_input_chars * 2 + 65_536
+        # the largest valid request as json.dumps sends it (ensure_ascii): a pair per input,
+        # each text of max_input_chars characters outside the BMP at 12 bytes ("\ud83d\ude00")
+        return self.max_client_batch_size * 2 * self.max_input_chars * 12 + 65_536
 
     def public(self) -> dict[str, Any]:
         """The resolved config as JSON data, with the API key hidden."""

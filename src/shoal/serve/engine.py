@@ -6,6 +6,13 @@ feed the result back to the waiting futures. The loop sleeps on an ``asyncio.Eve
 submission sets, so it never polls. The scheduler is only ever touched from the event loop.
 
 No torch here: a plan becomes a ``Batch`` of numpy arrays, and the runtime makes its tensors.
+
+Failures: a batch the runtime raises on, logits that are not finite (per input) or not one row
+per input, and an error while answering a batch or in a turn of the loop each fail the requests
+concerned with a ``BackendError`` (a 500) and are counted by ``record_failure`` (which the API
+also calls for a request that fails outside the engine, e.g. while tokenising); ``failures.py``
+keeps the count, the rate-limited log and the rule ``failing`` (``/health``) follows. While
+failing, the engine reruns the model's self-check when it is due and nothing else is to run.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from shoal.serve.buffer import Item
 from shoal.serve.costmodel import CostModel
 from shoal.serve.encoder import TokenizedInput
 from shoal.serve.errors import BackendError, DeadlineExceeded, Draining
+from shoal.serve.failures import Failures
 from shoal.serve.results import BatchRecord, Prediction, softmax
+from shoal.serve.runtime.selfcheck import non_finite, shape_problem
 from shoal.serve.scheduler import Plan, Scheduler
 
 log = logging.getLogger("shoal.serve.engine")
@@ -48,8 +57,21 @@ class BatchRuntime(Protocol):
 
 # ------------------------------------------------------------------------------ engine
 
-BatchOutput = tuple[list[list[float]], list[list[float]]]
-"""Logits and softmax probabilities of one executed batch, row per item."""
+
+class BadLogits(BackendError):
+    """The runtime returned logits that cannot be answered from (not one row per input)."""
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    """One executed batch: logits and softmax probabilities, a row per item (same order)."""
+
+    logits: list[list[float]]
+    probs: list[list[float]]
+    non_finite: tuple[int, ...] = ()
+    """Rows whose logits hold a NaN or an inf: those items fail instead of being answered."""
+    what: str = ""
+    """What the non-finite values are ('NaN', 'inf', 'NaN and inf'); '' when none."""
 
 
 @dataclass
@@ -86,8 +108,12 @@ class Engine:
         pad_id: int = 0,
         default_deadline_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        self_check: Callable[[], None] | None = None,
     ) -> None:
+        """``self_check``: blocking, raises when the model fails its probe (run in the
+        execute thread while the engine is failing); None: only batches end a failure streak."""
         self.runner = runner
+        self.self_check = self_check
         self.scheduler = scheduler
         self.pad_id = pad_id
         self.default_deadline_s = default_deadline_s
@@ -103,9 +129,8 @@ class Engine:
         self._observers: list[Callable[[BatchRecord], None]] = []
         self.inflight = 0
         """Requests in the batch executing now."""
-        self.batch_failures = 0
-        """Batches that failed in a row (0 once a batch runs)."""
-        self._last_failure = -float("inf")
+        self.failures = Failures(log, clock)
+        """Failures in a row, the last one's reason, their observers and log."""
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -149,6 +174,10 @@ class Engine:
     def subscribe(self, observer: Callable[[BatchRecord], None]) -> None:
         """Call ``observer`` with a ``BatchRecord`` after every executed batch."""
         self._observers.append(observer)
+
+    def subscribe_failures(self, observer: Callable[[str], None]) -> None:
+        """Call ``observer`` with the stage (``failures.FAILURE_STAGES``) of every failure."""
+        self.failures.subscribe(observer)
 
     # ---------------------------------------------------------------- front
 
@@ -232,17 +261,20 @@ class Engine:
                 ran = await self.step()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # never let one bad turn kill the server
-                log.exception("engine step failed")
+            except Exception as exc:  # never let one bad turn kill the server
+                self.record_failure(
+                    "engine", f"a turn of the engine failed ({type(exc).__name__})", exc
+                )
                 ran = False
             if not ran:
                 await self._sleep()
 
     async def step(self) -> bool:
-        """One turn: schedule -> execute -> update. False when nothing was ready."""
+        """One turn: schedule -> execute -> update (with nothing to run: the self-check, when
+        due). False when nothing was ready."""
         plan = self._schedule()
         if plan is None:
-            return False
+            return await self._recheck()
         result, seconds = await self._execute(plan)
         self._update(plan, result, seconds)
         return True
@@ -277,8 +309,7 @@ class Engine:
         start = self.clock()
         try:
             output = await loop.run_in_executor(self._executor, self._run_batch, plan)
-        except Exception as exc:  # the batch fails; the server goes on
-            log.exception("runtime failed on a batch of %d", len(plan.items))
+        except Exception as exc:  # the batch fails (``_update`` counts it); the server goes on
             return exc, self.clock() - start
         finally:
             self.inflight = 0
@@ -288,49 +319,135 @@ class Engine:
         # Worker thread: build the padded (B, L) batch, run it, softmax.
         batch = Batch.from_items(plan.items, plan.padded_length, self.pad_id, k=plan.k)
         logits = np.asarray(self.runner.run_batch(batch), dtype=np.float32)  # (B, C)
-        return logits.tolist(), softmax(logits).tolist()
+        problem = shape_problem(logits, len(plan.items))
+        if problem is not None:
+            raise BadLogits(f"the runtime returned {problem} at k={plan.k}")
+        finite = np.asarray(np.isfinite(logits).all(axis=1))  # (B,)
+        bad = tuple(int(i) for i in np.flatnonzero(~finite))
+        what = non_finite(logits[~finite]) if bad else ""
+        # softmax of the bad rows is never read; zeros keep it free of warnings
+        probs = softmax(np.where(finite[:, None], logits, 0.0)).tolist()
+        return BatchOutput(logits.tolist(), probs, bad, what)
 
     def _update(self, plan: Plan, result: BatchOutput | Exception, seconds: float) -> None:
-        now = self.clock()
         if isinstance(result, BaseException):
-            self.batch_failures += 1
-            self._last_failure = now
+            if isinstance(result, BadLogits):  # its message names shapes only
+                self.record_failure("output", str(result), result)
+            else:
+                self.record_failure(
+                    "runtime",
+                    f"the runtime failed on a batch of {len(plan.items)} at k={plan.k} "
+                    f"({type(result).__name__})",
+                    result,
+                )
             for it in plan.items:
                 self._fail(it.id, BackendError(f"inference failed: {result!r}"))
         else:
-            self.batch_failures = 0
-            logits, probs = result
-            start = now - seconds
-            for it, row, p in zip(plan.items, logits, probs, strict=True):
-                future = self._futures.pop(it.id, None)
-                if future is None or future.done():
-                    continue
-                future.set_result(
-                    Prediction(
-                        label_id=max(range(len(p)), key=p.__getitem__),
-                        scores=tuple(p),
-                        logits=tuple(row),
-                        k=plan.k,
-                        queue_s=max(0.0, start - it.arrival),
-                        inference_s=seconds,
-                        batch_size=len(plan.items),
-                        truncated=encoded(it).truncated,
-                    )
+            pending = [self._futures.get(it.id) for it in plan.items]  # _answer pops them
+            try:
+                self._answer(plan, result, seconds)
+            except Exception as exc:  # answer what is left with a 500, never leave it waiting
+                self.record_failure(
+                    "answer",
+                    f"answering a batch of {len(plan.items)} failed ({type(exc).__name__})",
+                    exc,
                 )
-            self.scheduler.observe(plan, seconds)
-            record = BatchRecord(
-                len(plan.items), plan.k, plan.padded_length, plan.real_tokens, seconds
-            )
-            for observer in self._observers:
-                try:
-                    observer(record)
-                except Exception:  # metrics must never break serving
-                    log.exception("batch observer failed")
+                for it, future in zip(plan.items, pending, strict=True):
+                    self._futures.pop(it.id, None)
+                    if future is not None and not future.done():
+                        future.set_exception(BackendError(f"answering the batch failed: {exc!r}"))
         self._check_idle()
+
+    def _answer(self, plan: Plan, result: BatchOutput, seconds: float) -> None:
+        """Resolve the plan's futures from its output, feed the scheduler and observers."""
+        start = self.clock() - seconds
+        bad = set(result.non_finite)
+        for row, (it, logits, p) in enumerate(
+            zip(plan.items, result.logits, result.probs, strict=True)
+        ):
+            if row in bad:
+                self._fail(
+                    it.id,
+                    BackendError(
+                        f"inference failed: the model gave non-finite logits ({result.what}) "
+                        f"for this input at k={plan.k}"
+                    ),
+                )
+                continue
+            future = self._futures.pop(it.id, None)
+            if future is None or future.done():
+                continue
+            future.set_result(
+                Prediction(
+                    label_id=max(range(len(p)), key=p.__getitem__),
+                    scores=tuple(p),
+                    logits=tuple(logits),
+                    k=plan.k,
+                    queue_s=max(0.0, start - it.arrival),
+                    inference_s=seconds,
+                    batch_size=len(plan.items),
+                    truncated=encoded(it).truncated,
+                )
+            )
+        if bad:  # the forward pass ran but its answer is unusable: a failure, not a success
+            self.record_failure(
+                "output",
+                f"the model gave non-finite logits ({result.what}) for {len(bad)} of "
+                f"{len(plan.items)} inputs at k={plan.k}",
+            )
+        else:
+            self.failures.succeeded("a batch ran")
+        self.scheduler.observe(plan, seconds)
+        record = BatchRecord(len(plan.items), plan.k, plan.padded_length, plan.real_tokens, seconds)
+        for observer in self._observers:
+            try:
+                observer(record)
+            except Exception:  # metrics must never break serving
+                log.exception("batch observer failed")
+
+    # ---------------------------------------------------------------- failures
+
+    def record_failure(self, stage: str, reason: str, error: BaseException | None = None) -> None:
+        """Count one failure (event loop only); see ``Failures.record``."""
+        self.failures.record(stage, reason, error)
+
+    @property
+    def batch_failures(self) -> int:
+        """Failures in a row (failed batches, requests failing outside a batch, self-checks);
+        0 once a forward pass succeeds."""
+        return self.failures.in_a_row
+
+    @property
+    def failing(self) -> str | None:
+        """Why the engine cannot be trusted to answer now (``Failures.failing``), or None."""
+        return self.failures.failing
+
+    @property
+    def _recheck_at(self) -> float | None:
+        """When the self-check is due, if it reruns at all (failing, not shutting down)."""
+        if self.self_check is None or not self.accepting:
+            return None
+        return self.failures.recheck_at
+
+    async def _recheck(self) -> bool:
+        """While failing and idle, rerun the self-check ``RECHECK_S`` after the last failure:
+        a pass ends the streak (the runtime recovered with no traffic to show it), a failure
+        counts. False when none was due."""
+        due = self._recheck_at
+        if due is None or self.clock() < due or self.self_check is None:
+            return False
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.self_check)
+        except Exception as exc:
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            self.record_failure("self_check", f"the self-check failed: {problem}", exc)
+        else:
+            self.failures.succeeded("the self-check passed")
+        return True
 
     async def _sleep(self) -> None:
         """Wait for a submission, or for a timer when one is due: the FIFO buffer's wait, a
-        queued deadline, or the policy's hold before raising k again."""
+        queued deadline, the policy's hold before raising k again, or the next self-check."""
         self._wake.clear()
         timeout = self._next_timer(self.clock())
         with contextlib.suppress(asyncio.TimeoutError):
@@ -352,6 +469,9 @@ class Engine:
             times += [it.deadline for it in sched.buffer.items() if it.deadline is not None]
         elif sched.current_k < sched.config.policy.n_students and sched.config.policy.enabled:
             times.append(now + max(sched.config.policy.up_hold_s, 0.01))
+        due = self._recheck_at
+        if due is not None:  # failing: the next self-check
+            times.append(due)
         return max(0.0, min(times) - now) if times else None
 
     # ---------------------------------------------------------------- helpers
@@ -371,8 +491,8 @@ class Engine:
 
     @property
     def seconds_since_failure(self) -> float:
-        """Seconds since the last failed batch (infinite if none failed)."""
-        return self.clock() - self._last_failure
+        """Seconds since the last failure (infinite if none failed)."""
+        return self.clock() - self.failures.last_at
 
     @property
     def queue_depth(self) -> int:

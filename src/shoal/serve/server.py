@@ -59,8 +59,9 @@ def policy_config(config: ServeConfig, n_students: int, meta: dict[str, Any]) ->
     )
 
 
-def start_runtime(cohort_dir: str | Path, config: ServeConfig) -> Any:
-    """The inference runtime (students on the device, cost model profiled or cached)."""
+def start_runtime(cohort_dir: str | Path, config: ServeConfig, check: Any = None) -> Any:
+    """The inference runtime (students on the device, cost model profiled or cached);
+    ``check(runtime)`` runs once it is loaded, before profiling (the model self-check)."""
     from shoal.serve.runtime import Runtime, RuntimeConfig
 
     rc = RuntimeConfig(
@@ -72,7 +73,11 @@ def start_runtime(cohort_dir: str | Path, config: ServeConfig) -> Any:
     )
     try:
         return Runtime.start(
-            cohort_dir, rc, cache_dir=config.profile_cache, refresh_profile=config.refresh_profile
+            cohort_dir,
+            rc,
+            cache_dir=config.profile_cache,
+            refresh_profile=config.refresh_profile,
+            check=check,
         )
     except ShoalError:
         raise
@@ -91,11 +96,14 @@ def build_app(
     """The FastAPI app serving the cohort; ``runner`` defaults to a started ``Runtime``;
     ``hooks`` (``AppHooks``) for an app behind another proxy.
 
+    Before it serves, the runner passes the model self-check (``runtime.selfcheck``: a probe
+    through every prefix k; ``SelfCheckFailed`` otherwise); the engine reruns it while failing.
     The app's shutdown stops the engine and closes the runner.
     """
     from shoal.serve.api import ApiLimits, ServiceInfo, create_app
     from shoal.serve.encoder import TextEncoder
     from shoal.serve.engine import Engine
+    from shoal.serve.runtime.selfcheck import probe_batches, self_check
     from shoal.serve.scheduler import Scheduler
 
     model_cfg, meta = read_cohort(cohort_dir)
@@ -103,8 +111,23 @@ def build_app(
     max_length = served_max_length(config, model_cfg, meta)
     policy = policy_config(config, n, meta)
     tokenizer = load_tokenizer(cohort_dir)
+    encoder = TextEncoder(
+        tokenizer, max_length, truncate=config.truncate, max_chars=config.max_input_chars
+    )
+    labels = label_names(model_cfg, meta)
+    probe = probe_batches(encoder, n)
+
+    def check(rt: Any) -> None:
+        self_check(rt, probe, len(labels), cohort_dir)
+
     if runner is None:
-        runner = start_runtime(cohort_dir, config)
+        runner = start_runtime(cohort_dir, config, check)
+    else:
+        try:
+            check(runner)
+        except BaseException:
+            runner.close()
+            raise
     if runner.cost_model is None:
         runner.close()
         raise ConfigError("the runtime has no cost model; start it with profiling on")
@@ -117,18 +140,16 @@ def build_app(
         # queue ahead of it: each may take half of the target's share
         seconds=config.latency_target_ms / 1e3 * config.headroom / 2,
     )
-    encoder = TextEncoder(
-        tokenizer, max_length, truncate=config.truncate, max_chars=config.max_input_chars
-    )
     engine = Engine(
         runner,
         Scheduler(scheduler_config(config, policy, capacity), runner.cost_model),
         pad_id=encoder.pad_id,
         default_deadline_s=None if config.deadline_ms is None else config.deadline_ms / 1e3,
+        self_check=lambda: check(runner),
     )
     info = ServiceInfo(
         model_id=Path(cohort_dir).name or str(cohort_dir),
-        labels=label_names(model_cfg, meta),
+        labels=labels,
         n_students=n,
         student_layers=int(model_cfg.get("student_layers", 2)),
         prefix_accuracy=list(meta.get("prefix_accuracy", [])),
@@ -231,8 +252,20 @@ def _uvicorn_server(app: Any, config: ServeConfig) -> Any:
             )
             self.should_exit = True
 
-    from shoal.serve.connections import guarded_protocol
+    from shoal.serve.connections import CLOSE_REASONS, ConnectionLimits, guarded_protocol
 
+    limits = ConnectionLimits(
+        header_timeout_s=config.header_timeout_s,
+        body_timeout_s=config.body_timeout_s,
+        max_connections=config.max_connections,
+        max_header_bytes=config.max_header_bytes,
+        retry_after_s=config.retry_after_s,
+    )
+    # the protocol applies the connection cap and the head-size limit itself (counted in
+    # shoal_connections_closed_total), so uvicorn's limit_concurrency stays unset
+    protocol = guarded_protocol(
+        limits, on_close=app.state.metrics.connection_counter(CLOSE_REASONS)
+    )
     return DrainingServer(
         uvicorn.Config(
             app,
@@ -241,10 +274,8 @@ def _uvicorn_server(app: Any, config: ServeConfig) -> Any:
             log_level=config.log_level,
             access_log=False,
             timeout_graceful_shutdown=math.ceil(config.drain_timeout_s),
-            http=guarded_protocol(config.header_timeout_s, config.max_connections),
-            limit_concurrency=config.max_connections,
+            http=protocol,
             timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]
-            h11_max_incomplete_event_size=config.max_header_bytes,
         )
     )
 

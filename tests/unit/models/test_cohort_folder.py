@@ -16,6 +16,15 @@ from shoal.models.cohort_folder import (
     read_config,
 )
 
+COHORT = {
+    "model_type": "shoal-cohort",
+    "vocab_size": 25,
+    "hidden_size": 32,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+}
+"""The fields a cohort config must have (``ShoalConfig``'s others have defaults)."""
+
 
 def _folder(tmp_path, config, meta=None):
     folder = tmp_path / "cohort"
@@ -27,7 +36,7 @@ def _folder(tmp_path, config, meta=None):
 
 
 def test_only_a_shoal_config_makes_a_cohort(tmp_path):
-    cohort = _folder(tmp_path, {"model_type": "shoal-cohort", "n_students": 2})
+    cohort = _folder(tmp_path, {**COHORT, "n_students": 2})
     assert is_cohort(cohort) and read_config(cohort)["n_students"] == 2
     assert not is_cohort(tmp_path / "missing")
     for i, config in enumerate(({"model_type": "bert"}, "[1, 2]", "{not json")):
@@ -38,7 +47,7 @@ def test_only_a_shoal_config_makes_a_cohort(tmp_path):
 
 
 def test_meta_is_optional_but_must_be_an_object(tmp_path):
-    cohort = _folder(tmp_path, {"model_type": "shoal-cohort"})
+    cohort = _folder(tmp_path, COHORT)
     assert read_cohort(cohort)[1] == {}
     (cohort / "shoal_meta.json").write_text("[]")
     with pytest.raises(ModelError, match="not a JSON object"):

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from shoal.serve.api.dashboard import DashboardFeed, page
+import base64
+import hashlib
+import re
+from types import SimpleNamespace
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from shoal.serve.api.dashboard import DashboardFeed, add_dashboard, page
+from shoal.serve.policy import PolicyConfig
 
 
 class Clock:
@@ -47,6 +56,79 @@ def test_old_seconds_leave_the_window():
 
 def test_the_page_is_self_contained():
     html = page()
-    assert "<canvas" in html and "dashboard/data" in html
+    assert 'el("canvas"' in html and "dashboard/data" in html
     for remote in ("http://", "https://", "//cdn", "@import", "fonts.googleapis"):
         assert remote not in html
+
+
+def test_the_page_never_parses_data_as_markup():
+    script = page().split("<script>", 1)[1]
+    for sink in (
+        "innerHTML", "outerHTML", "insertAdjacentHTML", "document.write",
+        "createContextualFragment", "DOMParser", "srcdoc", "eval(", "Function(", "setAttribute",
+    ):  # fmt: skip
+        assert sink not in script, sink
+    assert 'style="' not in page()  # inline style attributes would need 'unsafe-inline'
+
+
+def test_the_page_keeps_the_key_out_of_urls():
+    script = page().split("<script>", 1)[1]
+    assert "history.replaceState" in script  # ?key= leaves the address once read
+    assert "Authorization" in script  # the feed gets it as a header...
+    assert '"?key="' not in script and 'searchParams.set("key"' not in script  # ...only
+    assert '<meta name="referrer" content="no-referrer">' in page()
+
+
+def fake_app() -> FastAPI:
+    policy = PolicyConfig(n_students=3, latency_target_s=0.05, prefix_accuracy=(0.8, 0.85, 0.9))
+    engine = SimpleNamespace(
+        subscribe=lambda observer: None,
+        queue_depth=0,
+        current_k=3,
+        scheduler=SimpleNamespace(config=SimpleNamespace(policy=policy)),
+    )
+    info = SimpleNamespace(
+        model_id="<b>m</b>", labels=["<i>neg</i>", "pos"], n_students=3, prefix_accuracy=[]
+    )
+    app = FastAPI()
+    add_dashboard(app, engine, info, SimpleNamespace(request_listeners=[]))  # type: ignore[arg-type]
+    return app
+
+
+def csp_sources(header: str) -> dict[str, list[str]]:
+    directives = [d.split() for d in header.split(";") if d.strip()]
+    return {d[0]: d[1:] for d in directives}
+
+
+def sha256_source(block: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(block.encode()).digest()).decode() + "'"
+
+
+def test_the_page_is_served_with_a_strict_content_security_policy():
+    answer = TestClient(fake_app()).get("/dashboard")
+    assert answer.status_code == 200 and answer.text == page()
+    csp = csp_sources(answer.headers["content-security-policy"])
+    (script,) = re.findall(r"<script>(.*?)</script>", page(), flags=re.DOTALL)
+    (style,) = re.findall(r"<style>(.*?)</style>", page(), flags=re.DOTALL)
+    assert csp["default-src"] == ["'none'"]
+    assert csp["script-src"] == [sha256_source(script)]  # the page's own script, nothing else
+    assert csp["style-src"] == [sha256_source(style)]
+    assert csp["connect-src"] == ["'self'"]
+    assert csp["img-src"] == ["'self'", "data:"]
+    assert csp["base-uri"] == csp["form-action"] == csp["frame-ancestors"] == ["'none'"]
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert answer.headers["referrer-policy"] == "no-referrer"
+    assert answer.headers["x-frame-options"] == "DENY"
+    assert answer.headers["cache-control"] == "no-store"
+
+
+def test_the_feed_is_json_never_sniffed_and_carries_the_labels():
+    answer = TestClient(fake_app()).get("/dashboard/data")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert answer.headers["referrer-policy"] == "no-referrer"
+    assert answer.headers["cache-control"] == "no-store"
+    body = answer.json()
+    assert body["model_id"] == "<b>m</b>" and body["labels"] == ["<i>neg</i>", "pos"]
+    assert body["policy"]["latency_target_s"] == 0.05 and "prefix_accuracy" not in body["policy"]

@@ -5,15 +5,24 @@ the serving policy.
 
 Both routes sit behind the API key when one is set. A browser cannot add an ``Authorization``
 header to a page it navigates to, so these two routes also take the key as ``?key=``; the page
-then sends it as a bearer header on its own requests.
+then drops it from its address and sends it only as a bearer header to its own feed.
+
+The page treats everything it shows as text (the cohort's files are not trusted to be
+HTML-safe), and its answer carries a Content-Security-Policy that runs only its own inline
+script and style (by hash) and lets it connect only to its own origin, so no injected markup
+can run or send the key elsewhere.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
+import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -55,7 +64,7 @@ class DashboardFeed:
     """Per-second aggregates of the last ``window_s`` seconds; thread-safe (batch records
     arrive from the engine's executor thread)."""
 
-    def __init__(self, window_s: int = WINDOW_S, clock=time.time) -> None:
+    def __init__(self, window_s: int = WINDOW_S, clock: Callable[[], float] = time.time) -> None:
         self.window_s = window_s
         self.clock = clock
         self._seconds: deque[_Second] = deque()
@@ -130,28 +139,76 @@ def page() -> str:
     return resources.files("shoal.serve.api").joinpath("dashboard.html").read_text()
 
 
+def _sha256_sources(html: str, tag: str) -> str:
+    """CSP hash sources (``'sha256-...'``) of every inline ``<tag>`` block of ``html``."""
+    bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.DOTALL)
+    if not bodies:
+        raise ValueError(f"the dashboard page has no inline <{tag}> block")
+    digests = (base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in bodies)
+    return " ".join(f"'sha256-{d}'" for d in digests)
+
+
+def page_headers(html: str) -> dict[str, str]:
+    """Security headers of the page: its own inline script and style run (by hash), nothing
+    else loads, it connects only to its own origin, no frame embeds it, and no ``Referer``
+    (which would carry ``?key=``) leaves it."""
+    csp = "; ".join(
+        [
+            "default-src 'none'",
+            f"script-src {_sha256_sources(html, 'script')}",
+            f"style-src {_sha256_sources(html, 'style')}",
+            "connect-src 'self'",
+            "img-src 'self' data:",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        ]
+    )
+    return {
+        "Content-Security-Policy": csp,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "X-Frame-Options": "DENY",
+        "Cache-Control": "no-store",
+    }
+
+
+DATA_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+"""Headers of the feed: JSON never sniffed as a page, never cached."""
+
+
 def add_dashboard(app: FastAPI, engine: Engine, info: Any, metrics: Any) -> DashboardFeed:
     """Register ``/dashboard`` and ``/dashboard/data`` on ``app``, fed by ``metrics``'
     request records and ``engine``'s batch records."""
-    from fastapi.responses import HTMLResponse
+    from fastapi.responses import HTMLResponse, JSONResponse
 
     feed = DashboardFeed()
     metrics.request_listeners.append(feed.observe_request)
     engine.subscribe(lambda b: feed.observe_batch(b.size, b.k, b.padded_tokens, b.real_tokens))
     html = page()
+    headers = page_headers(html)
 
     @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard() -> HTMLResponse:
         """The live page: load, latency, queue, k, batches, 429s, prefix table, policy."""
-        return HTMLResponse(html)
+        return HTMLResponse(html, headers=headers)
 
     @app.get("/dashboard/data", include_in_schema=False)
-    async def dashboard_data() -> dict[str, Any]:
+    async def dashboard_data() -> JSONResponse:
         """The page's data: per-second series of the last minutes and the cohort's facts."""
+        return JSONResponse(data(), headers=DATA_HEADERS)
+
+    def data() -> dict[str, Any]:
         feed.sample(engine.queue_depth, engine.current_k)
         policy = engine.scheduler.config.policy
         return {
             "model_id": info.model_id,
+            "labels": info.labels,
             "n_students": info.n_students,
             "k_now": engine.current_k,
             "window_s": feed.window_s,

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shoal.serve.api.guard import refuse
 from shoal.serve.engine import Engine
+from shoal.serve.failures import FAILURE_STAGES
 from shoal.serve.results import BatchRecord, Prediction
 
 log = logging.getLogger("shoal.serve.access")
@@ -143,6 +144,23 @@ class ServeMetrics:
             registry=r,
         )
         scale.set_function(lambda: engine.cost_scale)
+        self.connections_closed = Counter(
+            "shoal_connections_closed",
+            "Connections closed or refused by a limit of the HTTP server, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.failures = Counter(
+            "shoal_failures",
+            "Server-side failures by stage: runtime (the runtime raised on a batch), output "
+            "(non-finite logits, or not one row per input), answer, engine, request (outside "
+            "the engine, e.g. tokenising), self_check.",
+            ["stage"],
+            registry=r,
+        )
+        for stage in FAILURE_STAGES:  # every stage shows from the start, at 0
+            self.failures.labels(stage=stage)
+        engine.subscribe_failures(lambda stage: self.failures.labels(stage=stage).inc())
         engine.subscribe(self.observe_batch)
         self.request_listeners: list[Callable[[int, float], None]] = []
         """Also called with (status, seconds) of every request (the dashboard's feed)."""
@@ -166,6 +184,13 @@ class ServeMetrics:
         if timing is not None:
             self.queue.observe(timing.queue_s)
             self.inference.observe(timing.inference_s)
+
+    def connection_counter(self, reasons: Sequence[str]) -> Callable[[str], None]:
+        """What counts one connection closed by a limit, by reason (the HTTP server's
+        ``on_close``); each of ``reasons`` shows from the start, at 0."""
+        for reason in reasons:
+            self.connections_closed.labels(reason=reason)
+        return lambda reason: self.connections_closed.labels(reason=reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

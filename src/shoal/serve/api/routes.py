@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 
+from shoal.serve.api.bodyscan import count_json_values, values_allowed
 from shoal.serve.api.errors import ApiError, as_api_error, error_response
 from shoal.serve.api.observe import RequestTiming, ServeMetrics
 from shoal.serve.api.schemas import (
@@ -35,7 +37,7 @@ from shoal.serve.api.schemas import (
 )
 from shoal.serve.encoder import TextEncoder
 from shoal.serve.engine import Engine, Ticket
-from shoal.serve.errors import Draining
+from shoal.serve.errors import Draining, ServingError
 from shoal.serve.results import Prediction
 
 if TYPE_CHECKING:
@@ -43,12 +45,39 @@ if TYPE_CHECKING:
 
 VERSION = "0.1.0"
 """The API's version, in ``/info`` and the OpenAPI document."""
-FAILING_AFTER = 3
-"""Batches failing in a row after which ``/health`` reports the server unready..."""
-FAILING_FOR_S = 10.0
-"""...for this many seconds after the last failure (or until a batch runs)."""
 
-router = APIRouter()
+
+class BoundedBodyRoute(APIRoute):
+    """A route that counts its JSON body's values before FastAPI parses and validates it, and
+    refuses (413) a body holding more than a request of ``max_client_batch_size`` inputs can
+    (``bodyscan``): parsing runs on the event loop, so its cost must be bounded first."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+
+        async def bounded(request: Request) -> Response:
+            body = await request.body()  # already read by the guard; FastAPI reads it again
+            if body:
+                limit = request.app.state.context.limits.max_client_batch_size
+                allowed = values_allowed(limit)
+                if count_json_values(body, stop_after=allowed) > allowed:
+                    raise ApiError(413, "validation", _too_many_values(allowed, limit))
+            return await handler(request)
+
+        return bounded
+
+
+def _too_many_values(allowed: int, limit: int) -> str:
+    return (
+        f"the request body holds more than {allowed} JSON values, more than a request of "
+        f"max_client_batch_size={limit} inputs can; send at most {limit} inputs per request "
+        "(split the batch, or raise --max-client-batch-size)"
+    )
+
+
+router = APIRouter(route_class=BoundedBodyRoute)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +148,8 @@ async def infer(
     except (ApiError, asyncio.CancelledError):
         raise
     except Exception as exc:
+        if not isinstance(exc, ServingError):  # e.g. the tokenizer failed: a server failure
+            ctx.engine.record_failure("request", f"a request failed ({type(exc).__name__})", exc)
         raise as_api_error(exc, ctx.limits.retry_after_s) from exc
     request.state.timing = RequestTiming.of(predictions)
     return predictions
@@ -237,15 +268,18 @@ def unready(ctx: AppContext) -> str | None:
             f"{down} of {len(status)} worker processes are down (restarting, with "
             "backoff if they fail to start); see the server log"
         )
-    if engine.batch_failures >= FAILING_AFTER and engine.seconds_since_failure < FAILING_FOR_S:
-        return f"the last {engine.batch_failures} batches failed; see the server log"
+    failing = engine.failing
+    if failing is not None:
+        return f"{failing}; it is healthy again once a forward pass succeeds; see the server log"
     return None
 
 
 @router.get("/health", response_model=Health, responses=_errors(503))
 async def health(ctx: Context) -> Any:
-    """200 while serving; 503 while draining, stopped, with a worker down, or after
-    several batches failed in a row."""
+    """200 while serving; 503 while draining, stopped, with a worker down, or from the
+    ``failures.FAILING_AFTER``-th failure in a row (failed batches, non-finite logits, requests
+    failing outside a batch) until a forward pass succeeds (a batch, or the self-check the
+    engine reruns while failing)."""
     reason = unready(ctx)
     if reason is not None:
         return error_response(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ class Runtime:
         profile: ProfileConfig | None = ProfileConfig(),
         cache_dir: str | Path | None = None,
         refresh_profile: bool = False,
+        check: Callable[[Runtime], None] | None = None,
     ) -> Runtime:
         """Load the cohort onto the layout, health-check it and load or measure its costs.
 
@@ -65,6 +67,9 @@ class Runtime:
             profile: the grid to measure; None skips profiling (``cost_model`` is None).
             cache_dir: where cost profiles are cached; None: ``~/.cache/shoal/profiles``.
             refresh_profile: measure again even when a cached profile exists.
+            check: called with the loaded runtime before profiling (the model self-check,
+                ``selfcheck.self_check``), so a broken cohort is refused at once; what it
+                raises closes the runtime and propagates.
         """
         set_serving_environment(os.environ)  # before the first forward pass and any worker
         executor: LocalRunner | WorkerPool
@@ -77,6 +82,8 @@ class Runtime:
             executor = WorkerPool(cohort_dir, config)
         runtime = cls(executor, config, None)
         try:
+            if check is not None:
+                check(runtime)
             if profile is not None:
                 runtime.cost_model = load_or_profile(
                     executor,
