@@ -16,7 +16,7 @@ import pytest
 
 from conftest import free_port
 
-START_TIMEOUT_S = 300
+START_TIMEOUT_S = 480
 """Generous: loading, spawning a worker and exporting ONNX graphs on a busy machine."""
 
 

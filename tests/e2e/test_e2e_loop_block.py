@@ -15,9 +15,10 @@ import pytest
 
 BIG_BYTES = 5 << 19  # 2.5 MiB
 BIG_BODIES = 4
-EXTRA_MS = 50.0
-"""Most latency the big bodies may add to the small requests' worst case; parsing one body's
-370,000 items on the loop takes about a second."""
+EXTRA_MS = 100.0
+"""Most latency the big bodies may add to the small requests' worst case. Parsing one body's
+370,000 items on the loop holds it for a second or more; uploads sharing two loaded cores with
+the small client add a few tens of ms."""
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,5 @@ def test_big_bodies_do_not_hold_the_loop(default_server):
         f"({len(baseline)}); during the big bodies max {worst * 1e3:.1f} ms ({len(during)})"
     )
     # generous, for a loaded 2-core machine: within the baseline's own worst case plus a
-    # margin, where one parsed body would add about a second
-    print(summary)
+    # margin, where one parsed body would add a second or more
     assert worst < base_max + EXTRA_MS / 1e3, summary

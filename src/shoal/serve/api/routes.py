@@ -5,7 +5,8 @@ SageMaker's ``POST /invocations``, ``/health`` (and ``/ping``), ``/info`` (and `
 They live on one module-level ``router`` that ``create_app`` includes, and reach what they
 serve (engine, encoder, the cohort's facts, limits, hooks, metrics) through the ``AppContext``
 that ``create_app`` keeps on ``app.state.context``: one dependency, ``Context``, hands it to
-every route, so a route is a plain function of its request.
+every route, so a route is a plain function of its request. Each is a ``BoundedBodyRoute``,
+which refuses a body of more JSON values than a request may hold before FastAPI parses it.
 """
 
 from __future__ import annotations
