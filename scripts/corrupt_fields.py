@@ -8,11 +8,12 @@ with --command serve the server's start (`python -m shoal.serve.server`), in a s
 Prints one JSON object:
 
     {"command": "eval", "cases": 82, "tracebacks": 0, "one_line_errors": 82, "accepted": 0,
-     "other": 0, "traceback_cases": []}
+     "timeouts": 0, "other": 0, "traceback_cases": []}
 
 ``one_line_errors``: exit code 2 with exactly one ``error:`` line; ``accepted``: exit code 0
-(or, for serve, a server still running after --serve-timeout seconds); ``other``: any other
-exit without a traceback.
+(or, for serve, a server listening when --serve-timeout seconds have passed); ``timeouts``: a
+server neither listening nor exited by then (a loaded machine: raise --serve-timeout);
+``other``: any other exit without a traceback.
 
     python scripts/corrupt_fields.py [--command eval|serve] [--jobs 2] [--cases 10]
 
@@ -167,7 +168,8 @@ def run_case(folder: Path, data: Path, command: str, serve_timeout: float, gib: 
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        return {"outcome": "accepted", "rc": None, "lines": 0}
+        started = "Uvicorn running on" in out + err
+        return {"outcome": "accepted" if started else "timeout", "rc": None, "lines": 0}
     text = out + err
     errors = [x for x in err.splitlines() if x.startswith("error:")]
     if "Traceback (most recent call last)" in text:
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                     folders,
                 )
             )
-    counts = {k: 0 for k in ("traceback", "one_line_error", "accepted", "other")}
+    counts = {k: 0 for k in ("traceback", "one_line_error", "accepted", "timeout", "other")}
     for r in results:
         counts[r["outcome"]] += 1
     labels = [f"{name}:{field}={json.dumps(value)}" for name, field, value in cases]
@@ -222,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "tracebacks": counts["traceback"],
         "one_line_errors": counts["one_line_error"],
         "accepted": counts["accepted"],
+        "timeouts": counts["timeout"],
         "other": counts["other"],
         "traceback_cases": [x for x, r in zip(labels, results) if r["outcome"] == "traceback"],
     }
