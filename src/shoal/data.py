@@ -334,21 +334,34 @@ def bucketed_batches(
     shuffle: bool,
     seed: int = 0,
     bucket_factor: int = 50,
+    max_tokens: int | None = None,
 ) -> list[list[int]]:
     """Group indices into batches of similar length, so little compute goes to padding.
 
     With ``shuffle``, indices are shuffled, sorted by length inside chunks of
     ``bucket_factor * batch_size`` and the batches shuffled again; otherwise the batches are
-    in sorted-length order (deterministic, for evaluation).
+    in sorted-length order (deterministic, for evaluation), and with ``max_tokens`` each batch
+    also holds at most that many padded token positions (rows x its longest length), so long
+    inputs come in smaller batches and the memory of a batch stays bounded.
     """
     idx = list(range(len(lengths)))
     if not shuffle:
         idx.sort(key=lambda i: lengths[i])
-        return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+        if max_tokens is None:
+            return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens={max_tokens} must be at least 1")
+        batches: list[list[int]] = [[]]
+        for i in idx:  # ascending: the example added is the batch's longest
+            rows = len(batches[-1]) + 1
+            if batches[-1] and (rows > batch_size or rows * lengths[i] > max_tokens):
+                batches.append([])
+            batches[-1].append(i)
+        return [b for b in batches if b]
     rng = random.Random(seed)
     rng.shuffle(idx)
     chunk = batch_size * bucket_factor
-    batches: list[list[int]] = []
+    batches = []
     for start in range(0, len(idx), chunk):
         part = sorted(idx[start : start + chunk], key=lambda i: lengths[i])
         batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
@@ -356,9 +369,23 @@ def bucketed_batches(
     return batches
 
 
+EVAL_TOKENS = 16_384
+"""Padded token positions per evaluation batch: 128 rows of 128 tokens, 32 rows of 512."""
+
+
 def iterate(
-    enc: Encoded, batch_size: int, *, shuffle: bool, seed: int = 0, pad_id: int = 0
+    enc: Encoded,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    pad_id: int = 0,
+    max_tokens: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Yield padded batches of an encoded split (see :func:`bucketed_batches`)."""
-    for index in bucketed_batches(enc.lengths(), batch_size, shuffle=shuffle, seed=seed):
+    """Yield padded batches of an encoded split (see :func:`bucketed_batches`; ``max_tokens``
+    applies to the unshuffled order)."""
+    batches = bucketed_batches(
+        enc.lengths(), batch_size, shuffle=shuffle, seed=seed, max_tokens=max_tokens
+    )
+    for index in batches:
         yield collate(enc, index, pad_id)

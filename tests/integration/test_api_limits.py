@@ -128,6 +128,36 @@ async def test_a_full_batch_of_escaped_non_latin_text_fits_the_default_limit(coh
     assert len(answers[0].json()) == n and len(answers[1].json()["results"]) == n
 
 
+async def test_a_large_body_is_parsed_in_slices_and_refused_as_json_loads_would(
+    cohort_dir, monkeypatch
+):
+    import starlette.requests
+
+    spy = ParseSpy()
+    monkeypatch.setattr(starlette.requests, "json", spy)
+    app, _, rt = make_app(cohort_dir, max_body_bytes=8 << 20)
+    long = "good " * 100 + "😀" * 1400  # 1,900 characters, 17 KB escaped (max_chars=2000)
+    batch = json.dumps({"inputs": [[long], [long, long]] * 2}).encode()  # escaped, 86 KB
+    json_type = {"content-type": "application/json"}
+    async with serving(app) as client:
+        ok = await client.post("/predict", content=batch, headers=json_type)
+        too_long = await client.post(
+            "/predict", content=json.dumps({"inputs": "a" * 70_000}), headers=json_type
+        )
+        broken = await client.post("/predict", content=batch[:-1], headers=json_type)
+        text_plain = await client.post(
+            "/predict", content=batch, headers={"content-type": "text/plain"}
+        )
+        small = await client.post("/predict", json={"inputs": "good"})
+    assert ok.status_code == 200 and len(ok.json()) == 4
+    assert spy.sizes == [len(b'{"inputs":"good"}')]  # FastAPI parsed the small body only
+    assert sum(c.batch for c in rt.calls) == 5  # the long inputs (and the small one) ran
+    assert_error(too_long, 413, "validation", "70000 bytes", "max_input_chars=2000")
+    assert_error(broken, 422, "validation", "not valid JSON")
+    assert_error(text_plain, 422, "validation", "Content-Type: application/json")
+    assert small.status_code == 200
+
+
 class ParseSpy:
     """Stands in for the ``json`` module of Starlette's request: records each body parsed."""
 

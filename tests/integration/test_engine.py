@@ -339,14 +339,43 @@ def test_batch_from_items_pads_right(cohort_dir):
     assert types.tolist() == [[0, 0, 0, 0, 0], [0, 0, 1, 1, 1]]
 
 
-async def test_long_requests_tokenise_off_the_loop_with_the_same_result(cohort_dir):
+LONG_MIX = [
+    (" ".join(["good", "bad"] * 30), None),
+    ("good movie", "bad plot"),
+    (" ".join(["fine", "plot"] * 12) + " awful", " ".join(["dull"] * 25) + " great"),
+    ("good", " ".join(["bad"] * 40)),
+]
+
+
+@pytest.mark.parametrize("direction", ["left", "right"])
+async def test_long_requests_tokenise_off_the_loop_with_the_same_result(cohort_dir, direction):
     _, encoder, _ = make_engine(cohort_dir)
-    inputs = [(" ".join(["good", "bad"] * 30), None), ("good movie", "bad plot")]
-    inline = await encoder.encode_all(inputs, direction="left")
+    inline = await encoder.encode_all(LONG_MIX, direction=direction)
     encoder.inline_chars = 10  # now the request is "long": the tokenizer thread does it
-    threaded = await encoder.encode_all(inputs, direction="left")
-    assert threaded == inline and inline[0].truncated
-    assert encoder.tokenizer.truncation_side == "right"  # restored after the left cut
+    assert encoder._thread_backend is not None  # a fast tokenizer: one encode_batch a request
+    threaded = await encoder.encode_all(LONG_MIX, direction=direction)
+    assert threaded == inline
+    assert [x.truncated for x in inline] == [True, False, True, True]
+    assert encoder.tokenizer.truncation_side == "right"  # restored after a left cut
+    with pytest.raises(InputTooLong, match="input 0 has 62 tokens, above max_length=32"):
+        await encoder.encode_all(LONG_MIX, truncate=False)
+    with pytest.raises(InputError, match="input 1: the pair is empty"):
+        await encoder.encode_all([LONG_MIX[0], ("good", " \u200b ")])
+    encoder._thread_backend = None  # a slow tokenizer: one call a text, as on the loop
+    assert await encoder.encode_all(LONG_MIX, direction=direction) == inline
+    encoder.close()
+
+
+def test_a_tokenizer_without_type_ids_gives_zeros_on_both_paths(tmp_path):
+    from shoal.serve.encoder import TextEncoder
+    from tiny_fixtures import make_fairseq_tokenizer
+
+    encoder = TextEncoder(make_fairseq_tokenizer(tmp_path / "tok"), 16, inline_chars=10)
+    pair = [("good movie " * 6, "bad plot " * 6)]
+    threaded = asyncio.run(encoder.encode_all(pair))
+    encoder.inline_chars = 10_000
+    assert asyncio.run(encoder.encode_all(pair)) == threaded
+    assert threaded[0].n_tokens == 16 and set(threaded[0].token_type_ids) == {0}
     encoder.close()
 
 

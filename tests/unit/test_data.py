@@ -86,6 +86,19 @@ def test_buckets_cover_every_index_once_and_group_lengths():
     assert bucketed < plain / 4
 
 
+def test_evaluation_batches_keep_to_a_token_budget():
+    lengths = [8] * 300 + [512] * 70 + [100] * 50
+    batches = bucketed_batches(lengths, 128, shuffle=False, max_tokens=16_384)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    sizes = [(len(b), max(lengths[i] for i in b)) for b in batches]
+    assert all(rows <= 128 and rows * longest <= 16_384 for rows, longest in sizes)
+    assert [rows for rows, longest in sizes if longest == 512] == [32, 32, 6]
+    assert sizes[0] == (128, 8)  # short examples still fill whole batches
+    assert bucketed_batches([20_000, 3], 4, shuffle=False, max_tokens=100) == [[1], [0]]
+    unbounded = bucketed_batches(lengths, 128, shuffle=False)
+    assert [len(b) for b in unbounded] == [128, 128, 128, 36]
+
+
 def test_encode_and_collate_pairs(tiny_teacher, tiny_pair_data):
     from transformers import AutoTokenizer
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from shoal.data import Encoded, iterate
+from shoal.data import EVAL_TOKENS, Encoded, iterate
 from shoal.devices import model_device, to_device
 from shoal.distill import boosting
 from shoal.distill.config import DistillConfig
@@ -31,7 +31,7 @@ def student_outputs(model: ShoalModel, k: int, enc: Encoded, pad_id: int, batch_
     ``mask`` and ``s_k`` are on the model's device, ``index`` is a list."""
     model.eval()  # no dropout: these outputs feed alpha and the cached ensemble
     dev = model_device(model)
-    for b in iterate(enc, batch_size, shuffle=False, pad_id=pad_id):
+    for b in iterate(enc, batch_size, shuffle=False, pad_id=pad_id, max_tokens=EVAL_TOKENS):
         b = to_device(b, dev)
         x, mask = model.embed(b["input_ids"], b["attention_mask"], b["token_type_ids"])
         yield b["index"].tolist(), b["attention_mask"], model.students[k](x, mask)[-1]

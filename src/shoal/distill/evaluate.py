@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from shoal.data import Encoded, iterate
+from shoal.data import EVAL_TOKENS, Encoded, iterate
 from shoal.metrics import accuracy, f1_binary
 
 
@@ -19,14 +19,15 @@ def predict_logits(
     pad_id: int = 0,
     desc: str | None = None,
 ) -> torch.Tensor:
-    """Logits of every example, in the split's order; ``desc`` shows a progress bar.
+    """Logits of every example, in the split's order; ``desc`` shows a progress bar. Batches
+    hold up to ``batch_size`` rows and ``EVAL_TOKENS`` padded tokens.
 
     Shape:
         returns (N, num_labels) float32, on the CPU whatever device ``forward`` runs on.
     """
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
     bar = tqdm(total=len(enc), desc=desc, unit="ex", dynamic_ncols=True, disable=desc is None)
-    for batch in iterate(enc, batch_size, shuffle=False, pad_id=pad_id):
+    for batch in iterate(enc, batch_size, shuffle=False, pad_id=pad_id, max_tokens=EVAL_TOKENS):
         parts.append((batch["index"], forward(batch).float().cpu()))
         bar.update(len(batch["index"]))
     bar.close()

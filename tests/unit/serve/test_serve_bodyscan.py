@@ -1,15 +1,23 @@
 """The body's value count against an obviously correct reference: a serializer that records
 where each value starts, on generated documents (escapes, quotes, backslashes, astral text,
-both JSON encodings), whole and cut at every kind of place."""
+both JSON encodings), whole and cut at every kind of place; and a large body parsed in slices
+against ``json.loads``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 
 import pytest
 
-from shoal.serve.api.bodyscan import count_json_values, values_allowed
+from shoal.serve.api.bodyscan import (
+    SMALL_BODY,
+    StringTooLong,
+    count_json_values,
+    loads_in_slices,
+    values_allowed,
+)
 
 ALPHABET = ['"', "\\", "a", " ", ",", "[", "]", "{", "}", ":", "\n", "\x01", "汉", "😀", "\\u"]
 
@@ -135,3 +143,86 @@ def test_the_allowance_fits_the_largest_valid_requests():
     for body in (predict, classify):
         assert reference_count(body) <= values_allowed(n)
     assert values_allowed(n) < 10 * n  # and far from what a few MiB of items hold
+
+
+# ------------------------------------------------------------------------------ parsing in slices
+
+
+def long_documents() -> list[bytes]:
+    """Bodies over ``SMALL_BODY`` with long strings of every awkward kind, as values and keys."""
+    rng = random.Random(11)
+    tricky = ['\\"', "\\\\", '\\\\"', "😀", "汉", "\n", "\\u", "a"]
+    texts = ["".join(rng.choice(tricky) for _ in range(rng.randint(800, 3000))) for _ in range(24)]
+    docs = [
+        {"inputs": [[t, t[::-1]] for t in texts[:8]], "truncate": True},
+        {"texts": texts[8:16], "text_pairs": texts[16:24], "min_k": 2},
+        {texts[0]: [texts[1], {texts[2]: texts[3]}], "short": "a", texts[0][:5]: None},
+        [texts[4]] * 40 + [1.5, -2, True, None],
+    ]
+    out = []
+    for i, doc in enumerate(docs):
+        for ascii_only in (True, False):
+            out.append(json.dumps(doc, ensure_ascii=ascii_only, indent=i % 2 or None).encode())
+    return [b for b in out if len(b) > SMALL_BODY]
+
+
+def test_parsing_in_slices_gives_what_json_loads_gives():
+    bodies = long_documents()
+    assert len(bodies) >= 6
+    for body in bodies:
+        assert asyncio.run(loads_in_slices(body, longest_string=1 << 20)) == json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"inputs": "' + b"a" * 70_000 + b'\\q"}',  # a bad escape inside a long string
+        b'{"inputs": "' + b"a" * 70_000,  # a long string left open
+        b'{"inputs": "' + b"a" * 70_000 + b'" "b"}',  # structure broken after it
+        b'{"inputs": "' + b"a" * 70_000 + b'\xff"}',  # bytes that are not UTF-8
+        b'{"inputs": "' + b"a" * 70_000 + b'\x01"}',  # a raw control character
+        b'{"inputs": [' + b"1" * 70_000 + b"]}",  # past int's digit limit
+    ],
+)
+def test_what_json_loads_refuses_is_refused(body):
+    with pytest.raises(ValueError) as expected:
+        json.loads(body)
+    with pytest.raises(type(expected.value)):
+        asyncio.run(loads_in_slices(body, longest_string=1 << 20))
+
+
+def test_a_string_longer_than_any_valid_one_is_refused_before_it_is_decoded():
+    body = json.dumps({"inputs": ["a" * 200_000, "😀" * 10]}).encode()
+    with pytest.raises(StringTooLong) as refused:
+        asyncio.run(loads_in_slices(body, longest_string=100_000))
+    assert refused.value.args[0] > 100_000
+    assert asyncio.run(loads_in_slices(body, longest_string=200_000)) == json.loads(body)
+
+
+def test_other_tasks_run_while_a_large_body_is_parsed():
+    body = json.dumps({"inputs": [["😀" * 20_000, "汉" * 20_000]] * 16}).encode()
+    turns = 0
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    async def main() -> object:
+        task = asyncio.create_task(other())
+        await asyncio.sleep(0)
+        started = turns
+        parsed = await loads_in_slices(body, longest_string=1 << 20, slice_s=0.0)
+        task.cancel()
+        return parsed, turns - started
+
+    parsed, ran = asyncio.run(main())
+    assert parsed == json.loads(body)
+    assert ran >= 32  # a turn after every long string at least
+
+
+def test_small_bodies_and_other_encodings_are_parsed_whole():
+    body = json.dumps({"inputs": ["😀" * 20_000]}).encode("utf-16")
+    assert asyncio.run(loads_in_slices(body, longest_string=10)) == json.loads(body)
+    assert asyncio.run(loads_in_slices(b'{"a": "bc"}', longest_string=1)) == {"a": "bc"}

@@ -1,7 +1,9 @@
 """Limits enforced before any route runs, cheapest first: the API key (from the headers
 alone), the declared ``Content-Length``, then the body itself, read up to the limit and handed
-to the app in one piece. A refused request costs no more memory than its headers plus what the
-server has buffered of its body (uvicorn stops reading a connection past 64 KiB).
+to the app in one piece (also under ``scope[BODY_KEY]``, so the routes take it as Starlette's
+cached body rather than copy it once more). A refused request costs no more memory than its
+headers plus what the server has buffered of its body (uvicorn stops reading a connection past
+64 KiB).
 
 Every refusal has TEI's error shape. A refusal that leaves body bytes unread closes the
 connection, so the rest of the upload is never read.
@@ -10,11 +12,15 @@ connection, so the rest of the upload is never read.
 from __future__ import annotations
 
 import hmac
+import io
 import json
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+BODY_KEY = "shoal.body"
+"""Where the guard leaves the whole request body in the ASGI scope."""
 
 PUBLIC_PATHS = frozenset({"/health", "/ping"})
 """Routes answered without the API key (liveness probes)."""
@@ -85,20 +91,22 @@ def authorized(scope: Scope, api_key: str) -> bool:
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:
-    """The whole request body; raises ``_TooLarge`` past ``limit``, ``_Gone`` on disconnect."""
-    chunks: list[bytes] = []
-    size = 0
+    """The whole request body; raises ``_TooLarge`` past ``limit``, ``_Gone`` on disconnect.
+
+    Each message's bytes are appended as they come (``BytesIO`` hands its buffer over without a
+    copy at the end), so a body of many MiB is never copied in one piece on the event loop.
+    """
+    buffer = io.BytesIO()
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _Gone
         chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
+        if buffer.tell() + len(chunk) > limit:
             raise _TooLarge
-        chunks.append(chunk)
+        buffer.write(chunk)
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            return buffer.getvalue()
 
 
 def replay(body: bytes, receive: Receive) -> Receive:
@@ -149,6 +157,7 @@ class GuardMiddleware:
         except _Gone:  # nobody reads this answer; the status is for the metrics and the log
             await refuse(send, 499, "cancelled", "the client closed the connection mid-upload")
             return
+        scope[BODY_KEY] = body
         await self.app(scope, replay(body, receive), send)
 
 
