@@ -197,6 +197,22 @@ def test_hugging_face_inference_client_works_unchanged(limited, monkeypatch):
     assert len(top) == 1 and top[0].label == out[0].label and 0 < top[0].score < 1
 
 
+def test_a_vllm_style_client_works_unchanged(limited):
+    # what vLLM's own classify example does: the model from /v1/models, then /classify
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=limited.url, headers=headers, trust_env=False, timeout=30) as c:
+        model = c.get("/v1/models").json()["data"][0]["id"]
+        prompts = ["a good movie", "a dull and slow plot"]
+        answer = c.post("/classify", json={"model": model, "input": prompts}).json()
+        tokens = c.post("/tokenize", json={"inputs": prompts[0]}).json()
+    assert answer["model"] == model and [d["index"] for d in answer["data"]] == [0, 1]
+    for row in answer["data"]:
+        assert row["label"] in ("negative", "positive") and row["num_classes"] == 2
+        assert abs(sum(row["probs"]) - 1) < 1e-4
+    assert answer["usage"]["prompt_tokens"] > 0
+    assert [t["special"] for t in tokens[0]][:1] == [True]
+
+
 # ------------------------------------------------------------------------------ failures
 
 

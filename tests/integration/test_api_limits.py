@@ -196,13 +196,18 @@ async def test_a_body_of_many_values_is_refused_before_it_is_parsed(cohort_dir, 
 async def test_docs_need_the_key_and_probes_do_not(cohort_dir):
     app, _, _ = make_app(cohort_dir, api_key=KEY)
     async with serving(app) as client:
-        for path in ("/docs", "/redoc", "/openapi.json", "/"):
+        for path in ("/docs", "/redoc", "/openapi.json", "/v1/models"):
             assert_error(await client.get(path), 401, "unauthorized")
             assert (await client.get(path, headers=AUTH)).status_code == 200, path
         head = await client.head("/health")
         ping = await client.get("/ping")
+        root = await client.get("/")  # TEI's health check
+        root_head = await client.head("/")
+        classify_root = await client.post("/", json={"inputs": "good"})
     assert head.status_code == 200 and head.content == b""
-    assert ping.json()["status"] == "ok"
+    assert ping.json()["status"] == "ok" and root.json()["status"] == "ok"
+    assert root_head.status_code == 200
+    assert_error(classify_root, 401, "unauthorized")  # POST / classifies: it needs the key
 
 
 # ------------------------------------------------------------------------------ compatibility
@@ -234,7 +239,7 @@ async def test_inference_api_routes_and_parameters(cohort_dir):
                 "parameters": {"function_to_apply": "softmax"},
             },
         )
-        info = await client.get("/")
+        health = await client.get("/")
     assert root.status_code == 200 and root.json() == sagemaker.json() == [tei.json()]
     assert len(top1.json()) == 1 and len(top1.json()[0]) == 1
     assert top1.json()[0][0]["label"] == tei.json()[0]["label"]
@@ -246,7 +251,7 @@ async def test_inference_api_routes_and_parameters(cohort_dir):
     assert_error(bad, 422, "validation", "function_to_apply")
     assert_error(unknown, 422, "validation", "parameters.x")
     assert_error(clash, 422, "validation", "raw_scores", "function_to_apply='softmax'")
-    assert info.json()["n_students"] == 3
+    assert health.json()["status"] == "ok"  # GET / is TEI's health check
 
 
 @pytest.mark.parametrize("text", ["\x00\x00", "\u200b \u200b", "\ufeff\u200d"])

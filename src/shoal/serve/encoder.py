@@ -186,6 +186,37 @@ class TextEncoder:
         types = list(out.get("token_type_ids") or [0] * len(ids))
         return TokenizedInput(ids, types, truncated=truncated)
 
+    def tokens(self, text: str, *, add_special_tokens: bool = True) -> list[dict[str, Any]]:
+        """TEI's ``/tokenize`` answer for one text, untruncated: each token's id, text, whether
+        it is special, and its character offsets (None for a special token). Event-loop thread
+        only; raises ``InputError`` as ``encode`` does for blank or oversize text."""
+        self._check("input", text, None)
+        out = self.tokenizer(
+            text,
+            add_special_tokens=add_special_tokens,
+            truncation=False,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+            return_attention_mask=False,
+        )
+        pieces = self.tokenizer.convert_ids_to_tokens(out["input_ids"])
+        return [
+            {
+                "id": int(i),
+                "text": piece if special else text[start:stop],
+                "special": bool(special),
+                "start": None if special else int(start),
+                "stop": None if special else int(stop),
+            }
+            for i, piece, special, (start, stop) in zip(
+                out["input_ids"],
+                pieces,
+                out["special_tokens_mask"],
+                out["offset_mapping"],
+                strict=True,
+            )
+        ]
+
     def _check(self, where: str, text: str, pair: str | None) -> None:
         """Refuse a blank text or pair, or one over ``max_chars``, before tokenising."""
         for name, t in (("text", text), ("pair", pair)):

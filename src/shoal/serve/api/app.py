@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from shoal.serve.api.compat import compat_router
 from shoal.serve.api.dashboard import add_dashboard
 from shoal.serve.api.errors import install_error_handlers
 from shoal.serve.api.guard import GuardLimits, GuardMiddleware
@@ -120,6 +121,7 @@ def create_app(
     )  # outermost: sees every answer
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(compat_router)
     add_dashboard(app, engine, info, metrics)
     return app
 

@@ -152,8 +152,9 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 404:
             msg = (
                 f"no route {request.url.path}; the routes are /predict, /v1/classify, "
-                "/health, /info, /metrics, /docs, and for Hugging Face and SageMaker clients "
-                "POST /, /invocations and /ping"
+                "/health, /info, /metrics, /docs, /dashboard, for Hugging Face and SageMaker "
+                "clients POST /, /invocations and /ping, for vLLM-style clients /classify and "
+                "/v1/models, and TEI's /tokenize"
             )
         elif exc.status_code == 405:
             msg = (

@@ -23,7 +23,8 @@ BODY_KEY = "shoal.body"
 """Where the guard leaves the whole request body in the ASGI scope."""
 
 PUBLIC_PATHS = frozenset({"/health", "/ping"})
-"""Routes answered without the API key (liveness probes)."""
+"""Routes answered without the API key (liveness probes); also ``GET /`` and ``HEAD /``, TEI's
+health check (``POST /`` classifies and needs the key)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,7 +137,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         key, limit = self.limits.api_key, self.limits.max_body_bytes
-        if key is not None and scope.get("path") not in PUBLIC_PATHS and not authorized(scope, key):
+        if key is not None and not _public(scope) and not authorized(scope, key):
             await refuse(
                 send,
                 401,
@@ -159,6 +160,11 @@ class GuardMiddleware:
             return
         scope[BODY_KEY] = body
         await self.app(scope, replay(body, receive), send)
+
+
+def _public(scope: Scope) -> bool:
+    path = scope.get("path")
+    return path in PUBLIC_PATHS or (path == "/" and scope.get("method") in ("GET", "HEAD"))
 
 
 def _too_large(limit: int, size: int | None) -> str:

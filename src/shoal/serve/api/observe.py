@@ -26,7 +26,7 @@ from shoal.serve.results import BatchRecord, Prediction
 
 log = logging.getLogger("shoal.serve.access")
 
-INFERENCE_ROUTES = ("/predict", "/v1/classify", "/", "/invocations")
+INFERENCE_ROUTES = ("/predict", "/v1/classify", "/classify", "/", "/invocations")
 _LATENCY_BUCKETS = (
     0.001,
     0.0025,

@@ -1,40 +1,38 @@
-"""The routes: TEI's ``/predict``, Shoal's ``/v1/classify``, the Inference API's ``POST /`` and
-SageMaker's ``POST /invocations``, ``/health`` (and ``/ping``), ``/info`` (and ``GET /``) and
-``/metrics``.
+"""The routes: TEI's ``/predict``, ``/v1/classify`` (and ``/classify``; Shoal's body or vLLM's,
+``compat``), the Inference API's ``POST /`` and SageMaker's ``POST /invocations``, ``/health``
+(and ``/ping``, and ``GET /`` as TEI has it), ``/info`` and ``/metrics``. ``compat`` holds the
+routes only other stacks' clients use (``/v1/models``, ``/tokenize``).
 
 They live on one module-level ``router`` that ``create_app`` includes, and reach what they
 serve (engine, encoder, the cohort's facts, limits, hooks, metrics) through the ``AppContext``
 that ``create_app`` keeps on ``app.state.context``: one dependency, ``Context``, hands it to
 every route, so a route is a plain function of its request. Each is a ``BoundedBodyRoute``,
-which refuses a body of more JSON values than a request may hold before FastAPI parses it.
+which bounds what a body costs the event loop before FastAPI parses it (``bounded``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.message
 import math
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 
-from shoal.serve.api.bodyscan import (
-    SMALL_BODY,
-    StringTooLong,
-    count_json_values,
-    loads_in_slices,
-    values_allowed,
+from shoal.serve.api.bounded import BoundedBodyRoute
+from shoal.serve.api.compat import (
+    AnyClassifyRequest,
+    VllmClassifyRequest,
+    VllmClassifyResponse,
+    tei_info,
+    vllm_answer,
+    vllm_inputs,
 )
 from shoal.serve.api.errors import ApiError, as_api_error, error_response
-from shoal.serve.api.guard import BODY_KEY
 from shoal.serve.api.observe import RequestTiming, ServeMetrics
 from shoal.serve.api.schemas import (
-    ClassifyRequest,
     ClassifyResponse,
     ErrorResponse,
     Health,
@@ -55,74 +53,6 @@ if TYPE_CHECKING:
 
 VERSION = "0.1.0"
 """The API's version, in ``/info`` and the OpenAPI document."""
-
-
-class BoundedBodyRoute(APIRoute):
-    """A route that counts its JSON body's values before FastAPI parses and validates it, and
-    refuses (413) a body holding more than a request of ``max_client_batch_size`` inputs can
-    (``bodyscan``): parsing runs on the event loop, so its cost must be bounded first."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-        if self.body_field is None:
-            return handler
-
-        async def bounded(request: Request) -> Response:
-            if BODY_KEY in request.scope:  # read by the guard: Starlette would copy it again
-                request._body = request.scope[BODY_KEY]
-            body = await request.body()
-            if body:
-                ctx: AppContext = request.app.state.context
-                limit = ctx.limits.max_client_batch_size
-                allowed = values_allowed(limit)
-                if count_json_values(body, stop_after=allowed) > allowed:
-                    raise ApiError(413, "validation", _too_many_values(allowed, limit))
-                if len(body) > SMALL_BODY and _json_content(request):
-                    # parsed here in slices; FastAPI takes Starlette's cached ``request.json()``
-                    request._json = await _loads(body, ctx.encoder.max_chars)
-            return await handler(request)
-
-        return bounded
-
-
-def _json_content(request: Request) -> bool:
-    """Whether FastAPI parses this request's body as JSON (its strict content-type rule)."""
-    content_type = request.headers.get("content-type")
-    if not content_type:
-        return False
-    message = email.message.Message()
-    message["content-type"] = content_type
-    subtype = message.get_content_subtype()
-    return message.get_content_maintype() == "application" and (
-        subtype == "json" or subtype.endswith("+json")
-    )
-
-
-async def _loads(body: bytes, max_chars: int) -> Any:
-    """The body's JSON, parsed with the loop let run between its long strings."""
-    longest = max_chars * 12  # a character outside the BMP escaped as a surrogate pair
-    try:
-        return await loads_in_slices(body, longest_string=longest)
-    except StringTooLong as e:
-        raise ApiError(
-            413,
-            "validation",
-            f"a string in the request body is {e.args[0]} bytes, more than a text of "
-            f"max_input_chars={max_chars} characters takes even escaped ({longest}); shorten "
-            "it (or raise --max-input-chars)",
-        ) from None
-    except ValueError as e:  # json.JSONDecodeError, or a number past int's digit limit
-        raise RequestValidationError(
-            [{"type": "json_invalid", "loc": ("body", getattr(e, "pos", 0)), "msg": str(e)}]
-        ) from None
-
-
-def _too_many_values(allowed: int, limit: int) -> str:
-    return (
-        f"the request body holds more than {allowed} JSON values, more than a request of "
-        f"max_client_batch_size={limit} inputs can; send at most {limit} inputs per request "
-        "(split the batch, or raise --max-client-batch-size)"
-    )
 
 
 router = APIRouter(route_class=BoundedBodyRoute)
@@ -187,6 +117,7 @@ async def infer(
             truncate=truncate,
             direction="left" if direction.lower() == "left" else "right",
         )
+        request.state.prompt_tokens = sum(e.n_tokens for e in encoded)
         ticket = ctx.engine.enqueue(
             encoded,
             min_k=min_k or 1,
@@ -259,24 +190,33 @@ for _path, _name in (("/", "inference_api_root"), ("/invocations", "sagemaker_in
 
 @router.post(
     "/v1/classify",
-    response_model=ClassifyResponse,
-    responses=_errors(400, 401, 408, 413, 422, 429, 503),
+    response_model=ClassifyResponse | VllmClassifyResponse,
+    responses=_errors(400, 401, 404, 408, 413, 422, 429, 503),
 )
-async def classify(body: ClassifyRequest, request: Request, ctx: Context) -> Any:
-    """Classify texts; every label's probability and the students used per text."""
-    try:
-        inputs = parse_classify_inputs(body)
-    except ValueError as e:
-        raise ApiError(422, "validation", str(e)) from None
+async def classify(body: AnyClassifyRequest, request: Request, ctx: Context) -> Any:
+    """Classify texts: Shoal's body (``texts``) gets every label's probability and the
+    students used per text; vLLM's and SGLang's (``input``, with ``model``) gets their
+    ``data[{index, label, probs, num_classes}]``."""
+    if isinstance(body, VllmClassifyRequest):
+        inputs = vllm_inputs(body, ctx)
+        direction = "right"
+    else:
+        try:
+            inputs = parse_classify_inputs(body)
+        except ValueError as e:
+            raise ApiError(422, "validation", str(e)) from None
+        direction = body.truncation_direction
     preds = await infer(
         request,
         ctx,
         inputs,
         truncate=body.truncate,
-        direction=body.truncation_direction,
+        direction=direction,
         min_k=body.min_k,
         deadline_ms=body.deadline_ms,
     )
+    if isinstance(body, VllmClassifyRequest):
+        return vllm_answer(preds, request, ctx)
     timing: RequestTiming = request.state.timing
     info = ctx.info
     return JSONResponse(
@@ -337,6 +277,8 @@ async def health(ctx: Context) -> Any:
 
 
 router.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+# TEI answers GET / as its health check (no key needed, as for /health)
+router.add_api_route("/", health, methods=["GET", "HEAD"], include_in_schema=False)
 
 
 @router.get("/ping", response_model=Health, responses=_errors(503))
@@ -345,20 +287,29 @@ async def ping(ctx: Context) -> Any:
     return await health(ctx)
 
 
+router.add_api_route(
+    "/classify",
+    classify,
+    methods=["POST"],
+    response_model=ClassifyResponse | VllmClassifyResponse,
+    responses=_errors(400, 401, 404, 408, 413, 422, 429, 503),
+    name="classify_vllm_path",
+    operation_id="classify_vllm_path",
+)
+
+
 @router.get("/info", response_model=Info, responses=_errors(401))
-@router.get("/", response_model=Info, responses=_errors(401), include_in_schema=False)
 async def get_info(ctx: Context) -> Any:
-    """The model, its students and their accuracy per prefix, current k, the config."""
+    """TEI's ``Info`` fields, then the cohort: its students and their accuracy per prefix,
+    current k, the config."""
     info, engine = ctx.info, ctx.engine
     return {
-        "model_id": info.model_id,
-        "model_type": "shoal-cohort",
+        **tei_info(ctx),
+        "format": "shoal-cohort",
         "version": VERSION,
         "labels": info.labels,
         "n_students": info.n_students,
         "student_layers": info.student_layers,
-        "max_input_length": ctx.encoder.max_length,
-        "max_client_batch_size": ctx.limits.max_client_batch_size,
         "current_k": engine.current_k,
         "cost_scale": engine.cost_scale,
         "queue_depth": engine.queue_depth,

@@ -146,14 +146,28 @@ class Health(BaseModel):
 
 
 class Info(BaseModel):
+    """TEI's ``Info`` fields (``model_id`` to ``docker_label``), then the cohort's."""
+
     model_id: str
-    model_type: str
+    model_sha: str | None
+    model_dtype: str
+    model_type: dict[str, dict[str, dict[str, Any]]] = Field(
+        description='TEI\'s {"classifier": {"id2label": {...}, "label2id": {...}}}.'
+    )
+    max_concurrent_requests: int
+    max_input_length: int
+    max_batch_tokens: int
+    max_batch_requests: int | None
+    max_client_batch_size: int
+    auto_truncate: bool
+    tokenization_workers: int
+    sha: str | None
+    docker_label: str | None
+    format: str = Field(description="shoal-cohort")
     version: str
     labels: list[str]
     n_students: int
     student_layers: int
-    max_input_length: int
-    max_client_batch_size: int
     current_k: int
     cost_scale: float
     queue_depth: int
