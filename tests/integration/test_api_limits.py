@@ -265,6 +265,29 @@ async def test_invisible_text_counts_as_blank(cohort_dir, text):
     assert rt.calls == []
 
 
+@pytest.mark.parametrize(
+    "escaped", [r'"\ud800"', r'"a\udfffb"', r'["good", "\ud83d"]', r'[["\udc00 x"]]']
+)
+async def test_lone_surrogates_are_refused_and_leave_the_server_healthy(cohort_dir, escaped):
+    app, _, rt = make_app(cohort_dir, max_body_bytes=1 << 20)
+    json_type = {"content-type": "application/json"}
+    body = b'{"inputs": %s}' % escaped.encode()
+    emoji = json.dumps("😀" * 1900)[1:-1].encode()  # 22.8 KB escaped: four are parsed in slices
+    long = b'{"texts": ["%s", "%s", "%s", "%s\\udc00"]}' % (emoji, emoji, emoji, emoji)
+    async with serving(app) as client:
+        answers = [await client.post("/predict", content=body, headers=json_type) for _ in range(4)]
+        sliced = await client.post("/v1/classify", content=long, headers=json_type)
+        tokens = await client.post("/tokenize", content=rb'{"inputs": "\ud800"}', headers=json_type)
+        health = await client.get("/health")
+        good = await client.post("/predict", json={"inputs": "good \U0001f600"})
+    for resp in answers:
+        assert_error(resp, 422, "validation", "lone UTF-16 surrogate", "\\uXXXX\\uXXXX")
+    assert_error(sliced, 422, "validation", "input 3", "surrogate")
+    assert_error(tokens, 422, "validation", "surrogate")
+    assert health.status_code == 200, health.text  # a client's bad text is not a failure
+    assert good.status_code == 200 and len(rt.calls) == 1  # a valid astral character is fine
+
+
 # ------------------------------------------------------------------------------ failures
 
 

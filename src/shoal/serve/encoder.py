@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import re
 import unicodedata
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from shoal.serve.errors import InputError, InputTooLong
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A UTF-16 surrogate on its own: JSON's ``\\ud800`` escapes decode to one, but it is not
+Unicode text (it has no UTF-8 form, and the tokenizer refuses it)."""
 
 
 @dataclass(frozen=True)
@@ -228,6 +233,13 @@ class TextEncoder:
                 raise InputTooLong(
                     f"{where}: the {name} has {len(t)} characters, above the "
                     f"limit of {self.max_chars}; shorten it"
+                )
+            if not t.isascii() and (lone := _SURROGATE.search(t)) is not None:
+                raise InputError(
+                    f"{where}: the {name} holds a lone UTF-16 surrogate "
+                    f"(\\u{ord(lone.group()):04x}) at character {lone.start()}, which is not "
+                    "text; send valid Unicode (a character outside the BMP escaped as one "
+                    "\\uXXXX\\uXXXX pair, as json.dumps writes it)"
                 )
 
 
