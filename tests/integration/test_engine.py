@@ -348,7 +348,9 @@ LONG_MIX = [
 
 
 @pytest.mark.parametrize("direction", ["left", "right"])
-async def test_long_requests_tokenise_off_the_loop_with_the_same_result(cohort_dir, direction):
+async def test_long_requests_tokenise_off_the_loop_with_the_same_result(
+    cohort_dir, direction, monkeypatch
+):
     _, encoder, _ = make_engine(cohort_dir)
     inline = await encoder.encode_all(LONG_MIX, direction=direction)
     encoder.inline_chars = 10  # now the request is "long": the tokenizer thread does it
@@ -361,6 +363,21 @@ async def test_long_requests_tokenise_off_the_loop_with_the_same_result(cohort_d
         await encoder.encode_all(LONG_MIX, truncate=False)
     with pytest.raises(InputError, match="input 1: the pair is empty"):
         await encoder.encode_all([LONG_MIX[0], ("good", " \u200b ")])
+    calls = []
+    backend = encoder._thread_backend
+
+    class Counting:  # the backend, counting its encode_batch calls
+        def __getattr__(self, name):
+            return getattr(backend, name)
+
+        def encode_batch(self, batch, **kw):
+            calls.append(len(batch))
+            return backend.encode_batch(batch, **kw)
+
+    monkeypatch.setattr("shoal.serve.encoder.GROUP_CHARS", 100)  # about one input a group
+    encoder._thread_backend = Counting()
+    assert await encoder.encode_all(LONG_MIX, direction=direction) == inline
+    assert sum(calls) == len(LONG_MIX) + 3 and max(calls) < len(LONG_MIX)  # + the 3 re-cut
     encoder._thread_backend = None  # a slow tokenizer: one call a text, as on the loop
     assert await encoder.encode_all(LONG_MIX, direction=direction) == inline
     encoder.close()
