@@ -114,12 +114,7 @@ class TextEncoder:
         backend.no_truncation()
         backend.no_padding()
         encodings = _encode_in_groups(backend, batch)
-        long = [i for i, e in enumerate(encodings) if len(e.ids) > self.max_length]
-        if long and not (self.truncate if truncate is None else truncate):
-            raise InputTooLong(
-                f"input {long[0]} has {len(encodings[long[0]].ids)} tokens, above max_length="
-                f"{self.max_length}; shorten it or send truncate=true"
-            )
+        long = [i for i, e in enumerate(encodings) if self._cut(f"input {i}", len(e.ids), truncate)]
         if long:
             backend.enable_truncation(
                 self.max_length, strategy="longest_first", direction=direction
@@ -168,13 +163,8 @@ class TextEncoder:
         where = f"input {index}"
         self._check(where, text, pair)
         out = tok(text, pair, truncation=False, return_attention_mask=False)
-        truncated = len(out["input_ids"]) > self.max_length
+        truncated = self._cut(where, len(out["input_ids"]), truncate)
         if truncated:
-            if not (self.truncate if truncate is None else truncate):
-                raise InputTooLong(
-                    f"{where} has {len(out['input_ids'])} tokens, above max_length="
-                    f"{self.max_length}; shorten it or send truncate=true"
-                )
             side = tok.truncation_side
             tok.truncation_side = direction  # safe: each tokenizer is used by one thread
             try:
@@ -221,6 +211,18 @@ class TextEncoder:
                 strict=True,
             )
         ]
+
+    def _cut(self, where: str, n_tokens: int, truncate: bool | None) -> bool:
+        """Whether an input of ``n_tokens`` is cut to ``max_length``; raises ``InputTooLong``
+        when it is longer and truncation is off (``truncate=None``: the server default)."""
+        if n_tokens <= self.max_length:
+            return False
+        if not (self.truncate if truncate is None else truncate):
+            raise InputTooLong(
+                f"{where} has {n_tokens} tokens, above max_length={self.max_length}; "
+                "shorten it or send truncate=true"
+            )
+        return True
 
     def _check(self, where: str, text: str, pair: str | None) -> None:
         """Refuse a blank text or pair, or one over ``max_chars``, before tokenising."""
