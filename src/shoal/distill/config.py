@@ -189,6 +189,12 @@ class DistillConfig:
     """Teacher layers each student copies: 'bottom' (layers 0..m-1), 'spread' (student i from
     layer i*m), 'skip' (m evenly spaced, ending at the last: 2,5 of 6), or layer numbers:
     '0,5' (every student) or '2,5/0,5' (one list per student)."""
+    middle_depth: int = 0
+    """Teacher depth (states after that many layers) that each student's second-to-last layer
+    imitates: 0 takes the depth in proportion, round(n_t (m - 1) / m) of a teacher of n_t
+    layers (6 of 12 for 2-layer students, 8 for 3). The teacher cache is kept per depth, so
+    deeper students can read the cache of 2-layer ones with ``middle_depth=6`` (the plan
+    should then make that layer copy teacher layer 5, as '2,5,11' does)."""
     dropout: float = 0.1
     """Dropout in the students while they train (BERT's 0.1; inference never drops)."""
     method: str = "average"
@@ -295,6 +301,11 @@ class DistillConfig:
             raise ConfigError(
                 f"n_students={self.n_students} and student_layers="
                 f"{self.student_layers} must be >= 1"
+            )
+        if self.middle_depth < 0:
+            raise ConfigError(
+                f"middle_depth={self.middle_depth} must be >= 0 (0: in proportion to the "
+                "students' depth)"
             )
         if self.space not in ("hidden", "logits"):
             raise ConfigError(f"space={self.space!r} must be 'hidden' or 'logits'")

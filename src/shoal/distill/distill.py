@@ -39,7 +39,7 @@ from shoal.distill.resume import check_same_run, resume, save_checkpoint, trunca
 from shoal.distill.students import train_jointly, train_student
 from shoal.distill.teacher_outputs import TeacherCache, cache_teacher, load_teacher_outputs
 from shoal.distill.token_store import TokenStore
-from shoal.errors import DataError
+from shoal.errors import ConfigError, DataError
 from shoal.models.cohort import ShoalModel
 from shoal.models.families import family_of
 from shoal.models.layer_plan import layer_plan
@@ -85,6 +85,7 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     plan = layer_plan(
         config.init, config.n_students, config.student_layers, teacher.config.num_hidden_layers
     )
+    middle_depth(config, teacher.config.num_hidden_layers)
     pad = tok.pad_token_id or 0
     train_set, n_labelled = _training_set(config, task, tok, teacher)
     enc = _encode(config, task, tok, train_set)
@@ -209,8 +210,7 @@ def _teacher_outputs(
 ) -> TeacherCache:
     """The teacher's states (final, and at the students' intermediate depth) and logits on
     the training set, from the cache when a run on the same examples stored them."""
-    m, n_t = config.student_layers, teacher.config.num_hidden_layers
-    depth = max(1, round(n_t * (m - 1) / m)) if m > 1 else n_t
+    depth = middle_depth(config, teacher.config.num_hidden_layers)
     augment = (
         augment_key(
             config.augment,
@@ -235,6 +235,19 @@ def _teacher_outputs(
         bf16=autocast(model_device(teacher), config.precision).enabled,
         late=config.w_rel > 0,
     )
+
+
+def middle_depth(config: DistillConfig, n_teacher: int) -> int:
+    """The teacher depth whose states the students' second-to-last layer imitates."""
+    if config.middle_depth > n_teacher:
+        raise ConfigError(
+            f"middle_depth={config.middle_depth}, but the teacher has {n_teacher} layers; use "
+            f"1..{n_teacher} (or 0: in proportion to the students' depth)"
+        )
+    if config.middle_depth:
+        return config.middle_depth
+    m = config.student_layers
+    return max(1, round(n_teacher * (m - 1) / m)) if m > 1 else n_teacher
 
 
 def _unlabeled_key(config: DistillConfig) -> list | None:

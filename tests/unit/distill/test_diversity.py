@@ -148,3 +148,38 @@ def test_a_student_keeps_its_best_dev_weights_and_the_table_shows_disagreement(
     table = report["prefix_accuracy"]
     assert table[0]["dev_disagreement"] == 0.0
     assert 0.0 <= table[1]["dev_disagreement"] <= 1.0
+
+
+def test_deeper_students_read_the_cache_of_shallower_ones_at_the_depth_they_are_given(
+    tmp_path, tiny_data, monkeypatch
+):
+    from shoal.distill import teacher_outputs
+    from shoal.models.cohort import ShoalModel
+    from tiny_fixtures import make_teacher
+
+    teacher = tmp_path / "teacher4"
+    make_teacher(teacher, layers=4)
+    passes: list[int] = []
+    real = teacher_outputs.cache_teacher
+    monkeypatch.setattr(
+        teacher_outputs, "cache_teacher", lambda t, e, depth, *a: passes.append(depth) or
+        real(t, e, depth, *a),
+    )  # fmt: skip
+    cache = tmp_path / "cache"
+
+    def run(name: str, layers: int, **kw):
+        distill(tiny_distill_config(teacher, tiny_data, tmp_path / name, n_students=1,
+                                    student_layers=layers, cache_dir=str(cache), **kw))  # fmt: skip
+
+    run("m2", 2, init="1,3")
+    run("m3", 3, init="0,1,3", middle_depth=2)
+    assert passes == [2]  # the 3-layer students read the 2-layer students' cache
+    assert ShoalModel.from_pretrained(tmp_path / "m3").config.student_layers == 3
+    run("m3-own", 3, init="0,2,3")  # in proportion: round(4 * 2 / 3) = 3
+    assert passes == [2, 3]
+    assert sorted(p.name for p in cache.glob("depth*")) == ["depth2", "depth3"]
+    with pytest.raises(ConfigError, match=r"middle_depth=5, but the teacher has 4 layers"):
+        run("deep", 3, middle_depth=5)
+    assert not (tmp_path / "deep" / "model.safetensors").exists()
+    with pytest.raises(ConfigError, match=r"middle_depth=-1 must be >= 0"):
+        DistillConfig(teacher=str(teacher), middle_depth=-1)
