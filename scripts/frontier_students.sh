@@ -14,6 +14,10 @@ OUT=${OUT:-runs/frontier}
 STUDENTS=${STUDENTS:-2}
 declare -A plans=([3]="2,5,11/1,5,11/3,5,11/0,5,11" [4]="1,3,5,11/2,4,5,11/0,3,5,11/1,4,5,11")
 for m in ${LAYERS:-3 4}; do
+  if [[ -z "${plans[$m]:-}" ]]; then
+    echo "frontier_students.sh: LAYERS holds $m; use 3 and/or 4 (2-layer students are the cohort's)" >&2
+    exit 2
+  fi
   plan=$(echo "${plans[$m]}" | cut -d/ -f"1-$STUDENTS")
   out="$OUT/m$m"
   shoal distill --teacher "$TEACHER" --data ../shared/data/sst2 --students "$STUDENTS" \

@@ -85,13 +85,13 @@ def distill(config: DistillConfig, *, stop_after: int | None = None) -> dict:
     plan = layer_plan(
         config.init, config.n_students, config.student_layers, teacher.config.num_hidden_layers
     )
-    middle_depth(config, teacher.config.num_hidden_layers)
+    depth = middle_depth(config, teacher.config.num_hidden_layers)  # before the teacher pass
     pad = tok.pad_token_id or 0
     train_set, n_labelled = _training_set(config, task, tok, teacher)
     enc = _encode(config, task, tok, train_set)
     teacher.to(device)
     t0 = time.perf_counter()
-    cache = _teacher_outputs(config, teacher, enc["train"], pad, out)
+    cache = _teacher_outputs(config, teacher, enc["train"], depth, pad, out)
     teacher_seconds = time.perf_counter() - t0
     if config.cache_only:
         tqdm.write(f"teacher outputs cached in {teacher_seconds:.0f} s (--cache-only)")
@@ -206,11 +206,10 @@ def _encode(config: DistillConfig, task: Task, tok, train_set: TextDataset) -> d
 
 
 def _teacher_outputs(
-    config: DistillConfig, teacher, enc: Encoded, pad: int, out: Path
+    config: DistillConfig, teacher, enc: Encoded, depth: int, pad: int, out: Path
 ) -> TeacherCache:
-    """The teacher's states (final, and at the students' intermediate depth) and logits on
-    the training set, from the cache when a run on the same examples stored them."""
-    depth = middle_depth(config, teacher.config.num_hidden_layers)
+    """The teacher's states (final, and at the students' intermediate ``depth``) and logits
+    on the training set, from the cache when a run on the same examples stored them."""
     augment = (
         augment_key(
             config.augment,
