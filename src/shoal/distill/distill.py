@@ -44,7 +44,8 @@ from shoal.models.cohort import ShoalModel
 from shoal.models.families import family_of
 from shoal.models.layer_plan import layer_plan
 from shoal.models.layers import Layer
-from shoal.models.teacher import load_teacher
+from shoal.models.teacher import load_teacher, problem_type_of
+from shoal.problems import PRIMARY
 from shoal.provenance import command_line, git_commit
 from shoal.types import Task, TextDataset
 
@@ -137,7 +138,7 @@ class _Run:
 def _load_task(config: DistillConfig) -> Task:
     """The task's splits (dev held out from train when missing), checked against the
     options that need single texts or pairs."""
-    task = with_dev_split(load_task(config.data))
+    task = with_dev_split(load_task(config.data, problem_type=problem_type_of(config.teacher)))
     if "train" not in task.splits:
         raise DataError(f"{config.data} has no train split; distillation needs train.tsv")
     if config.compose and task.is_pair:
@@ -187,10 +188,7 @@ def _training_set(config: DistillConfig, task: Task, tok, teacher) -> tuple[Text
             )
         texts = read_unlabeled(config.unlabeled, sentences=config.unlabeled_sentences)
         # placeholder labels: w_ce is refused with unlabeled texts, the teacher labels them
-        train_set = TextDataset(
-            train_set.texts + texts, train_set.labels + [0] * len(texts), None,
-            train_set.num_labels,
-        )  # fmt: skip
+        train_set = train_set.extended(texts, [train_set.placeholder_label()] * len(texts))
         tqdm.write(f"added {len(texts):,} unlabeled texts: {len(train_set):,} in all")
     return train_set, n_labelled
 
@@ -323,8 +321,9 @@ def _train_students(
         run.table = table = evaluator.table()
         log.info("student %d: alpha %.4f, prefix table %s", k + 1, alpha, table[-1])
         save_checkpoint(run.out, run.model, table, run.seconds, done=k + 1)
-        if config.min_gain is not None and k > 0 and "dev_accuracy" in table[k]:
-            gain = table[k]["dev_accuracy"] - table[k - 1]["dev_accuracy"]
+        dev_metric = f"dev_{evaluator.metric}"
+        if config.min_gain is not None and k > 0 and dev_metric in table[k]:
+            gain = table[k][dev_metric] - table[k - 1][dev_metric]
             if gain < config.min_gain:
                 log.info("student %d gains %.4f < min_gain; keeping %d students", k + 1, gain, k)
                 run.model, run.table = truncate(run.model, k).to(device), table[:k]
@@ -368,6 +367,7 @@ def _save(run: _Run, task: Task, tok, teacher_seconds: float, joint_seconds: flo
             "data": config.data,
             "method": config.method,
             "label_names": task.label_names,
+            "metric": PRIMARY[model.config.problem_type],
             "max_length": config.max_length,
             "train_seconds": {
                 "teacher_cache": round(teacher_seconds, 1),

@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from shoal.data import EVAL_TOKENS, Encoded, iterate
-from shoal.metrics import accuracy, f1_binary
+from shoal.problems import SINGLE, metrics
 
 
 @torch.inference_mode()
@@ -38,10 +38,13 @@ def predict_logits(
     return out
 
 
-def score(logits: torch.Tensor, labels: list[int]) -> dict[str, float]:
-    """Accuracy, plus F1 of class 1 for binary tasks."""
-    pred = logits.argmax(-1).tolist()
-    out = {"accuracy": accuracy(pred, labels)}
-    if logits.shape[-1] == 2:
-        out["f1"] = f1_binary(pred, labels)
-    return out
+def score(
+    logits: torch.Tensor,
+    labels: list,
+    problem_type: str = SINGLE,
+    thresholds: list[float] | None = None,
+) -> dict[str, float]:
+    """The problem type's metrics (``shoal.problems.metrics``): accuracy, plus F1 of class 1
+    for binary tasks; micro- and macro-F1 and exact-set accuracy for multi-label heads;
+    Pearson, Spearman and the squared error for regression."""
+    return metrics(logits.float().numpy(), labels, problem_type, thresholds)

@@ -26,7 +26,8 @@ from shoal.distill.losses import consistency_loss, kd_loss, label_loss
 from shoal.distill.trainer import Checkpoint, TrainResult, train
 from shoal.errors import ConfigError, DataError
 from shoal.files import write_json_atomic
-from shoal.models.teacher import load_teacher, logits_of
+from shoal.models.teacher import load_teacher, logits_of, problem_type_of
+from shoal.problems import PRIMARY, SINGLE
 from shoal.provenance import command_line, git_commit
 from shoal.types import Task
 
@@ -40,12 +41,18 @@ def finetune(config: FinetuneConfig) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    task = with_dev_split(load_task(config.data))
+    problem_type = (
+        problem_type_of(config.model) if config.problem_type == "auto" else config.problem_type
+    )
+    if config.rdrop and problem_type != SINGLE:
+        raise ConfigError(f"rdrop compares two softmaxes; {config.model} is {problem_type}")
+    task = with_dev_split(load_task(config.data, problem_type=problem_type))
     if "train" not in task.splits:
         raise DataError(f"{config.data} has no train split; fine-tuning needs train.tsv")
     model, tok = load_teacher(
-        config.model, task.num_labels, id2label=dict(enumerate(task.label_names))
-    )
+        config.model, task.num_labels, id2label=dict(enumerate(task.label_names)),
+        problem_type=problem_type,
+    )  # fmt: skip
     targets = _training_targets(config, task, tok, device)
     evals, select = _eval_sets(config, task, tok)
     pad = tok.pad_token_id or 0
@@ -55,14 +62,15 @@ def finetune(config: FinetuneConfig) -> dict:
     model.to(device)
     forward = logits_of(model)
     mixed = autocast(device, config.precision)
-    loss = _loss(config, forward, targets, device)
+    loss = _loss(config, forward, targets, device, problem_type)
 
     def step(b: Batch) -> torch.Tensor:
         with mixed():
             return loss(b)
 
     def evaluate() -> float:
-        return score(predict_logits(forward, select, pad_id=pad), select.labels)["accuracy"]
+        logits = predict_logits(forward, select, pad_id=pad)
+        return score(logits, select.labels, problem_type)[PRIMARY[problem_type]]
 
     def save(_: float) -> None:
         model.save_pretrained(out)
@@ -91,7 +99,7 @@ def finetune(config: FinetuneConfig) -> dict:
     )
     report = _report(config, device, targets, result, bf16=mixed.enabled)
     selection = select if config.select_min_words else None
-    _score_kept_checkpoint(report, out, device, evals, selection, pad)
+    _score_kept_checkpoint(report, out, device, evals, selection, pad, problem_type)
     report["total_seconds"] = round(time.perf_counter() - t0, 1)
     (out / "shoal_finetune.json").write_text(
         json.dumps({"config": asdict(config), "report": report}, indent=2)
@@ -127,7 +135,9 @@ def _training_targets(config: FinetuneConfig, task: Task, tok, device: torch.dev
     if config.distill_from is None:
         enc = encode(tok, train_set, config.max_length)
         return _Targets(enc=enc, examples=len(train_set), n_gold=n_gold)
-    teacher, teacher_tok = load_teacher(config.distill_from, task.num_labels)
+    teacher, teacher_tok = load_teacher(
+        config.distill_from, task.num_labels, problem_type=task.problem_type
+    )
     if teacher_tok.get_vocab() != tok.get_vocab():
         raise ConfigError(
             f"{config.distill_from} and {config.model} tokenise differently; distil into "
@@ -178,6 +188,7 @@ def _loss(
     forward: Callable[[Batch], torch.Tensor],
     targets: _Targets,
     device: torch.device,
+    problem_type: str = SINGLE,
 ) -> Callable[[Batch], torch.Tensor]:
     """The loss of one batch: cross-entropy on the gold labels, or with a teacher
     ``w_kd * KD + w_ce * CE`` (CE on the gold examples only); with ``rdrop``, averaged over
@@ -186,13 +197,13 @@ def _loss(
     def objective(logits: torch.Tensor, b: Batch) -> torch.Tensor:
         labels = b["labels"].to(device)
         if targets.logits is None:
-            return torch.nn.functional.cross_entropy(logits, labels)
+            return label_loss(logits, labels, problem_type)
         target = targets.logits[b["index"]].to(device)
-        loss = config.w_kd * kd_loss(logits, target, config.temperature)
+        loss = config.w_kd * kd_loss(logits, target, config.temperature, problem_type)
         # augmented copies carry their source's label, not a gold one
         gold = (b["index"] < targets.n_gold).to(device)
         if config.w_ce and bool(gold.any()):
-            loss = loss + config.w_ce * label_loss(logits[gold], labels[gold])
+            loss = loss + config.w_ce * label_loss(logits[gold], labels[gold], problem_type)
         return loss
 
     def loss(b: Batch) -> torch.Tensor:
@@ -244,6 +255,7 @@ def _score_kept_checkpoint(
     evals: dict[str, Encoded],
     selection: Encoded | None,
     pad: int,
+    problem_type: str = SINGLE,
 ) -> None:
     """Add the dev/test (and selection) scores of the checkpoint that was kept (the best on
     dev), not of the last step's weights, to ``report``."""
@@ -252,11 +264,12 @@ def _score_kept_checkpoint(
     best = AutoModelForSequenceClassification.from_pretrained(out).to(device).eval()
     forward = logits_of(best)
     for s, enc in evals.items():
-        report[s] = score(predict_logits(forward, enc, pad_id=pad), enc.labels)
+        report[s] = score(predict_logits(forward, enc, pad_id=pad), enc.labels, problem_type)
     if selection is not None:
+        logits = predict_logits(forward, selection, pad_id=pad)
         report["selection"] = {
             "examples": len(selection.labels),
-            **score(predict_logits(forward, selection, pad_id=pad), selection.labels),
+            **score(logits, selection.labels, problem_type),
         }
 
 

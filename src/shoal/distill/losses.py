@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from shoal.problems import MULTI, REGRESSION, SINGLE
+
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the real tokens.
@@ -43,14 +45,26 @@ def stacking_loss(
 
 
 def kd_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    problem_type: str = SINGLE,
 ) -> torch.Tensor:
-    """KL(teacher || student) of temperature-softened distributions, times T^2.
+    """The student's logits against the teacher's, by the head's problem type: KL(teacher ||
+    student) of temperature-softened softmaxes (single-label); the binary cross-entropy of
+    each label's softened sigmoid against the teacher's, averaged over labels (multi-label);
+    the squared error of the values (regression, where the temperature does not apply).
+    Softened terms are scaled by T^2 so their gradients keep their size.
 
     Shape:
         student_logits, teacher_logits: (B, C). Returns a scalar (batch mean).
     """
     t = temperature
+    if problem_type == REGRESSION:
+        return F.mse_loss(student_logits.float(), teacher_logits.float())
+    if problem_type == MULTI:
+        target = torch.sigmoid(teacher_logits.float() / t)
+        return F.binary_cross_entropy_with_logits(student_logits.float() / t, target) * t * t
     return (
         F.kl_div(
             F.log_softmax(student_logits / t, -1),
@@ -63,12 +77,19 @@ def kd_loss(
     )
 
 
-def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy with the gold labels.
+def label_loss(
+    logits: torch.Tensor, labels: torch.Tensor, problem_type: str = SINGLE
+) -> torch.Tensor:
+    """The gold labels' loss, as transformers computes it for each problem type: cross-entropy
+    (single-label), per-label binary cross-entropy (multi-label), squared error (regression).
 
     Shape:
-        logits: (B, C); labels: (B,) int64.
+        logits: (B, C); labels: (B,) int64 class ids, (B, C) 0/1 rows or (B,) values.
     """
+    if problem_type == REGRESSION:
+        return F.mse_loss(logits.float().squeeze(-1), labels.float())
+    if problem_type == MULTI:
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
     return F.cross_entropy(logits, labels)
 
 

@@ -20,12 +20,25 @@ from huggingface_hub import EvalResult, ModelCardData
 
 from shoal.errors import ModelError
 from shoal.models.cohort_folder import CONFIG_NAME, read_cohort
+from shoal.problems import MULTI, REGRESSION, SINGLE
 
 CARD_NAME = "README.md"
 KERNELS_NAME = "kernels.json"
 SPLITS = ("dev", "test")
-METRICS = ("accuracy", "f1")
-COLUMNS = {f"{s}_{m}": f"{s} {'F1' if m == 'f1' else m}" for s in SPLITS for m in METRICS}
+METRICS = {
+    SINGLE: ("accuracy", "f1"),
+    MULTI: ("micro_f1", "macro_f1", "accuracy"),
+    REGRESSION: ("pearson", "spearman"),
+}
+"""The prefix-table metrics a card shows, by the head's problem type."""
+NAMES = {"f1": "F1", "micro_f1": "micro-F1", "macro_f1": "macro-F1", "accuracy": "accuracy"}
+
+
+def columns(problem_type: str) -> dict[str, str]:
+    """Prefix-table keys and their headings for a head's problem type."""
+    return {f"{s}_{m}": f"{s} {NAMES.get(m, m)}" for s in SPLITS for m in METRICS[problem_type]}
+
+
 # the cohort's runtimes, by their key prefix in kernels.json's summary
 RUNTIMES = {
     "": "eager fp32",
@@ -44,7 +57,7 @@ python scripts/write_model_card.py {folder}
 ```"""
 
 
-def eval_results(meta: dict[str, Any]) -> list[EvalResult]:
+def eval_results(meta: dict[str, Any], problem_type: str = SINGLE) -> list[EvalResult]:
     """One result per (split, k, metric) of the stored prefix table, values as stored (0-1).
     huggingface_hub groups them into one model-index entry per split; metric names carry k."""
     data = str(meta.get("data", "unknown")).removeprefix("hf:")
@@ -60,7 +73,7 @@ def eval_results(meta: dict[str, Any]) -> list[EvalResult]:
         )
         for row in meta.get("prefix_accuracy", [])
         for split in SPLITS
-        for metric in METRICS
+        for metric in METRICS[problem_type]
         if row.get(f"{split}_{metric}") is not None
     ]
 
@@ -93,7 +106,7 @@ def model_card(
         tags=["shoal", "distillation", "ensemble", *([family] if family else [])],
         datasets=[data],
         model_name=name,
-        eval_results=eval_results(run) or None,
+        eval_results=eval_results(run, config.get("problem_type", SINGLE)) or None,
     )
     speed = _speed(kernels, config) or NOT_MEASURED.format(folder=folder, teacher=teacher)
     return f"---\n{card.to_yaml()}\n---\n\n" + _reflow(
@@ -120,7 +133,8 @@ def _prose(
     )
     if not layers and run.get("init"):
         layers = f"- The students start from the teacher layers of `--init {run['init']}`.\n"
-    table = "\n".join(_row(row) for row in run.get("prefix_accuracy", []))
+    cols = columns(config.get("problem_type", SINGLE))
+    table = "\n".join(_row(row, cols) for row in run.get("prefix_accuracy", []))
     return f"""\
 # {name}
 
@@ -134,8 +148,8 @@ students share the teacher's embeddings and classification head.
 {layers}
 ## Accuracy by k
 
-| k | {" | ".join(COLUMNS.values())} |
-| --- |{" --- |" * len(COLUMNS)}
+| k | {" | ".join(cols.values())} |
+| --- |{" --- |" * len(cols)}
 {table}
 
 ## Use it
@@ -189,9 +203,9 @@ def _s(n: int) -> str:
     return "" if n == 1 else "s"
 
 
-def _row(row: dict[str, Any]) -> str:
+def _row(row: dict[str, Any], cols: dict[str, str]) -> str:
     """One line of the prefix table, in percent; '-' where a split was not scored."""
-    cells = (f"{100 * row[c]:.2f}" if row.get(c) is not None else "-" for c in COLUMNS)
+    cells = (f"{100 * row[c]:.2f}" if row.get(c) is not None else "-" for c in cols)
     return f"| {row['k']} | " + " | ".join(cells) + " |"
 
 

@@ -61,6 +61,7 @@ class Objective:
         self.stack = self.imitates and config.w_stack > 0 and config.student_layers > 1
         self.logit_space = config.space == "logits"
         self.head = model.heads[k] if self.logit_space else model.head
+        self.problem_type = model.config.problem_type
 
     def imitation_target(self, idx: list[int], prev: torch.Tensor) -> torch.Tensor:
         """What the middle layer imitates: the teacher's intermediate states."""
@@ -95,9 +96,11 @@ class Objective:
         if config.w_rel > 0:
             loss = loss + config.w_rel * self._relations(idx, x, states, mask)
         if config.w_kd > 0:
-            loss = loss + config.w_kd * losses.kd_loss(logits, t_logits, config.temperature)
+            loss = loss + config.w_kd * losses.kd_loss(
+                logits, t_logits, config.temperature, self.problem_type
+            )
         if config.w_ce > 0:
-            loss = loss + config.w_ce * losses.label_loss(logits, b["labels"])
+            loss = loss + config.w_ce * losses.label_loss(logits, b["labels"], self.problem_type)
         return loss
 
     def _relations(

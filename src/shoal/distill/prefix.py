@@ -10,6 +10,7 @@ from shoal.devices import model_device
 from shoal.distill.ensemble import student_outputs
 from shoal.distill.evaluate import score
 from shoal.models.cohort import ShoalModel
+from shoal.problems import PRIMARY, disagreement, predict
 
 
 class PrefixEvaluator:
@@ -21,6 +22,9 @@ class PrefixEvaluator:
 
     def __init__(self, model: ShoalModel, enc: dict[str, Encoded], pad_id: int) -> None:
         self.model, self.pad_id = model, pad_id
+        self.problem_type = model.config.problem_type
+        self.metric = PRIMARY[self.problem_type]
+        """The metric ``dev_score`` returns: accuracy, micro-F1 or Pearson's r."""
         self.enc = {s: enc[s] for s in ("dev", "test") if s in enc}
         self.states: dict[str, list[torch.Tensor]] = {s: [] for s in self.enc}
 
@@ -39,49 +43,59 @@ class PrefixEvaluator:
 
     @torch.inference_mode()
     def dev_score(self, k: int) -> float:
-        """Dev accuracy of prefix k with student k as it is now (the students before it as
-        added); what a student's training selects its weights by."""
+        """Dev score of prefix k (``metric``) with student k as it is now (the students before
+        it as added); what a student's training selects its weights by."""
         if "dev" not in self.enc:
             raise ValueError("dev_score needs a dev split")
         dev = model_device(self.model)
         states = torch.stack([*self.states["dev"][:k], self._first_tokens(k, "dev")]).to(dev)
         logits = self.model.finish(self.model.students_sum(states, list(range(k + 1)), k + 1))
-        return score(logits.cpu(), self.enc["dev"].labels)["accuracy"]
+        return self._score(logits, "dev")[self.metric]
+
+    def _score(self, logits: torch.Tensor, split: str) -> dict[str, float]:
+        c = self.model.config
+        return score(logits.cpu(), self.enc[split].labels, self.problem_type, c.thresholds)
 
     @torch.inference_mode()
     def table(self) -> list[dict]:
-        """Accuracy (and F1) of every prefix of the students added so far."""
+        """The scores (``shoal.problems.metrics``) of every prefix of the students added so
+        far, as ``{split}_{metric}``."""
         self.model.eval()
         upto = min(len(v) for v in self.states.values()) if self.states else 0
         rows = [{"k": k} for k in range(1, upto + 1)]
         dev = model_device(self.model)
-        for split, data in self.enc.items():
+        for split in self.enc:
             states = torch.stack(self.states[split][:upto]).to(dev)  # (K, n, H)
             for k in range(1, upto + 1):
                 logits = self.model.finish(self.model.students_sum(states[:k], list(range(k)), k))
-                logits = logits.cpu()
-                for name, value in score(logits, data.labels).items():
+                for name, value in self._score(logits, split).items():
                     rows[k - 1][f"{split}_{name}"] = value
                 if split == "dev":
                     rows[k - 1]["dev_disagreement"] = self._disagreement(states, k)
         return rows
 
     def _disagreement(self, states: torch.Tensor, k: int) -> float | None:
-        """The fraction of dev examples on which student k, alone, predicts another label
-        than prefix k - 1 (0 for the first student): what averaging it in can change. None
-        for boosted cohorts, whose later students fit residuals and predict nothing alone."""
+        """The fraction of dev examples on which student k, alone, predicts another label (or
+        label set) than prefix k - 1 (0 for the first student): what averaging it in can
+        change. None for boosted cohorts, whose later students fit residuals and predict
+        nothing alone, and for regression."""
         m = self.model
-        if m.config.combine != "mean":
+        if m.config.combine != "mean" or self.problem_type == "regression":
             return None
         if k == 1:
             return 0.0
         alone = m.finish(m.alpha[k - 1].to(states.dtype) * states[k - 1])
         before = m.finish(m.students_sum(states[: k - 1], list(range(k - 1)), k - 1))
-        return (alone.argmax(-1) != before.argmax(-1)).float().mean().item()
+        t, c = self.problem_type, m.config.thresholds
+        return disagreement(
+            predict(alone.float().cpu().numpy(), t, c),
+            predict(before.float().cpu().numpy(), t, c),
+            t,
+        )
 
 
-def print_table(table: list[dict]) -> None:
-    keys = [c for c in ("dev_accuracy", "test_accuracy", "test_f1") if c in table[0]]
+def print_table(table: list[dict], metric: str = "accuracy") -> None:
+    keys = [c for c in (f"dev_{metric}", f"test_{metric}", "test_f1") if c in table[0]]
     tqdm.write("  k  " + "  ".join(f"{c:>14}" for c in keys))
     for row in table:
         tqdm.write(f"{row['k']:>3}  " + "  ".join(f"{100 * row[c]:>14.2f}" for c in keys))

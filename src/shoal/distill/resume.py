@@ -18,6 +18,7 @@ from shoal.distill.prefix import print_table
 from shoal.distill.trainer import Checkpoint
 from shoal.errors import ConfigError
 from shoal.models.cohort import ShoalModel
+from shoal.problems import PRIMARY
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def save_checkpoint(
     out: Path, model: ShoalModel, table: list[dict], seconds: list[float], **progress
 ) -> None:
     """Print the prefix table and save what ``resume`` needs to continue from here."""
-    print_table(table)
+    print_table(table, PRIMARY[model.config.problem_type])
     torch.save(
         {"state": model.state_dict(), "table": table, "seconds": seconds, **progress},
         out / "checkpoints" / "latest.pt",

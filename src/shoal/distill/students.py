@@ -172,9 +172,13 @@ def train_jointly(
                 term = config.w_res * losses.residual_loss(b_k, teacher_states, mask)
                 logits = model.head(b_k[:, 0])
             if config.w_kd > 0:
-                term = term + config.w_kd * losses.kd_loss(logits, t_logits, config.temperature)
+                term = term + config.w_kd * losses.kd_loss(
+                    logits, t_logits, config.temperature, model.config.problem_type
+                )
             if config.w_ce > 0:
-                term = term + config.w_ce * losses.label_loss(logits, b["labels"])
+                term = term + config.w_ce * losses.label_loss(
+                    logits, b["labels"], model.config.problem_type
+                )
             loss = loss + term / n
         return loss
 

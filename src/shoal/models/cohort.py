@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from shoal import problems
 from shoal.errors import ConfigError, ModelError
 from shoal.models.cohort_folder import (
     CONFIG_NAME,
@@ -69,6 +70,12 @@ class ShoalConfig:
     num_labels: int = 2
     id2label: dict[str, str] = field(default_factory=dict)
     """Label names by class id (string keys, as in Hugging Face configs)."""
+    problem_type: str = "single_label_classification"
+    """What the head computes (``shoal.problems``): 'single_label_classification' (softmax),
+    'multi_label_classification' (a sigmoid per label) or 'regression' (the raw value), as
+    the teacher's config says."""
+    thresholds: list[float] | None = None
+    """Multi-label only: the probability at which each label is predicted (None: 0.5)."""
     n_students: int = 4
     """Students in the cohort (N)."""
     student_layers: int = 2
@@ -96,6 +103,15 @@ class ShoalConfig:
                 raise ConfigError(f"activation {name!r} is not one of {', '.join(ACTIVATIONS)}")
         if self.combine not in ("sum", "mean"):
             raise ConfigError(f"combine={self.combine!r} must be 'sum' or 'mean'")
+        problems.check(self.problem_type, self.num_labels)
+        if self.thresholds is not None and (
+            self.problem_type != problems.MULTI or len(self.thresholds) != self.num_labels
+        ):
+            raise ConfigError(
+                f"thresholds are one probability per label of a {problems.MULTI} head; this "
+                f"{self.problem_type} head has {self.num_labels} labels and "
+                f"{len(self.thresholds)} thresholds"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"hidden_size={self.hidden_size} is not a multiple of "
@@ -395,6 +411,7 @@ class ShoalModel(nn.Module):
             head_activation=family.head_activation,
             num_labels=tc.num_labels,
             id2label={str(i): str(v) for i, v in tc.id2label.items()},
+            problem_type=problems.of_config(tc),
             n_students=n_students,
             student_layers=student_layers,
             head_per_student=head_per_student,

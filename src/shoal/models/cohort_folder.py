@@ -119,10 +119,13 @@ def label_names(config: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     return [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(n)]
 
 
-def prefix_accuracy(meta: dict[str, Any], n_students: int, split: str) -> tuple[float, ...]:
-    """Stored accuracy of each prefix k = 1..N on ``split``; () if any is missing."""
+def prefix_accuracy(
+    meta: dict[str, Any], n_students: int, split: str, metric: str = "accuracy"
+) -> tuple[float, ...]:
+    """Stored score (``metric``: the task's, ``shoal.problems.PRIMARY``) of each prefix
+    k = 1..N on ``split``; () if any is missing."""
     rows = {
-        int(r["k"]): r.get(f"{split}_accuracy")
+        int(r["k"]): r.get(f"{split}_{metric}")
         for r in meta.get("prefix_accuracy", [])
         if isinstance(r, dict) and "k" in r
     }

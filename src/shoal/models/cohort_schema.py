@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from shoal.errors import ModelError
+from shoal.errors import ConfigError, ModelError
+from shoal.problems import MULTI, PROBLEM_TYPES
+from shoal.problems import check as check_problem
 from shoal.types import token_limit
 
 MAX_VOCAB = 1 << 20
@@ -179,6 +181,19 @@ CONFIG_FIELDS: dict[str, Field] = {
         "label names by class id",
         {},
     ),
+    "problem_type": Field(
+        choice(PROBLEM_TYPES), "what the head computes", "single_label_classification"
+    ),
+    "thresholds": Field(
+        Rule(
+            "a list of probabilities (0 to 1), one per label, or null",
+            lambda v: (
+                v is None or (isinstance(v, list) and all(_is_number(x) and 0 <= x <= 1 for x in v))
+            ),
+        ),
+        "the probability at which each label of a multi-label head is predicted",
+        None,
+    ),
     "n_students": Field(integer(1, MAX_STUDENTS), "students in the cohort", 4),
     "student_layers": Field(integer(1, MAX_LAYERS), "transformer layers per student", 2),
     "dropout": Field(number(0, 1, below=True), "the training dropout", 0.1),
@@ -207,9 +222,15 @@ commit, data, method, train_seconds, init_layers) are kept as written."""
 
 PREFIX_K = Field(integer(1, MAX_STUDENTS), "the number of students of the prefix", required=True)
 SCORE_SUFFIXES = ("_accuracy", "_f1", "_disagreement")
-"""Prefix-table columns that hold scores (``dev_accuracy``, ``test_f1``, ...); the table's other
-columns are kept as written."""
+"""Prefix-table columns that hold scores (``dev_accuracy``, ``test_micro_f1``, ...); the table's
+other columns are kept as written."""
 PREFIX_SCORE = Field(_or_null(number(0, 1), True), "a stored score of the prefix, a fraction")
+CORRELATION_SUFFIXES = ("_pearson", "_spearman")
+PREFIX_CORRELATION = Field(_or_null(number(-1, 1), True), "a stored correlation of the prefix")
+ERROR_SUFFIXES = ("_mse",)
+PREFIX_ERROR = Field(
+    _or_null(number(0, math.inf, below=True), True), "a stored mean squared error of the prefix"
+)
 
 
 def show(value: Any, limit: int = 60) -> str:
@@ -299,6 +320,23 @@ def check_config(config: Mapping[str, Any], file: Path) -> dict[str, Any]:
             "label names by class id",
             CONFIG_FIX,
         )
+    try:
+        check_problem(c["problem_type"], c["num_labels"])
+    except ConfigError as e:
+        _fail(
+            file, "problem_type", c["problem_type"], f"one that fits num_labels={c['num_labels']}",
+            str(e), CONFIG_FIX,
+        )  # fmt: skip
+    t = c["thresholds"]
+    if t is not None and (c["problem_type"] != MULTI or len(t) != c["num_labels"]):
+        _fail(
+            file,
+            "thresholds",
+            t,
+            f"null, or one per label ({c['num_labels']}) of a {MULTI} head",
+            "the probability at which each label is predicted",
+            CONFIG_FIX,
+        )
     return c
 
 
@@ -313,7 +351,15 @@ def check_meta(meta: Mapping[str, Any], file: Path) -> None:
     for i, row in enumerate(meta.get("prefix_accuracy") or []):
         where = f"prefix_accuracy[{i}]."
         _check_fields(row, {"k": PREFIX_K}, file, META_FIX, where)
-        scores = {name: PREFIX_SCORE for name in row if name.endswith(SCORE_SUFFIXES)}
+        scores = {
+            name: PREFIX_SCORE
+            if name.endswith(SCORE_SUFFIXES)
+            else PREFIX_CORRELATION
+            if name.endswith(CORRELATION_SUFFIXES)
+            else PREFIX_ERROR
+            for name in row
+            if name.endswith(SCORE_SUFFIXES + CORRELATION_SUFFIXES + ERROR_SUFFIXES)
+        }
         _check_fields(row, scores, file, META_FIX, where)
         if row["k"] in seen:
             _fail(file, where + "k", row["k"], "unique", "one row per prefix", META_FIX)

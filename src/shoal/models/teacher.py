@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shoal import problems
 from shoal.errors import ModelError
 
 if TYPE_CHECKING:
@@ -73,37 +74,60 @@ def _refuse_cohort(folder: Path) -> None:
     )
 
 
-def load_teacher(
-    name_or_path: str | Path,
-    num_labels: int | None = None,
-    *,
-    id2label: dict[int, str] | None = None,
-):
-    """Load a checkpoint and its tokenizer as (model, tokenizer).
+def _config(name_or_path: str | Path):
+    """The transformers config of a checkpoint, and whether it is a fine-tuned classifier."""
+    from transformers import AutoConfig
 
-    A plain encoder (e.g. a sentence-embedding model) gets a fresh classification head with
-    ``num_labels`` outputs; a fine-tuned classifier keeps its own head and must agree with
-    ``num_labels`` when that is given.
-    """
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    path = resolve(name_or_path)
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(resolve(name_or_path))
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load a model config from {name_or_path!r}: {e}") from None
     fine_tuned = bool(getattr(config, "architectures", None)) and any(
         a.endswith("ForSequenceClassification") for a in config.architectures
     )
+    return config, fine_tuned
+
+
+def problem_type_of(name_or_path: str | Path) -> str:
+    """What a checkpoint's head computes (``shoal.problems``); a plain encoder, which has no
+    head yet, is single-label."""
+    config, fine_tuned = _config(name_or_path)
+    return problems.of_config(config) if fine_tuned else problems.SINGLE
+
+
+def load_teacher(
+    name_or_path: str | Path,
+    num_labels: int | None = None,
+    *,
+    id2label: dict[int, str] | None = None,
+    problem_type: str | None = None,
+):
+    """Load a checkpoint and its tokenizer as (model, tokenizer).
+
+    A plain encoder (e.g. a sentence-embedding model) gets a fresh classification head with
+    ``num_labels`` outputs (of ``problem_type``, when given); a fine-tuned classifier keeps
+    its own head and must agree with ``num_labels`` and ``problem_type`` when they are given.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = resolve(name_or_path)
+    config, fine_tuned = _config(name_or_path)
     if fine_tuned and num_labels is not None and config.num_labels != num_labels:
         raise ModelError(
             f"{name_or_path} classifies into {config.num_labels} labels but the "
             f"data has {num_labels}; use a teacher fine-tuned on this task"
         )
-    kwargs = {}
+    if fine_tuned and problem_type is not None and problems.of_config(config) != problem_type:
+        raise ModelError(
+            f"{name_or_path} is a {problems.of_config(config)} model, not {problem_type}; "
+            "leave the problem type out, or start from a model without a head"
+        )
+    kwargs: dict = {}
     if not fine_tuned and num_labels is not None:
         kwargs["num_labels"] = num_labels
+        if problem_type is not None:
+            kwargs["problem_type"] = problems.check(problem_type, num_labels)
         if id2label:
             kwargs["id2label"] = id2label
             kwargs["label2id"] = {v: k for k, v in id2label.items()}

@@ -29,13 +29,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from shoal.problems import apply
 from shoal.serve.batch import Batch, encoded
 from shoal.serve.buffer import Item
 from shoal.serve.costmodel import CostModel
 from shoal.serve.encoder import TokenizedInput
 from shoal.serve.errors import BackendError, DeadlineExceeded, Draining
 from shoal.serve.failures import Failures
-from shoal.serve.results import BatchRecord, Prediction, softmax
+from shoal.serve.results import BatchRecord, Prediction
 from shoal.serve.runtime.selfcheck import non_finite, shape_problem
 from shoal.serve.scheduler import Plan, Scheduler
 
@@ -64,7 +65,7 @@ class BadLogits(BackendError):
 
 @dataclass(frozen=True)
 class BatchOutput:
-    """One executed batch: logits and softmax probabilities, a row per item (same order)."""
+    """One executed batch: logits and scores, a row per item (same order)."""
 
     logits: list[list[float]]
     probs: list[list[float]]
@@ -109,10 +110,14 @@ class Engine:
         default_deadline_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         self_check: Callable[[], None] | None = None,
+        score_function: str = "softmax",
     ) -> None:
         """``self_check``: blocking, raises when the model fails its probe (run in the
-        execute thread while the engine is failing); None: only batches end a failure streak."""
+        execute thread while the engine is failing); None: only batches end a failure streak.
+        ``score_function``: what turns the head's logits into scores ('softmax', 'sigmoid'
+        or 'none', ``shoal.problems.FUNCTIONS``)."""
         self.runner = runner
+        self.score_function = score_function
         self.self_check = self_check
         self.scheduler = scheduler
         self.pad_id = pad_id
@@ -316,7 +321,7 @@ class Engine:
         return output, self.clock() - start
 
     def _run_batch(self, plan: Plan) -> BatchOutput:
-        # Worker thread: build the padded (B, L) batch, run it, softmax.
+        # Worker thread: build the padded (B, L) batch, run it, score it.
         batch = Batch.from_items(plan.items, plan.padded_length, self.pad_id, k=plan.k)
         logits = np.asarray(self.runner.run_batch(batch), dtype=np.float32)  # (B, C)
         problem = shape_problem(logits, len(plan.items))
@@ -325,8 +330,8 @@ class Engine:
         finite = np.asarray(np.isfinite(logits).all(axis=1))  # (B,)
         bad = tuple(int(i) for i in np.flatnonzero(~finite))
         what = non_finite(logits[~finite]) if bad else ""
-        # softmax of the bad rows is never read; zeros keep it free of warnings
-        probs = softmax(np.where(finite[:, None], logits, 0.0)).tolist()
+        # the scores of the bad rows are never read; zeros keep them free of warnings
+        probs = apply(self.score_function, np.where(finite[:, None], logits, 0.0)).tolist()
         return BatchOutput(logits.tolist(), probs, bad, what)
 
     def _update(self, plan: Plan, result: BatchOutput | Exception, seconds: float) -> None:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 
 @dataclass(frozen=True)
 class Prediction:
-    """The answer to one input. ``scores`` are softmax probabilities by class id."""
+    """The answer to one input. ``scores`` by class id are the head's (the engine's score
+    function of the logits: softmax probabilities, per-label sigmoids, or the values)."""
 
     label_id: int
     scores: tuple[float, ...]
@@ -41,9 +40,3 @@ class BatchRecord:
     def padded_tokens(self) -> int:
         """Positions computed: ``size * padded_length``."""
         return self.size * self.padded_length
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Probabilities over the last axis, computed stably (the row maximum subtracted first)."""
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)

@@ -20,6 +20,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
+from shoal import problems
 from shoal.errors import ConfigError, ModelError, ShoalError
 from shoal.flags import field_docs
 from shoal.models.cohort_folder import label_names, load_tokenizer, prefix_accuracy, read_cohort
@@ -34,15 +35,18 @@ __all__ = ["API_KEY_ENV", "ServeConfig", "build_app", "main", "resolve_api_key",
 # ------------------------------------------------------------------------------ wiring
 
 
-def policy_config(config: ServeConfig, n_students: int, meta: dict[str, Any]) -> Any:
-    """``PolicyConfig`` from the flags and the cohort's stored prefix accuracy."""
+def policy_config(
+    config: ServeConfig, n_students: int, meta: dict[str, Any], metric: str = "accuracy"
+) -> Any:
+    """``PolicyConfig`` from the flags and the cohort's stored score per prefix, in the task's
+    ``metric`` (accuracy; micro-F1 for multi-label heads, Pearson's r for regression)."""
     from shoal.serve.policy import PolicyConfig
 
-    acc = prefix_accuracy(meta, n_students, config.accuracy_split)
+    acc = prefix_accuracy(meta, n_students, config.accuracy_split, metric)
     if config.max_accuracy_drop is not None and not acc:
         raise ConfigError(
             f"max_accuracy_drop={config.max_accuracy_drop} needs the cohort's "
-            f"{config.accuracy_split} accuracy for every prefix, which shoal_meta.json lacks; "
+            f"{config.accuracy_split} {metric} for every prefix, which shoal_meta.json lacks; "
             "use --floor-k instead or re-run `shoal distill` with dev data"
         )
     if config.floor_k > n_students:
@@ -109,7 +113,8 @@ def build_app(
     model_cfg, meta = read_cohort(cohort_dir)
     n = int(model_cfg["n_students"])
     max_length = served_max_length(config, model_cfg, meta)
-    policy = policy_config(config, n, meta)
+    problem_type = model_cfg["problem_type"]
+    policy = policy_config(config, n, meta, problems.PRIMARY[problem_type])
     tokenizer = load_tokenizer(cohort_dir)
     encoder = TextEncoder(
         tokenizer, max_length, truncate=config.truncate, max_chars=config.max_input_chars
@@ -146,10 +151,12 @@ def build_app(
         pad_id=encoder.pad_id,
         default_deadline_s=None if config.deadline_ms is None else config.deadline_ms / 1e3,
         self_check=lambda: check(runner),
+        score_function=problems.FUNCTIONS[problem_type],
     )
     info = ServiceInfo(
         model_id=Path(cohort_dir).name or str(cohort_dir),
         labels=labels,
+        problem_type=problem_type,
         n_students=n,
         student_layers=int(model_cfg.get("student_layers", 2)),
         prefix_accuracy=list(meta.get("prefix_accuracy", [])),

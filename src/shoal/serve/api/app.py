@@ -35,6 +35,8 @@ class ServiceInfo:
     """Name shown in ``/info`` and answers (the cohort folder)."""
     labels: list[str]
     """Label names by class id."""
+    problem_type: str = "single_label_classification"
+    """What the head computes (``shoal.problems``); its score function is the default."""
     n_students: int
     student_layers: int
     prefix_accuracy: list[dict[str, Any]] = field(default_factory=list)

@@ -13,14 +13,15 @@ which bounds what a body costs the event loop before FastAPI parses it (``bounde
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from shoal.problems import FUNCTIONS, apply
 from shoal.serve.api.bounded import BoundedBodyRoute
 from shoal.serve.api.compat import (
     AnyClassifyRequest,
@@ -140,7 +141,7 @@ async def _answer(
     """Ranked labels per input, and whether the request was a batch."""
     try:
         inputs, batched = parse_predict_inputs(body.inputs)
-        function = _function(body)
+        function = _function(body, FUNCTIONS[ctx.info.problem_type])
     except ValueError as e:
         raise ApiError(422, "validation", str(e)) from None
     preds = await infer(
@@ -153,7 +154,8 @@ async def _answer(
         deadline_ms=body.deadline_ms,
     )
     top_k = body.parameters.top_k if body.parameters else None
-    return [_ranked(p, ctx.info.labels, function, top_k) for p in preds], batched
+    default = FUNCTIONS[ctx.info.problem_type]
+    return [_ranked(p, ctx.info.labels, function, default, top_k) for p in preds], batched
 
 
 @router.post(
@@ -308,6 +310,7 @@ async def get_info(ctx: Context) -> Any:
         "format": "shoal-cohort",
         "version": VERSION,
         "labels": info.labels,
+        "problem_type": info.problem_type,
         "n_students": info.n_students,
         "student_layers": info.student_layers,
         "current_k": engine.current_k,
@@ -330,30 +333,33 @@ async def get_metrics(ctx: Context) -> Response:
 # ------------------------------------------------------------------------------ helpers
 
 
-def _function(body: PredictRequest) -> str:
-    """The score function asked for: 'softmax', 'sigmoid' or 'none' (logits)."""
+def _function(body: PredictRequest, default: str) -> str:
+    """The score function asked for: 'softmax', 'sigmoid' or 'none' (logits); ``default``
+    (the head's own) when none is."""
     asked = body.parameters.function_to_apply if body.parameters else None
     if body.raw_scores and asked not in (None, "none"):
         raise ValueError(
             f"raw_scores=true asks for logits but parameters.function_to_apply={asked!r} "
             "asks for another function; send one of the two"
         )
-    return "none" if body.raw_scores else (asked or "softmax")
+    return "none" if body.raw_scores else (asked or default)
 
 
-def _scores(p: Prediction, function: str) -> Sequence[float]:
+def _scores(p: Prediction, function: str, default: str) -> Sequence[float]:
+    """The prediction's scores under ``function`` (the engine computed ``default``'s)."""
+    if function == default:
+        return p.scores
     if function == "none":
         return p.logits
-    if function == "sigmoid":
-        return [1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0 for x in p.logits]
-    return p.scores
+    with np.errstate(over="ignore"):  # sigmoid of a very negative logit: 0
+        return apply(function, np.asarray(p.logits, dtype=np.float64)).tolist()
 
 
 def _ranked(
-    p: Prediction, labels: list[str], function: str, top_k: int | None
+    p: Prediction, labels: list[str], function: str, default: str, top_k: int | None
 ) -> list[dict[str, Any]]:
     """``{label, score}`` by falling score, the first ``top_k`` (all when None)."""
-    values = _scores(p, function)
+    values = _scores(p, function, default)
     order = sorted(range(len(values)), key=lambda i: -values[i])[:top_k]
     return [{"label": labels[i], "score": values[i]} for i in order]
 

@@ -42,8 +42,9 @@ class PredictParameters(_Body):
     top_k: int | None = Field(None, ge=1, description="Return only the k best labels.")
     function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
         None,
-        description="Scores as softmax probabilities (the default), per-label sigmoids of the "
-        "logits, or the logits themselves ('none').",
+        description="Scores as softmax probabilities, per-label sigmoids of the "
+        "logits, or the logits themselves ('none'); unset: the head's own (softmax for a "
+        "single-label head, sigmoid for a multi-label one, none for regression).",
     )
 
 
@@ -166,6 +167,11 @@ class Info(BaseModel):
     format: str = Field(description="shoal-cohort")
     version: str
     labels: list[str]
+    problem_type: str = Field(
+        description="What the head computes: single_label_classification (softmax scores, "
+        "the default), multi_label_classification (a sigmoid per label) or regression (the "
+        "value)."
+    )
     n_students: int
     student_layers: int
     current_k: int
