@@ -102,7 +102,9 @@ def parse_label(raw: str, problem_type: str, where: str) -> Label:
             f"{REGRESSION})"
         ) from None
     if label < 0:
-        raise DataError(f"{where}: label {label} is outside 0..num_labels-1 (class ids count from 0)")
+        raise DataError(
+            f"{where}: label {label} is outside 0..num_labels-1 (class ids count from 0)"
+        )
     return label
 
 
