@@ -44,8 +44,16 @@ def make_tokenizer(folder: Path, extra: int = 0):
     return BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
 
 
-def make_teacher(folder: Path, *, num_labels: int = 2, layers: int = 2, seed: int = 0):
-    """Save a tiny random BertForSequenceClassification (hidden 32) with its tokenizer."""
+def make_teacher(
+    folder: Path,
+    *,
+    num_labels: int = 2,
+    layers: int = 2,
+    seed: int = 0,
+    problem_type: str | None = None,
+):
+    """Save a tiny random BertForSequenceClassification (hidden 32) with its tokenizer; its
+    config's ``problem_type`` when given."""
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
@@ -60,6 +68,7 @@ def make_teacher(folder: Path, *, num_labels: int = 2, layers: int = 2, seed: in
         num_labels=num_labels,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
+        problem_type=problem_type,
     )
     model = BertForSequenceClassification(config).eval()
     model.save_pretrained(folder)
@@ -89,6 +98,34 @@ def write_tsv_folder(folder: Path, sizes=(200, 60, 60), pair: bool = False) -> P
     header = "sentence1\tsentence2\tlabel" if pair else "sentence\tlabel"
     for i, (split, n) in enumerate(zip(("train", "dev", "test"), sizes)):
         lines = [header] + ["\t".join(map(str, r)) for r in synthetic_rows(n, seed=i, pair=pair)]
+        (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+NEGATIVE = {"bad", "awful", "poor", "sad"}
+
+
+def problem_label(words: list[str], problem_type: str) -> str:
+    """A synthetic label cell: multi-label ``0,2`` (0: a positive word, 1: a negative word,
+    2: 'movie' or 'film'), or a regression value (positive minus negative words, per word)."""
+    if problem_type == "multi_label_classification":
+        ids = [
+            i for i, hit in enumerate((POSITIVE, NEGATIVE, {"movie", "film"})) if hit & set(words)
+        ]
+        return ",".join(map(str, ids))
+    pos, neg = sum(w in POSITIVE for w in words), sum(w in NEGATIVE for w in words)
+    return f"{(pos - neg) / len(words):.4f}"
+
+
+def write_problem_folder(folder: Path, problem_type: str, sizes=(200, 60, 60)) -> Path:
+    """train/dev/test TSVs of random word strings labelled by ``problem_label``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (split, n) in enumerate(zip(("train", "dev", "test"), sizes)):
+        rng = random.Random(i)
+        lines = ["sentence\tlabel"]
+        for _ in range(n):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(2, 12))]
+            lines.append(f"{' '.join(words)}\t{problem_label(words, problem_type)}")
         (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
     return folder
 

@@ -219,6 +219,32 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return (sums / counts)[inverse] if len(values) < len(x) else ranks
 
 
+THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
+"""The probabilities ``fit_thresholds`` tries per label: 0.05, 0.10, ..., 0.95."""
+
+
+def fit_thresholds(logits: np.ndarray, labels: Sequence[Label]) -> list[float]:
+    """Per label of a multi-label head, the probability threshold (of ``THRESHOLD_GRID``) with
+    the best F1 on these examples (dev), the one nearest 0.5 among equals; 0.5 for a label no
+    example has, or none misses."""
+    probs = apply("sigmoid", np.asarray(logits, dtype=np.float64))
+    gold = np.asarray(labels, dtype=np.int64).reshape(probs.shape).astype(bool)
+    grid = sorted(THRESHOLD_GRID, key=lambda t: abs(t - 0.5))
+    out = []
+    for j in range(probs.shape[1]):
+        if gold[:, j].all() or not gold[:, j].any():
+            out.append(0.5)
+            continue
+
+        def f1(t: float, j: int = j) -> float:
+            pred = probs[:, j] >= t
+            tp = int((pred & gold[:, j]).sum())
+            return 2 * tp / (int(pred.sum()) + int(gold[:, j].sum()))
+
+        out.append(max(grid, key=f1))  # max keeps the first best: the nearest 0.5
+    return out
+
+
 def disagreement(a: np.ndarray, b: np.ndarray, problem_type: str) -> float | None:
     """The share of rows on which two models' predictions (``predict``) differ; None for
     regression, whose predictions always differ a little."""

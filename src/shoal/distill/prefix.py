@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from tqdm.auto import tqdm
 
@@ -10,7 +12,7 @@ from shoal.devices import model_device
 from shoal.distill.ensemble import student_outputs
 from shoal.distill.evaluate import score
 from shoal.models.cohort import ShoalModel
-from shoal.problems import PRIMARY, disagreement, predict
+from shoal.problems import MULTI, PRIMARY, disagreement, fit_thresholds, predict
 
 
 class PrefixEvaluator:
@@ -59,11 +61,18 @@ class PrefixEvaluator:
     @torch.inference_mode()
     def table(self) -> list[dict]:
         """The scores (``shoal.problems.metrics``) of every prefix of the students added so
-        far, as ``{split}_{metric}``."""
+        far, as ``{split}_{metric}``. A multi-label cohort's thresholds are fitted first, on
+        dev, to the whole cohort so far (``shoal.problems.fit_thresholds``), and kept in its
+        config: every prefix and split is scored with them, as the server predicts."""
         self.model.eval()
         upto = min(len(v) for v in self.states.values()) if self.states else 0
         rows = [{"k": k} for k in range(1, upto + 1)]
         dev = model_device(self.model)
+        if self.problem_type == MULTI and "dev" in self.enc and upto:
+            states = torch.stack(self.states["dev"][:upto]).to(dev)
+            logits = self.model.finish(self.model.students_sum(states, list(range(upto)), upto))
+            fitted = fit_thresholds(logits.float().cpu().numpy(), self.enc["dev"].labels)
+            self.model.config = dataclasses.replace(self.model.config, thresholds=fitted)
         for split in self.enc:
             states = torch.stack(self.states[split][:upto]).to(dev)  # (K, n, H)
             for k in range(1, upto + 1):

@@ -157,6 +157,7 @@ def build_app(
         model_id=Path(cohort_dir).name or str(cohort_dir),
         labels=labels,
         problem_type=problem_type,
+        thresholds=model_cfg.get("thresholds"),
         n_students=n,
         student_layers=int(model_cfg.get("student_layers", 2)),
         prefix_accuracy=list(meta.get("prefix_accuracy", [])),
@@ -288,7 +289,8 @@ def _uvicorn_server(app: Any, config: ServeConfig) -> Any:
 
 
 def serve_command(cohort_dir: str | Path, **options: Any) -> None:
-    """Serve a cohort over HTTP until SIGTERM/Ctrl-C (``shoal serve COHORT_DIR --flags``).
+    """Serve a cohort over HTTP until SIGTERM/Ctrl-C (``shoal serve COHORT_DIR --flags``);
+    a fine-tuned Hugging Face classifier folder is served whole (``models.whole_teacher``).
 
     Args:
         options: ``ServeConfig`` fields.
@@ -310,8 +312,11 @@ def serve_command(cohort_dir: str | Path, **options: Any) -> None:
     warning = fd_limit_warning(config.max_connections, config.workers)
     if warning:
         log.warning(warning)
-    app = build_app(cohort_dir, config)
-    _uvicorn_server(app, config).run()
+    from shoal.models.whole_teacher import served_folder
+
+    with served_folder(cohort_dir) as folder:  # a classifier folder: its one-student cohort
+        app = build_app(folder, config)
+        _uvicorn_server(app, config).run()
 
 
 def _add_flags(p: argparse._ActionsContainer, cls: type) -> None:
@@ -346,7 +351,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m shoal.serve.server", description="Serve a Shoal cohort over HTTP."
     )
-    p.add_argument("cohort_dir", help="Folder written by `shoal distill`.")
+    p.add_argument(
+        "cohort_dir",
+        help="Folder written by `shoal distill`, or a fine-tuned Hugging Face classifier "
+        "folder, served whole (one student of its full depth, nothing to prune).",
+    )
     _add_flags(p, ServeConfig)
     _add_flags(
         p.add_argument_group(
@@ -391,6 +400,13 @@ def ray_command(cohort_dir: str, ray_config: Any, **options: Any) -> None:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from shoal.models.whole_teacher import is_classifier
+
+    if is_classifier(cohort_dir):
+        raise ConfigError(
+            f"{cohort_dir} is a Hugging Face classifier; --ray serves cohort folders. Serve "
+            "it on one host (shoal serve without --ray), or distil it first (shoal distill)"
+        )
     read_cohort(cohort_dir)
     from shoal.serve.cluster import launch
 

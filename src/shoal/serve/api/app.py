@@ -37,6 +37,8 @@ class ServiceInfo:
     """Label names by class id."""
     problem_type: str = "single_label_classification"
     """What the head computes (``shoal.problems``); its score function is the default."""
+    thresholds: list[float] | None = None
+    """A multi-label head's probability threshold per label (0.5 each when None)."""
     n_students: int
     student_layers: int
     prefix_accuracy: list[dict[str, Any]] = field(default_factory=list)

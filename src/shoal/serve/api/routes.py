@@ -21,7 +21,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from shoal.problems import FUNCTIONS, apply
+from shoal.problems import FUNCTIONS, MULTI, apply
 from shoal.serve.api.bounded import BoundedBodyRoute
 from shoal.serve.api.compat import (
     AnyClassifyRequest,
@@ -228,17 +228,7 @@ async def classify(body: AnyClassifyRequest, request: Request, ctx: Context) -> 
             "students_used": timing.students_used,
             "queue_time_ms": timing.queue_s * 1e3,
             "inference_time_ms": timing.inference_s * 1e3,
-            "results": [
-                {
-                    "label": info.labels[p.label_id],
-                    "label_id": p.label_id,
-                    "scores": dict(zip(info.labels, p.scores, strict=True)),
-                    "logits": list(p.logits),
-                    "students_used": p.k,
-                    "truncated": p.truncated,
-                }
-                for p in preds
-            ],
+            "results": [_classified(p, info) for p in preds],
         }
     )
 
@@ -311,6 +301,7 @@ async def get_info(ctx: Context) -> Any:
         "version": VERSION,
         "labels": info.labels,
         "problem_type": info.problem_type,
+        "thresholds": info.thresholds,
         "n_students": info.n_students,
         "student_layers": info.student_layers,
         "current_k": engine.current_k,
@@ -353,6 +344,22 @@ def _scores(p: Prediction, function: str, default: str) -> Sequence[float]:
         return p.logits
     with np.errstate(over="ignore"):  # sigmoid of a very negative logit: 0
         return apply(function, np.asarray(p.logits, dtype=np.float64)).tolist()
+
+
+def _classified(p: Prediction, info: ServiceInfo) -> dict[str, Any]:
+    """One text's entry of Shoal's classify answer."""
+    out: dict[str, Any] = {"label": info.labels[p.label_id], "label_id": p.label_id}
+    if info.problem_type == MULTI:
+        thresholds = info.thresholds or [0.5] * len(info.labels)
+        fired = [i for i, (s, t) in enumerate(zip(p.scores, thresholds, strict=True)) if s >= t]
+        out["labels"] = [info.labels[i] for i in sorted(fired, key=lambda i: -p.scores[i])]
+    out.update(
+        scores=dict(zip(info.labels, p.scores, strict=True)),
+        logits=list(p.logits),
+        students_used=p.k,
+        truncated=p.truncated,
+    )
+    return out
 
 
 def _ranked(

@@ -115,9 +115,17 @@ class ClassifyRequest(_Body):
 class ClassifyResult(BaseModel):
     """The answer for one text."""
 
-    label: str
+    label: str = Field(description="The best-scoring label.")
     label_id: int
-    scores: dict[str, float] = Field(description="Probability of every label.")
+    labels: list[str] | None = Field(
+        None,
+        description="Multi-label heads: every label whose probability reaches its threshold "
+        "(the cohort's, in /info), best first; absent for other heads.",
+    )
+    scores: dict[str, float] = Field(
+        description="Every label's score: softmax probability, sigmoid probability "
+        "(multi-label) or the value (regression)."
+    )
     logits: list[float]
     students_used: int
     truncated: bool
@@ -171,6 +179,11 @@ class Info(BaseModel):
         description="What the head computes: single_label_classification (softmax scores, "
         "the default), multi_label_classification (a sigmoid per label) or regression (the "
         "value)."
+    )
+    thresholds: list[float] | None = Field(
+        None,
+        description="Multi-label heads: the probability at which each label counts as "
+        "predicted, fitted on dev when the cohort was distilled (null: 0.5 each).",
     )
     n_students: int
     student_layers: int
