@@ -48,18 +48,34 @@ def points(x: float | None) -> float | None:
     return None if x is None else round(100 * x, 2)
 
 
+OTHER_METRICS = ("micro_f1", "macro_f1", "pearson", "spearman", "mse")
+"""Metrics of multi-label and regression heads (``shoal.problems``), recorded beside accuracy
+and F1 where a table has them: the F1s in points, correlations and the MSE as they are."""
+
+
+def metric_value(name: str, x: float | None) -> float | None:
+    if name.endswith("f1"):
+        return points(x)
+    return None if x is None else round(x, 4)
+
+
 def teacher_entry(report_path: Path) -> dict[str, Any]:
     raw = json.loads(report_path.read_text())
     report = raw.get("report", raw)
-    return {
-        "test_accuracy": points(report["test"]["accuracy"]),
+    entry: dict[str, Any] = {
+        "test_accuracy": points(report["test"].get("accuracy")),
         "test_f1": points(report["test"].get("f1")),
-        "dev_accuracy": points(report["dev"]["accuracy"]) if "dev" in report else None,
+        "dev_accuracy": points(report["dev"].get("accuracy")) if "dev" in report else None,
         "train_seconds": report.get("train_seconds"),
         "steps": report.get("steps"),
         "command": report.get("command"),
         "commit": report.get("commit"),
     }
+    for split in ("test", "dev"):
+        for name in OTHER_METRICS:
+            if name in report.get(split, {}):
+                entry[f"{split}_{name}"] = metric_value(name, report[split][name])
+    return entry
 
 
 def cohort_entry(cohort: Path) -> dict[str, Any]:
@@ -79,7 +95,16 @@ def cohort_entry(cohort: Path) -> dict[str, Any]:
     }
     if any("test_f1" in row for row in table):
         entry["test_f1_by_k"] = [points(row.get("test_f1")) for row in table]
-    return entry
+    for split in ("test", "dev"):
+        for name in OTHER_METRICS:
+            if any(f"{split}_{name}" in row for row in table):
+                entry[f"{split}_{name}_by_k"] = [
+                    metric_value(name, row.get(f"{split}_{name}")) for row in table
+                ]
+    if "metric" in meta:
+        entry["metric"] = meta["metric"]
+        entry["problem_type"] = config.get("problem_type", "single_label_classification")
+    return {k: v for k, v in entry.items() if v != [None] * len(table) or not table}
 
 
 def eval_entry(field: str, path: Path) -> dict[str, Any]:
